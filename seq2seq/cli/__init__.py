@@ -1,0 +1,1 @@
+"""Console entry points (installed as seq2seq-* commands; tools/ holds thin wrappers)."""

@@ -1,0 +1,264 @@
+"""Typed configuration: dataclasses with visible defaults, YAML files and key=value overrides.
+
+Every option lives in one of the sections below. A config file is YAML with the same
+nesting (``model: {attention: bahdanau}``); overrides on the command line use dotted keys
+(``model.attention=bahdanau train.lr=1e-3``). Unknown keys and bad values raise
+:class:`ConfigError` naming the option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CELLS = ("rnn", "gru", "lstm")
+ATTENTIONS = ("none", "bahdanau", "luong_dot", "luong_general")
+INITS = ("zero", "last", "bridge")
+
+
+class ConfigError(ValueError):
+    """A configuration option is unknown or has a bad value."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "tatoeba"  # tatoeba | libreoffice | files
+    src_lang: str = "en"
+    tgt_lang: str = "fr"  # tatoeba: fr or es; libreoffice: de or fr
+    train: str | None = None  # corpus=files: a TSV (src<TAB>tgt) or "SRC_FILE,TGT_FILE"
+    valid: str | None = None  # corpus=files: same form; refs of a repeated source are merged
+    test: str | None = None
+    max_train_pairs: int | None = None  # keep the first N training pairs (small runs, tests)
+    max_eval_sentences: int | None = None  # cap the valid/test splits (small runs, tests)
+    vocab_size: int = 4000  # sentencepiece pieces per side (or joint)
+    joint_vocab: bool = False  # one sentencepiece model for both sides
+    spm_model_type: str = "unigram"  # unigram | bpe
+    max_len: int = 80  # drop training pairs longer than this many subwords on either side
+    batch_tokens: int = 6000  # padded source + target tokens per batch
+
+
+@dataclass
+class ModelConfig:
+    emb_dim: int = 256
+    enc_cell: str = "gru"
+    enc_hidden: int = 256  # per direction
+    enc_layers: int = 1
+    bidirectional: bool = True
+    dec_cell: str = "gru"
+    dec_hidden: int = 512
+    dec_layers: int = 1
+    dropout: float = 0.2  # on embeddings, between RNN layers and before the output layer
+    attention: str = "luong_general"  # none | bahdanau | luong_dot | luong_general
+    attention_dim: int = 256  # bahdanau: size of the additive scoring layer
+    input_feeding: bool = False  # luong: feed the attentional vector to the next step
+    init: str = "bridge"  # decoder initial state: zero | last | bridge
+    readout_dim: int = 256  # none/bahdanau: maxout output layer size (Bahdanau: 500)
+    tied_embeddings: bool = False  # share target embedding and output matrix
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the device computes it fast)
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    schedule: str = "warmup_decay"  # warmup_decay | plateau | constant
+    warmup_steps: int = 200
+    decay: str = "cosine"  # warmup_decay: cosine | linear | inverse_sqrt (over steps or time budget)
+    min_lr_ratio: float = 0.05  # warmup_decay: the final lr as a fraction of lr
+    plateau_factor: float = 0.5  # plateau: lr multiplier when valid BLEU stalls
+    plateau_patience: int = 2  # plateau: validations without improvement before decaying
+    label_smoothing: float = 0.1
+    teacher_forcing: float = 1.0  # probability of feeding the reference token (1 = always)
+    sampling_schedule: str = "none"  # none | linear | inverse_sigmoid (Bengio et al. 2015)
+    sampling_k: float = 2000.0  # inverse_sigmoid: k; linear: steps to reach teacher_forcing
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    time_budget: float | None = 15.0  # minutes of training (validation included); None = no limit
+    valid_every: int = 1000  # steps between validations
+    valid_sentences: int = 400  # greedy BLEU on at most this many validation sentences
+    patience: int = 8  # validations without a better BLEU before stopping early
+    log_every: int = 50  # steps between training log lines
+
+
+@dataclass
+class SearchConfig:
+    beam: int = 5
+    length_penalty: float = 1.0  # score / length**alpha
+    max_len_ratio: float = 2.0  # output length limit: ratio * source length + offset
+    max_len_offset: int = 10
+    batch_size: int = 64  # sentences per search batch
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    project: str = "seq2seq"
+    name: str | None = None
+    mode: str | None = None  # online | offline | disabled; None: WANDB_MODE, else offline
+    samples: int = 8  # sample translations logged at each validation
+    attention_plots: int = 3  # fixed validation sentences whose attention is plotted
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        """Check the values that have a fixed set of choices or a range."""
+        m, t, d = self.model, self.train, self.data
+        _choice("model.enc_cell", m.enc_cell, CELLS)
+        _choice("model.dec_cell", m.dec_cell, CELLS)
+        _choice("model.attention", m.attention, ATTENTIONS)
+        _choice("model.init", m.init, INITS)
+        _choice("train.schedule", t.schedule, ("warmup_decay", "plateau", "constant"))
+        _choice("train.decay", t.decay, ("cosine", "linear", "inverse_sqrt"))
+        _choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
+        _choice("train.sampling_schedule", t.sampling_schedule, ("none", "linear", "inverse_sigmoid"))
+        _choice("data.corpus", d.corpus, ("tatoeba", "libreoffice", "files"))
+        _choice("data.spm_model_type", d.spm_model_type, ("unigram", "bpe"))
+        if self.tracking.mode is not None:
+            _choice("tracking.mode", self.tracking.mode, ("online", "offline", "disabled"))
+        for name, value in [("model.emb_dim", m.emb_dim), ("model.enc_hidden", m.enc_hidden),
+                            ("model.dec_hidden", m.dec_hidden), ("model.enc_layers", m.enc_layers),
+                            ("model.dec_layers", m.dec_layers), ("data.vocab_size", d.vocab_size),
+                            ("data.batch_tokens", d.batch_tokens), ("search.beam", self.search.beam),
+                            ("train.valid_every", t.valid_every)]:
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if not 0.0 <= m.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+        if not 0.0 <= t.teacher_forcing <= 1.0:
+            raise ConfigError(f"train.teacher_forcing must be in [0, 1], got {t.teacher_forcing}")
+        if not 0.0 <= t.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+        if m.input_feeding and not m.attention.startswith("luong"):
+            raise ConfigError("model.input_feeding applies to luong_dot/luong_general attention only")
+        if m.attention == "luong_dot" and m.dec_hidden != m.enc_hidden * (2 if m.bidirectional else 1):
+            raise ConfigError("model.attention=luong_dot needs model.dec_hidden equal to the encoder "
+                              "output size (enc_hidden, doubled when bidirectional); use luong_general")
+        if d.corpus == "files" and not d.train:
+            raise ConfigError("data.corpus=files needs data.train (a TSV file or 'SRC_FILE,TGT_FILE')")
+        return self
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` to the field's annotated type, or raise ConfigError naming ``name``."""
+    hint = annotation
+    if isinstance(hint, str):
+        hint = eval(hint, vars(typing), {})  # annotations are strings under `from __future__`
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    try:
+        if origin is tuple:
+            if not isinstance(value, (list, tuple)) or len(value) != len(args):
+                raise ValueError
+            return tuple(_coerce(name, v, a) for v, a in zip(value, args))
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"{name}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown option '{name}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{name}' is a section; give it a mapping, not {value!r}")
+            _update(current, value, f"{name}.")
+        else:
+            setattr(obj, key, _coerce(name, value, fields[key].type))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-3", "model.attention=none"]`` into a nested dict."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not of the form section.option=value")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``base`` (a dict), then the YAML file, then the overrides; validated."""
+    cfg = Config()
+    if base:
+        _update(cfg, base, "")
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        _update(cfg, loaded, "")
+    if overrides:
+        _update(cfg, parse_overrides(overrides), "")
+    return cfg.validate()
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
+    return load_config(base=values)

@@ -1,0 +1,1 @@
+"""Data: fetching real corpora through the package registries, splitting, batching."""

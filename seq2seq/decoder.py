@@ -1,0 +1,168 @@
+"""The one recurrent decoder shared by translation and captioning.
+
+It reads a :class:`~seq2seq.memory.Memory` and nothing task-specific. The ``attention``
+option picks the architecture of one of three papers:
+
+- ``none`` (Cho et al., 2014): the memory summary ``c`` enters every RNN step and the output
+  layer: ``s_t = f(s_{t-1}, y_{t-1}, c)``, ``p(y_t) = g(s_t, y_{t-1}, c)``.
+- ``bahdanau`` (Bahdanau et al., 2015): the *previous* state queries an additive attention,
+  ``c_t = attend(s_{t-1})``; ``s_t = f(s_{t-1}, y_{t-1}, c_t)``; ``p(y_t) = g(s_t, y_{t-1}, c_t)``.
+- ``luong_dot`` / ``luong_general`` (Luong et al., 2015): the *current* state queries,
+  ``h_t = f(h_{t-1}, y_{t-1} [, h~_{t-1}])``, ``c_t = attend(h_t)``, ``h~_t = tanh(W_c [c_t; h_t])``,
+  ``p(y_t) = softmax(W_s h~_t)``; input feeding passes ``h~_{t-1}`` to the next step.
+
+``g`` is a maxout deep output layer (pool size 2) as in Cho and Bahdanau. Without input
+feeding, Luong and Cho decoders run the RNN over the whole target at once under teacher
+forcing; Bahdanau, input feeding and scheduled sampling go step by step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from seq2seq.attention import make_attention
+from seq2seq.memory import Memory
+from seq2seq.rnn import RNNState, make_rnn, select_state, top_hidden
+from seq2seq.tokenizers import PAD
+
+
+@dataclass
+class DecoderState:
+    hidden: RNNState  # (layers, batch, hidden), LSTM: (h, c)
+    feed: Tensor | None  # (batch, hidden) previous attentional vector (input feeding only)
+    keys: Tensor | None  # (batch, mem_len, key_dim) attention keys, computed once per memory
+
+    def select(self, index: Tensor) -> "DecoderState":
+        """Reorder the batch dimension (beam search keeps the hypotheses it extends)."""
+        return DecoderState(
+            select_state(self.hidden, index),
+            None if self.feed is None else self.feed.index_select(0, index),
+            None if self.keys is None else self.keys.index_select(0, index),
+        )
+
+
+class RNNDecoder(nn.Module):
+    def __init__(self, vocab_size: int, emb_dim: int, hidden: int, memory_dim: int, summary_dim: int,
+                 cell: str = "gru", layers: int = 1, dropout: float = 0.0, attention: str = "luong_general",
+                 attention_dim: int = 256, input_feeding: bool = False, init: str = "bridge",
+                 readout_dim: int = 256, tied_embeddings: bool = False):
+        super().__init__()
+        if input_feeding and not attention.startswith("luong"):
+            raise ValueError("input feeding applies to Luong attention only")
+        if init not in ("zero", "last", "bridge"):
+            raise ValueError(f"unknown decoder init {init!r}; choose zero, last or bridge")
+        if init == "last" and summary_dim != hidden:
+            raise ValueError(f"init=last needs the encoder summary size ({summary_dim}) to equal the "
+                             f"decoder hidden size ({hidden}); use init=bridge")
+        self.kind, self.init, self.cell, self.layers, self.hidden = attention, init, cell, layers, hidden
+        self.input_feeding = input_feeding
+        self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
+        self.dropout = nn.Dropout(dropout)
+        self.attention = make_attention(attention, hidden, memory_dim, attention_dim)
+        # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
+        ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)
+        self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout)
+        self.bridge = nn.Linear(summary_dim, hidden) if init == "bridge" else None
+        if self.luong:
+            self.combine = nn.Linear(memory_dim + hidden, hidden, bias=False)  # W_c
+            pre_dim = hidden
+        else:
+            self.readout = nn.Linear(hidden + emb_dim + ctx_dim, 2 * readout_dim)  # maxout, pool 2
+            pre_dim = readout_dim
+        self.tie_proj = nn.Linear(pre_dim, emb_dim, bias=False) if tied_embeddings and pre_dim != emb_dim else None
+        self.out = nn.Linear(emb_dim if tied_embeddings else pre_dim, vocab_size)
+        if tied_embeddings:
+            self.out.weight = self.embed.weight
+
+    @property
+    def luong(self) -> bool:
+        return self.kind.startswith("luong")
+
+    @property
+    def parallel(self) -> bool:
+        """Whether teacher-forced training can run the RNN over all steps at once."""
+        return self.kind != "bahdanau" and not self.input_feeding
+
+    def init_state(self, memory: Memory) -> DecoderState:
+        batch = memory.states.size(0)
+        if self.init == "zero":
+            h = memory.summary.new_zeros(self.layers, batch, self.hidden)
+        else:
+            s = memory.summary if self.bridge is None else torch.tanh(self.bridge(memory.summary))
+            h = s.unsqueeze(0).repeat(self.layers, 1, 1).contiguous()  # (layers, batch, hidden)
+        hidden: RNNState = (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        feed = memory.summary.new_zeros(batch, self.hidden) if self.input_feeding else None
+        keys = self.attention.keys(memory.states) if self.attention is not None else None
+        return DecoderState(hidden, feed, keys)
+
+    def _output(self, out: Tensor, emb: Tensor, ctx: Tensor | None, memory: Memory,
+                keys: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """RNN outputs (batch, steps, hidden) -> logits (batch, steps, vocab), pre-output, attention."""
+        weights = None
+        if self.luong:
+            ctx, weights = self.attention(out, keys, memory.states, memory.mask)  # (batch, steps, mem_dim)
+            pre = torch.tanh(self.combine(torch.cat([ctx, out], dim=-1)))  # h~: (batch, steps, hidden)
+        else:
+            t = self.readout(torch.cat([out, emb, ctx], dim=-1))  # (batch, steps, 2*readout)
+            pre = t.view(*t.shape[:-1], -1, 2).max(dim=-1).values  # maxout: (batch, steps, readout)
+        x = self.dropout(pre)
+        if self.tie_proj is not None:
+            x = self.tie_proj(x)
+        return self.out(x), pre, weights
+
+    def step(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One step: prev (batch,) ids -> logits (batch, vocab), new state, attention (batch, mem_len)."""
+        emb = self.dropout(self.embed(prev)).unsqueeze(1)  # (batch, 1, emb)
+        parts, ctx, weights = [emb], None, None
+        if self.kind == "none":
+            ctx = memory.summary.unsqueeze(1)  # (batch, 1, summary_dim)
+            parts.append(ctx)
+        elif self.kind == "bahdanau":  # query with the previous state s_{t-1}
+            query = top_hidden(state.hidden).unsqueeze(1)  # (batch, 1, hidden)
+            ctx, weights = self.attention(query, state.keys, memory.states, memory.mask)
+            parts.append(ctx)
+        if self.input_feeding:
+            parts.append(state.feed.unsqueeze(1))
+        out, hidden = self.rnn(torch.cat(parts, dim=-1), state.hidden)  # (batch, 1, hidden)
+        logits, pre, luong_weights = self._output(out, emb, ctx, memory, state.keys)
+        if luong_weights is not None:
+            weights = luong_weights
+        feed = pre.squeeze(1) if self.input_feeding else None
+        return logits.squeeze(1), DecoderState(hidden, feed, state.keys), None if weights is None else weights.squeeze(1)
+
+    def forward(self, tgt_in: Tensor, memory: Memory, teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced decoding: tgt_in (batch, tgt_len) -> logits (batch, tgt_len, vocab), attention.
+
+        With ``teacher_forcing < 1`` each sentence feeds, at each step, its own sampled
+        prediction instead of the reference with probability ``1 - teacher_forcing``.
+        """
+        state = self.init_state(memory)
+        if self.parallel and teacher_forcing >= 1.0:
+            emb = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, emb)
+            ctx = None
+            rnn_in = emb
+            if self.kind == "none":
+                ctx = memory.summary.unsqueeze(1).expand(-1, tgt_in.size(1), -1)  # (batch, tgt_len, summary)
+                rnn_in = torch.cat([emb, ctx], dim=-1)
+            out, _ = self.rnn(rnn_in, state.hidden)  # (batch, tgt_len, hidden)
+            logits, _, weights = self._output(out, emb, ctx, memory, state.keys)
+            return logits, weights
+        steps_logits, steps_weights = [], []
+        prev = tgt_in[:, 0]
+        for t in range(tgt_in.size(1)):
+            if t > 0:
+                prev = tgt_in[:, t]
+                if teacher_forcing < 1.0:
+                    probs = torch.softmax(steps_logits[-1].detach().float(), dim=-1)
+                    sampled = torch.multinomial(probs, 1).squeeze(1)
+                    use_model = torch.rand(prev.shape, device=prev.device) >= teacher_forcing
+                    prev = torch.where(use_model & (prev != PAD), sampled, prev)
+            logits, state, weights = self.step(prev, state, memory)
+            steps_logits.append(logits)
+            steps_weights.append(weights)
+        logits = torch.stack(steps_logits, dim=1)  # (batch, tgt_len, vocab)
+        weights = None if steps_weights[0] is None else torch.stack(steps_weights, dim=1)
+        return logits, weights

@@ -1,0 +1,97 @@
+"""What every experiment script shares: options, the run folder, results, and clean errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from seq2seq.checkpoints import CheckpointError
+from seq2seq.config import Config, ConfigError, load_config
+from seq2seq.data.corpora import CorpusError
+from seq2seq.data.fetch import FetchError
+from seq2seq.tokenizers import TokenizerError
+
+T = TypeVar("T")
+USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def spread(items: Sequence[T], n: int | None) -> list[T]:
+    """At most ``n`` items evenly spaced over ``items`` (corpora are often sorted by length)."""
+    if n is None or n >= len(items):
+        return list(items)
+    if n <= 0:
+        return []
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def experiment_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, help="YAML config (sections data, model, train, search, tracking)")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="stop training after this many minutes (validation included), then evaluate")
+    parser.add_argument("--run-dir", type=Path, help="run folder; an unfinished run there is resumed")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.attention=bahdanau train.lr=1e-3")
+    return parser
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config without the options that may change when a run is resumed."""
+    out = json.loads(json.dumps(cfg))
+    for key in ("time_budget", "max_steps", "max_epochs", "device"):
+        out["train"].pop(key, None)
+    out.pop("tracking", None)
+    return out
+
+
+def prepare_run(args: argparse.Namespace, name: str) -> tuple[Config, Path]:
+    """Resolve the config and the run folder; refuse to resume a run made with another config."""
+    cfg = load_config(args.config, args.overrides)
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            raise ConfigError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
+        cfg.train.time_budget = args.time_budget
+    run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        if _comparable(old) != _comparable(json.loads(json.dumps(cfg.to_dict()))):
+            raise ConfigError(f"run folder {run_dir} holds a run with a different config; "
+                              f"choose another --run-dir or the same config to resume it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(saved, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+    return cfg, run_dir
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
+    path = run_dir / "results.json"
+    write_text(path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run ``main``; a user error prints one line naming what is wrong, never a traceback."""
+    try:
+        return main()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,27 @@
+"""The memory an encoder hands the decoder: vectors to attend over, a mask and a summary.
+
+A text encoder's memory is one vector per source token; an image encoder's is one vector
+per cell of its feature grid. The decoder reads nothing else, so any encoder plugs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class Memory:
+    states: Tensor  # (batch, mem_len, mem_dim) vectors to attend over
+    mask: Tensor  # (batch, mem_len) bool, True at real positions, False at padding
+    summary: Tensor  # (batch, summary_dim) one vector for the whole input (final state / pooled)
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.mask.sum(dim=1)  # (batch,)
+
+    def repeat_interleave(self, k: int) -> "Memory":
+        """Each row repeated ``k`` times in place (for ``k`` beam hypotheses per input)."""
+        return Memory(self.states.repeat_interleave(k, dim=0), self.mask.repeat_interleave(k, dim=0),
+                      self.summary.repeat_interleave(k, dim=0))

@@ -1,0 +1,61 @@
+"""Corpus metrics with sacreBLEU: BLEU and chrF over multiple references, with signatures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sacrebleu.metrics import BLEU, CHRF
+
+
+@dataclass
+class Score:
+    name: str  # "BLEU", "chrF2"
+    score: float
+    signature: str
+    detail: str  # sacreBLEU's one-line summary (n-gram precisions, brevity penalty)
+
+
+def _ref_streams(refs: list[list[str]]) -> list[list[str | None]]:
+    """Per-sentence reference lists -> sacreBLEU's reference streams (None where a sentence has fewer)."""
+    if not refs:
+        return [[]]
+    width = max(len(r) for r in refs)
+    return [[r[i] if i < len(r) else None for r in refs] for i in range(width)]
+
+
+def _check(hyps: list[str], refs: list[list[str]]) -> None:
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference lists")
+    if any(not r for r in refs):
+        raise ValueError("every hypothesis needs at least one reference")
+
+
+def bleu(hyps: list[str], refs: list[list[str]], tokenize: str = "13a", max_ngram_order: int = 4) -> Score:
+    """Cased corpus BLEU; ``refs[i]`` holds every reference of ``hyps[i]``."""
+    _check(hyps, refs)
+    metric = BLEU(tokenize=tokenize, max_ngram_order=max_ngram_order)
+    result = metric.corpus_score(hyps, _ref_streams(refs))
+    return Score(f"BLEU-{max_ngram_order}" if max_ngram_order != 4 else "BLEU", result.score,
+                 str(metric.get_signature()), str(result))
+
+
+def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
+    _check(hyps, refs)
+    metric = CHRF()
+    result = metric.corpus_score(hyps, _ref_streams(refs))
+    return Score("chrF2", result.score, str(metric.get_signature()), str(result))
+
+
+def bleu_by_length(hyps: list[str], refs: list[list[str]], src_lens: list[int],
+                   edges: tuple[int, ...] = (5, 10, 15, 20, 30)) -> dict[str, tuple[float, int]]:
+    """BLEU per source-length bucket (``"6-10"`` -> (BLEU, sentences)), as in Cho/Bahdanau's curves."""
+    buckets: dict[str, list[int]] = {}
+    lows = (0,) + edges
+    for i, n in enumerate(src_lens):
+        for lo, hi in zip(lows, edges + (None,)):
+            if hi is None or n <= hi:
+                buckets.setdefault(f"{lo + 1}-{hi}" if hi else f">{lo}", []).append(i)
+                break
+    order = {f"{lo + 1}-{hi}" if hi else f">{lo}": j for j, (lo, hi) in enumerate(zip(lows, edges + (None,)))}
+    return {name: (bleu([hyps[i] for i in idx], [refs[i] for i in idx]).score, len(idx))
+            for name, idx in sorted(buckets.items(), key=lambda kv: order[kv[0]])}

@@ -1,0 +1,61 @@
+"""The encoder-decoder composition, its loss, and a factory from the model config."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2seq.config import ModelConfig
+from seq2seq.decoder import RNNDecoder
+from seq2seq.encoders import TextEncoder
+from seq2seq.memory import Memory
+from seq2seq.tokenizers import PAD
+
+
+class Seq2Seq(nn.Module):
+    """Any encoder that returns a :class:`Memory`, and the shared :class:`RNNDecoder`."""
+
+    def __init__(self, encoder: nn.Module, decoder: RNNDecoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, *inputs: Tensor) -> Memory:
+        return self.encoder(*inputs)
+
+    def forward(self, inputs: tuple[Tensor, ...], tgt_in: Tensor,
+                teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor | None]:
+        """Logits (batch, tgt_len, vocab) and attention (batch, tgt_len, mem_len) or None."""
+        return self.decoder(tgt_in, self.encode(*inputs), teacher_forcing)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, int]:
+    """Mean training loss over non-padding tokens, summed NLL (for perplexity) and the token count."""
+    flat = logits.reshape(-1, logits.size(-1)).float()  # (batch*tgt_len, vocab)
+    target = tgt_out.reshape(-1)
+    n = int((target != PAD).sum())
+    loss = F.cross_entropy(flat, target, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
+    with torch.no_grad():
+        nll = loss if label_smoothing == 0 else F.cross_entropy(flat, target, ignore_index=PAD, reduction="sum")
+    return loss / max(n, 1), nll.detach(), n
+
+
+def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_dim: int) -> RNNDecoder:
+    return RNNDecoder(
+        vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
+        layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,
+        input_feeding=cfg.input_feeding, init=cfg.init, readout_dim=cfg.readout_dim,
+        tied_embeddings=cfg.tied_embeddings,
+    )
+
+
+def build_translation_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+    """A text encoder and the shared decoder, sized by ``cfg``."""
+    encoder = TextEncoder(src_vocab, cfg.emb_dim, cfg.enc_hidden, cfg.enc_cell, cfg.enc_layers,
+                          cfg.bidirectional, cfg.dropout)
+    decoder = build_decoder(cfg, tgt_vocab, encoder.output_dim, encoder.summary_dim)
+    return Seq2Seq(encoder, decoder)

@@ -1,0 +1,77 @@
+"""Subword tokenizers (sentencepiece) with fixed special ids shared by every model.
+
+Ids 0-3 are always ``<pad>``, ``<unk>``, ``<s>``, ``</s>``, so the embedding's
+``padding_idx`` and the search's start and end tokens never depend on the vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+class TokenizerError(ValueError):
+    """A tokenizer model is missing, unreadable or does not use the fixed special ids."""
+
+
+class SubwordTokenizer:
+    """A sentencepiece model loaded from a file; encodes text to ids and back."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.load(str(self.path))
+        except (OSError, RuntimeError) as err:
+            raise TokenizerError(f"cannot load sentencepiece model {self.path}: {err}") from None
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (PAD, UNK, BOS, EOS):
+            raise TokenizerError(f"{self.path}: special ids are {ids}, expected pad/unk/bos/eos = 0/1/2/3")
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text, without start or end token."""
+        return self.sp.encode(texts, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return [self.sp.decode([i for i in seq if i > EOS]) for seq in ids]
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """Subword strings of ``ids`` (for attention plots and alignments)."""
+        return [self.sp.id_to_piece(i) for i in ids]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def train_sentencepiece(texts: Iterable[str], path: str | Path, vocab_size: int,
+                        model_type: str = "unigram", max_sentences: int = 300_000) -> SubwordTokenizer:
+    """Train a sentencepiece model on ``texts`` and write it to ``path`` (``*.model``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        hard_vocab_limit=False,  # small corpora get a smaller vocabulary instead of an error
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
+        num_threads=2,
+        minloglevel=2,
+    )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(model.getvalue())
+    tmp.replace(path)
+    return SubwordTokenizer(path)

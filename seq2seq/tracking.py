@@ -1,0 +1,126 @@
+"""Experiment tracking behind a small interface: Weights & Biases, a JSON-lines file, or nothing.
+
+Model and training code talk to a :class:`Tracker`; only :class:`WandbTracker` imports wandb.
+W&B runs are offline unless ``WANDB_MODE`` or ``tracking.mode`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from seq2seq.config import TrackingConfig
+
+
+class Tracker:
+    """The no-op tracker; subclasses record what they are given."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        pass
+
+    def images(self, name: str, images: list[tuple[Image.Image, str]], step: int) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class JsonlTracker(Tracker):
+    """Scalars and summaries appended to a JSON-lines file in the run folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._write({"step": step, "time": round(time.time(), 3), **metrics})
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self._write({"summary": values})
+
+
+class WandbTracker(Tracker):
+    def __init__(self, cfg: TrackingConfig, run_dir: Path, config: dict[str, Any], job_type: str):
+        import wandb
+
+        self.wandb = wandb
+        id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id + "\n")
+        kwargs: dict[str, Any] = {}
+        if cfg.mode is not None:
+            kwargs["mode"] = cfg.mode  # an explicit mode beats WANDB_MODE
+        elif "WANDB_MODE" not in os.environ:
+            kwargs["mode"] = "offline"
+        self.run = wandb.init(project=cfg.project, name=cfg.name or run_dir.name, dir=str(run_dir),
+                              config=config, job_type=job_type, id=run_id, resume="allow", **kwargs)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        self.run.log({name: self.wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def images(self, name: str, images: list[tuple[Image.Image, str]], step: int) -> None:
+        self.run.log({name: [self.wandb.Image(img, caption=cap) for img, cap in images]}, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.run.summary.update(values)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class Trackers(Tracker):
+    """Several trackers at once."""
+
+    def __init__(self, *trackers: Tracker):
+        self.trackers = trackers
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for t in self.trackers:
+            t.log(metrics, step)
+
+    def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        for t in self.trackers:
+            t.table(name, columns, rows, step)
+
+    def images(self, name: str, images: list[tuple[Image.Image, str]], step: int) -> None:
+        for t in self.trackers:
+            t.images(name, images, step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.summary(values)
+
+    def finish(self) -> None:
+        for t in self.trackers:
+            t.finish()
+
+
+def wandb_mode(cfg: TrackingConfig) -> str:
+    """The mode W&B will run in: the config's, else WANDB_MODE, else offline."""
+    return cfg.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def make_tracker(cfg: TrackingConfig, run_dir: Path, config: dict[str, Any], job_type: str = "train") -> Tracker:
+    """A JSON-lines log in the run folder, plus W&B unless tracking is disabled."""
+    local = JsonlTracker(run_dir / "metrics.jsonl")
+    if not cfg.enabled or wandb_mode(cfg) == "disabled":
+        return local
+    return Trackers(local, WandbTracker(cfg, run_dir, config, job_type))

@@ -1,0 +1,361 @@
+"""The training loop shared by every task.
+
+A :class:`Trainer` takes a model, its training data (anything with ``epoch(n)`` returning
+batches of indices and ``batch(indices)`` building a batch) and a ``validate`` function
+returning metrics with a ``score`` to maximise. It handles teacher forcing and scheduled
+sampling, Adam with gradient clipping, the learning-rate schedule, periodic validation,
+early stopping, a time budget, atomic checkpoints and exact resumption.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from seq2seq.checkpoints import load_checkpoint, save_checkpoint
+from seq2seq.config import TrainConfig
+from seq2seq.model import sequence_loss
+from seq2seq.tracking import Tracker
+
+
+class Batch(Protocol):
+    tgt_in: Tensor  # (batch, tgt_len)
+    tgt_out: Tensor  # (batch, tgt_len)
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]: ...  # what the encoder takes
+
+    def to(self, device: torch.device) -> "Batch": ...
+
+    def num_tokens(self) -> int: ...
+
+
+class TrainData(Protocol):
+    def epoch(self, epoch: int) -> list[list[int]]: ...
+
+    def batch(self, indices: list[int]) -> Batch: ...
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a run resumes exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of the current epoch already trained
+    elapsed: float = 0.0  # seconds of training, validation included, over all sessions
+    train_time: float = 0.0  # seconds spent in training steps alone
+    tokens: int = 0  # non-padding source + target tokens trained on
+    best_score: float = float("-inf")
+    best_step: int = 0
+    bad_validations: int = 0  # validations since the best score
+    last_validation: int = -1  # step of the last validation
+    stop_reason: str = ""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA device is available")
+    return device
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: plain fp32). ``auto`` takes bf16 where the hardware computes it fast."""
+    if name == "fp32":
+        return None
+    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
+    if name == "bf16" or fast:
+        return torch.bfloat16
+    return None
+
+
+class LRSchedule:
+    """Warm-up then decay over the run's horizon (steps or time budget), plateau, or constant."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+        self.optimizer, self.cfg = optimizer, cfg
+        self.factor = 1.0  # plateau: current multiplier
+        self.best = float("-inf")
+        self.bad = 0
+
+    def progress(self, step: int, elapsed: float) -> float | None:
+        """Fraction of the run done, from max_steps or the time budget, whichever is nearer."""
+        parts = []
+        if self.cfg.max_steps:
+            parts.append(step / self.cfg.max_steps)
+        if self.cfg.time_budget:
+            parts.append(elapsed / (self.cfg.time_budget * 60))
+        return min(1.0, max(parts)) if parts else None
+
+    def lr(self, step: int, elapsed: float) -> float:
+        cfg = self.cfg
+        if cfg.schedule == "constant":
+            return cfg.lr
+        if cfg.schedule == "plateau":
+            return cfg.lr * self.factor
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        progress = self.progress(step, elapsed)
+        if cfg.decay == "inverse_sqrt" or progress is None:
+            return cfg.lr * warm * min(1.0, math.sqrt(max(1, cfg.warmup_steps) / (step + 1)))
+        floor = cfg.min_lr_ratio
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.decay == "cosine" else 1 - progress
+        return cfg.lr * warm * (floor + (1 - floor) * shape)
+
+    def update(self, step: int, elapsed: float) -> float:
+        lr = self.lr(step, elapsed)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def on_validation(self, score: float) -> None:
+        if score > self.best:
+            self.best, self.bad = score, 0
+        else:
+            self.bad += 1
+            if self.bad >= self.cfg.plateau_patience:
+                self.factor *= self.cfg.plateau_factor
+                self.bad = 0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"factor": self.factor, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.factor, self.best, self.bad = state["factor"], state["best"], int(state["bad"])
+
+
+def teacher_forcing_ratio(cfg: TrainConfig, step: int) -> float:
+    """Probability of feeding the reference token at ``step`` (scheduled sampling decays it)."""
+    if cfg.sampling_schedule == "linear":
+        return max(cfg.teacher_forcing, 1.0 - (1.0 - cfg.teacher_forcing) * step / cfg.sampling_k)
+    if cfg.sampling_schedule == "inverse_sigmoid":
+        k = cfg.sampling_k
+        return max(cfg.teacher_forcing, k / (k + math.exp(min(step / k, 700.0))))
+    return cfg.teacher_forcing
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig, run_dir: Path, tracker: Tracker,
+                 validate: Callable[["Trainer"], dict[str, float]], checkpoint_extra: dict[str, Any],
+                 param_groups: list[dict[str, Any]] | None = None):
+        self.device = pick_device(cfg.device)
+        self.amp_dtype = pick_precision(cfg.precision, self.device)
+        self.model = model.to(self.device)
+        self.data, self.cfg, self.run_dir, self.tracker = data, cfg, Path(run_dir), tracker
+        self.validate_fn, self.checkpoint_extra = validate, checkpoint_extra
+        params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.schedule = LRSchedule(self.optimizer, cfg)
+        self.progress = Progress()
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{name}.pt"
+
+    def save(self, name: str) -> Path:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return save_checkpoint(self.checkpoint_path(name), {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng,
+            **self.checkpoint_extra,
+        })
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, RNG and data position."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.progress = Progress(**ckpt["progress"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        random.setstate(_as_tuple(ckpt["rng"]["python"]))
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def train_step(self, batch: Batch) -> float:
+        self.model.train()
+        ratio = teacher_forcing_ratio(self.cfg, self.progress.step)
+        with self.autocast():
+            logits, _ = self.model(batch.inputs, batch.tgt_in, ratio)
+        loss, _, _ = sequence_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        self.optimizer.step()
+        return loss.item()
+
+    def _budget_left(self) -> bool:
+        cfg, p = self.cfg, self.progress
+        if cfg.time_budget is not None and p.elapsed >= cfg.time_budget * 60:
+            p.stop_reason = f"time budget of {cfg.time_budget:g} min reached"
+        elif cfg.max_steps is not None and p.step >= cfg.max_steps:
+            p.stop_reason = f"max_steps={cfg.max_steps} reached"
+        elif cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
+            p.stop_reason = f"max_epochs={cfg.max_epochs} reached"
+        return not p.stop_reason
+
+    def validate(self) -> dict[str, float]:
+        """Run the task's validation, track the best score, checkpoint best and last."""
+        p = self.progress
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            metrics = self.validate_fn(self)
+        p.last_validation = p.step
+        score = metrics["score"]
+        self.schedule.on_validation(score)
+        improved = score > p.best_score
+        if improved:
+            p.best_score, p.best_step, p.bad_validations = score, p.step, 0
+        else:
+            p.bad_validations += 1
+        self.tracker.log({f"valid/{k}": v for k, v in metrics.items()}, step=p.step)
+        self.log(f"validation at step {p.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+                 + (" (best)" if improved else f" (best {p.best_score:.2f} at step {p.best_step})"))
+        if improved:
+            self.save("best")
+        self.save("last")
+        if p.bad_validations >= self.cfg.patience:
+            p.stop_reason = f"no better validation score for {self.cfg.patience} validations"
+        return metrics
+
+    def log(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    _bar = None
+
+    def train(self) -> Progress:
+        """Train until the budget, step or epoch limit, or early stopping; then validate once more."""
+        cfg, p = self.cfg, self.progress
+        p.stop_reason = ""
+        self._bar = _progress_bar(cfg)
+        window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
+        last = time.monotonic()
+        try:
+            while self._budget_left():
+                batches = self.data.epoch(p.epoch)
+                while p.batch_in_epoch < len(batches) and self._budget_left():
+                    lr = self.schedule.update(p.step, p.elapsed)
+                    batch = self.data.batch(batches[p.batch_in_epoch]).to(self.device)
+                    t0 = time.monotonic()
+                    loss = self.train_step(batch)
+                    n = batch.num_tokens()
+                    dt = time.monotonic() - t0
+                    p.step += 1
+                    p.batch_in_epoch += 1
+                    p.tokens += n
+                    p.train_time += dt
+                    window_tokens, window_time = window_tokens + n, window_time + dt
+                    window_loss, window_steps = window_loss + loss, window_steps + 1
+                    now = time.monotonic()
+                    p.elapsed += now - last
+                    last = now
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss} at step {p.step}; "
+                                                 f"lower train.lr or raise train.clip_norm")
+                    if p.step % cfg.log_every == 0:
+                        stats = {"train/loss": window_loss / window_steps, "train/lr": lr,
+                                 "train/tokens_per_second": window_tokens / max(window_time, 1e-9),
+                                 "train/teacher_forcing": teacher_forcing_ratio(cfg, p.step),
+                                 "train/epoch": p.epoch + p.batch_in_epoch / len(batches)}
+                        self.tracker.log(stats, step=p.step)
+                        self._report(stats)
+                        window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
+                    if p.step % cfg.valid_every == 0:
+                        self.validate()
+                        now = time.monotonic()
+                        p.elapsed += now - last
+                        last = now
+                if p.batch_in_epoch >= len(batches):
+                    p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            if p.last_validation != p.step:
+                self.validate()
+                p.elapsed += time.monotonic() - last
+            self.save("last")
+        except KeyboardInterrupt:
+            p.stop_reason = "interrupted"
+            self.save("last")  # the state after the last complete step: resumable
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+        return p
+
+    def _report(self, stats: dict[str, float]) -> None:
+        p = self.progress
+        if self._bar is not None:
+            self._bar.n = min(self._bar.total, int(p.elapsed if self.cfg.time_budget else p.step)) \
+                if self._bar.total else p.step
+            self._bar.set_postfix(step=p.step, loss=f"{stats['train/loss']:.3f}",
+                                  tok_s=f"{stats['train/tokens_per_second']:.0f}", refresh=False)
+            self._bar.refresh()
+        else:
+            eta = ""
+            if self.cfg.time_budget:
+                eta = f", eta {max(0.0, self.cfg.time_budget * 60 - p.elapsed) / 60:.1f} min"
+            print(f"step {p.step} epoch {stats['train/epoch']:.2f}: loss {stats['train/loss']:.3f}, "
+                  f"lr {stats['train/lr']:.2e}, {stats['train/tokens_per_second']:.0f} tok/s{eta}", flush=True)
+
+
+def _progress_bar(cfg: TrainConfig):
+    """A tqdm bar over the time budget (or steps) on a terminal; None for plain log lines."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    if cfg.time_budget:
+        return tqdm(total=int(cfg.time_budget * 60), unit="s", desc="training", dynamic_ncols=True)
+    return tqdm(total=cfg.max_steps, unit="step", desc="training", dynamic_ncols=True)
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate wants tuples; a checkpoint round trip may turn them into lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@torch.no_grad()
+def teacher_forced_nll(model: nn.Module, batches: list[Batch], device: torch.device,
+                       autocast: Callable[[], torch.autocast]) -> tuple[float, int]:
+    """Summed NLL and token count over ``batches`` (for validation perplexity)."""
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast():
+            logits, _ = model(batch.inputs, batch.tgt_in)
+        _, nll, n = sequence_loss(logits, batch.tgt_out)
+        total, count = total + float(nll), count + n
+    return total, count

@@ -1,0 +1,178 @@
+"""The translation task: corpus and tokenizers, validation, test evaluation, and the full run."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq.checkpoints import load_checkpoint
+from seq2seq.config import Config
+from seq2seq.data.batching import ParallelData, collate, token_batches
+from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
+from seq2seq.experiment import log, spread
+from seq2seq.metrics import bleu, bleu_by_length, chrf
+from seq2seq.model import build_translation_model
+from seq2seq.plotting import attention_heatmap
+from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
+from seq2seq.tracking import Tracker, make_tracker
+from seq2seq.training import Trainer, teacher_forced_nll
+from seq2seq.translator import Translator, tokenizer_refs
+
+
+def load_data(cfg: Config) -> ParallelCorpus:
+    d = cfg.data
+    corpus = load_corpus(d.corpus, d.src_lang, d.tgt_lang, d.train, d.valid, d.test)
+    if d.max_train_pairs is not None:
+        corpus.train = corpus.train[: d.max_train_pairs]
+    if d.max_eval_sentences is not None:
+        corpus.valid = spread(corpus.valid, d.max_eval_sentences)
+        corpus.test = spread(corpus.test, d.max_eval_sentences)
+    if not corpus.train or not corpus.valid:
+        raise ValueError(f"{corpus.name}: needs training pairs and validation sentences; {corpus.describe()}")
+    return corpus
+
+
+def build_tokenizers(cfg: Config, corpus: ParallelCorpus, run_dir: Path) -> tuple[SubwordTokenizer, SubwordTokenizer]:
+    """Train sentencepiece on the training split (or reuse the run folder's, when resuming)."""
+    d, folder = cfg.data, run_dir / "tokenizers"
+    if d.joint_vocab:
+        path = folder / "joint.model"
+        if not path.exists():
+            texts = [s for s, _ in corpus.train] + [t for _, t in corpus.train]
+            train_sentencepiece(texts, path, d.vocab_size, d.spm_model_type, max_sentences=600_000)
+        tok = SubwordTokenizer(path)
+        return tok, tok
+    toks = []
+    for side, name in ((0, "src"), (1, "tgt")):
+        path = folder / f"{name}.model"
+        if not path.exists():
+            train_sentencepiece([pair[side] for pair in corpus.train], path, d.vocab_size, d.spm_model_type)
+        toks.append(SubwordTokenizer(path))
+    return toks[0], toks[1]
+
+
+def encode_pairs(pairs: list[tuple[str, str]], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
+                 max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Ids of both sides, dropping pairs with an empty side or a side longer than ``max_len``."""
+    src = src_tok.encode([s for s, _ in pairs])
+    tgt = tgt_tok.encode([t for _, t in pairs])
+    keep = [i for i in range(len(pairs)) if 0 < len(src[i]) <= max_len and 0 < len(tgt[i]) <= max_len]
+    return [src[i] for i in keep], [tgt[i] for i in keep]
+
+
+def evaluate(translator: Translator, examples: list[Example], beam: int) -> dict[str, Any]:
+    """Translate the sources and score them against all references."""
+    start = time.monotonic()
+    out = translator.translate([ex.src for ex in examples], beam=beam)
+    seconds = time.monotonic() - start
+    hyps, refs = [t.text for t in out], [ex.refs for ex in examples]
+    b, c = bleu(hyps, refs), chrf(hyps, refs)
+    return {"bleu": b.score, "bleu_detail": b.detail, "chrf": c.score, "bleu_signature": b.signature,
+            "chrf_signature": c.signature, "hypotheses": hyps, "translations": out,
+            "sentences_per_second": len(examples) / max(seconds, 1e-9),
+            "by_length": bleu_by_length(hyps, refs, [len(p) for p in (t.src_pieces for t in out)])}
+
+
+class Validator:
+    """Validation for the trainer: teacher-forced perplexity, greedy BLEU, samples and attention plots."""
+
+    def __init__(self, cfg: Config, translator: Translator, valid: list[Example], tracker: Tracker):
+        self.translator, self.tracker = translator, tracker
+        self.examples = spread(valid, cfg.train.valid_sentences)
+        src = translator.src_tok.encode([ex.src for ex in self.examples])
+        tgt = translator.tgt_tok.encode([ex.refs[0] for ex in self.examples])
+        keep = [i for i in range(len(src)) if src[i]]
+        lens_s, lens_t = [len(src[i]) for i in keep], [len(tgt[i]) for i in keep]
+        self.batches = [collate([src[keep[j]] for j in b], [tgt[keep[j]] for j in b])
+                        for b in token_batches(lens_s, lens_t, cfg.data.batch_tokens, seed=0, epoch=0)]
+        self.samples = spread(self.examples, cfg.tracking.samples)
+        plotted = [ex for ex in self.examples if 4 <= len(ex.src.split()) <= 12]
+        self.plotted = spread(plotted, cfg.tracking.attention_plots)
+
+    def __call__(self, trainer: Trainer) -> dict[str, float]:
+        nll, n = teacher_forced_nll(trainer.model, self.batches, trainer.device, trainer.autocast)
+        self.translator.amp_dtype = trainer.amp_dtype
+        result = evaluate(self.translator, self.examples, beam=1)
+        step = trainer.progress.step
+        by_src = {ex.src: hyp for ex, hyp in zip(self.examples, result["hypotheses"])}
+        self.tracker.table("valid/samples", ["source", "references", "hypothesis"],
+                           [[ex.src, " | ".join(ex.refs), by_src[ex.src]] for ex in self.samples], step)
+        plots = []
+        for tr in self.translator.translate([ex.src for ex in self.plotted], beam=1):
+            if tr.attention is not None and tr.candidates:
+                tgt = self.translator.tgt_tok.pieces(tr.candidates[0].tokens) + ["</s>"]
+                plots.append((attention_heatmap(tr.attention, tr.src_pieces, tgt, tr.source), tr.text))
+        if plots:
+            self.tracker.images("valid/attention", plots, step)
+        return {"bleu": result["bleu"], "ppl": math.exp(min(nll / max(n, 1), 50.0)), "score": result["bleu"]}
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Fetch data, train tokenizers and the model within the budget, evaluate on test."""
+    t0 = time.monotonic()
+    corpus = load_data(cfg)
+    log(corpus.describe())
+    src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
+    src, tgt = encode_pairs(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
+    data = ParallelData(src, tgt, cfg.data.batch_tokens, cfg.train.seed)
+    log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces; {len(data):,} training pairs "
+        f"after filtering ({time.monotonic() - t0:.0f} s)")
+
+    model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
+    tracker = make_tracker(cfg.tracking, run_dir, cfg.to_dict(), job_type="translation")
+    extra = {"task": "translation", "config": cfg.to_dict(), "tokenizers": tokenizer_refs(run_dir, src_tok, tgt_tok)}
+    translator = Translator(model, cfg, src_tok, tgt_tok, device=torch.device("cpu"))
+    validator = Validator(cfg, translator, corpus.valid, tracker)
+    trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra)
+    translator.device = trainer.device  # the trainer moved the model
+    last = trainer.checkpoint_path("last")
+    if last.exists():
+        trainer.resume(last)
+        log(f"resuming from {last} at step {trainer.progress.step}")
+    log(f"model: {model.num_parameters():,} parameters on {trainer.device}"
+        f"{' with bf16 autocast' if trainer.amp_dtype else ''}")
+    progress = trainer.train()
+    log(f"training stopped at step {progress.step}: {progress.stop_reason}")
+    if progress.stop_reason == "interrupted":
+        tracker.finish()
+        return {"interrupted": True, "train_steps": progress.step}
+
+    best = trainer.checkpoint_path("best")
+    model.load_state_dict(load_checkpoint(best, map_location=trainer.device)["model"])
+    results: dict[str, Any] = {"corpus": corpus.name, "test_sentences": len(corpus.test)}
+    if corpus.test:
+        greedy = evaluate(translator, corpus.test, beam=1)
+        beam = evaluate(translator, corpus.test, beam=cfg.search.beam)
+        write_lines(run_dir / "test.greedy.txt", greedy["hypotheses"])
+        write_lines(run_dir / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])
+        write_lines(run_dir / "test.src.txt", [ex.src for ex in corpus.test])
+        results.update({
+            "test_bleu_greedy": greedy["bleu"], "test_bleu_beam": beam["bleu"], "test_chrf_beam": beam["chrf"],
+            "test_bleu_beam_detail": beam["bleu_detail"], "sacrebleu_signature": beam["bleu_signature"],
+            "chrf_signature": beam["chrf_signature"], "beam": cfg.search.beam,
+            "test_bleu_by_source_length": {k: {"bleu": v[0], "sentences": v[1]} for k, v in beam["by_length"].items()},
+            "greedy_sentences_per_second": greedy["sentences_per_second"],
+            "beam_sentences_per_second": beam["sentences_per_second"],
+        })
+    results.update({
+        "valid_bleu_best": progress.best_score, "best_step": progress.best_step,
+        "train_tokens_per_second": progress.tokens / max(progress.train_time, 1e-9),
+        "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
+        "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
+        "parameters": model.num_parameters(), "device": str(trainer.device),
+        "precision": str(trainer.amp_dtype or "fp32").replace("torch.", ""),
+        "total_minutes": (time.monotonic() - t0) / 60,
+    })
+    tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})
+    tracker.finish()
+    return results
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,113 @@
+"""Load a trained translation model and translate sentences: greedy, beam, n-best, alignments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from seq2seq.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
+from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.data.batching import pad_ids
+from seq2seq.model import Seq2Seq, build_translation_model
+from seq2seq.search import Hypothesis, beam_search, greedy_search, max_lengths
+from seq2seq.tokenizers import SubwordTokenizer, TokenizerError
+from seq2seq.training import pick_device, pick_precision
+
+
+@dataclass
+class Candidate:
+    text: str
+    score: float  # length-normalised log-probability
+    tokens: list[int]
+
+
+@dataclass
+class Translation:
+    source: str
+    candidates: list[Candidate]  # n-best, best first; empty for an empty source
+    src_pieces: list[str]
+    attention: Tensor | None  # (tgt_steps, src_len) of the best candidate
+
+    @property
+    def text(self) -> str:
+        return self.candidates[0].text if self.candidates else ""
+
+
+def tokenizer_refs(run_dir: Path, src: SubwordTokenizer, tgt: SubwordTokenizer) -> dict[str, Any]:
+    """What a checkpoint stores to find its tokenizers again: paths relative to the run folder."""
+    return {side: {"path": str(tok.path.resolve().relative_to(run_dir.resolve())), "sha256": tok.sha256()}
+            for side, tok in (("src", src), ("tgt", tgt))}
+
+
+def load_tokenizer(ref: dict[str, str], checkpoint: Path) -> SubwordTokenizer:
+    """Find a tokenizer next to the checkpoint's run folder and check it is the one trained with it."""
+    rel = Path(ref["path"])
+    for base in (checkpoint.parent.parent, checkpoint.parent):
+        path = base / rel
+        if path.is_file():
+            tok = SubwordTokenizer(path)
+            if tok.sha256() != ref["sha256"]:
+                raise CheckpointError(f"{checkpoint}: tokenizer {path} is not the one this model was trained with")
+            return tok
+    raise CheckpointError(f"{checkpoint}: its tokenizer {rel} is missing (looked in the run folder)")
+
+
+class Translator:
+    def __init__(self, model: Seq2Seq, cfg: Config, src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
+                 device: torch.device, amp_dtype: torch.dtype | None = None):
+        self.model, self.cfg = model.to(device).eval(), cfg
+        self.src_tok, self.tgt_tok = src_tok, tgt_tok
+        self.device, self.amp_dtype = device, amp_dtype
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> "Translator":
+        """From a run folder (its best checkpoint) or a checkpoint file."""
+        ckpt_path = resolve_checkpoint(path)
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("task") != "translation":
+            raise CheckpointError(f"{ckpt_path}: a {ckpt.get('task', 'unknown')} checkpoint, not a translation model")
+        try:
+            cfg = config_from_dict(ckpt["config"])
+            src_tok = load_tokenizer(ckpt["tokenizers"]["src"], ckpt_path)
+            tgt_tok = load_tokenizer(ckpt["tokenizers"]["tgt"], ckpt_path)
+            model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
+            model.load_state_dict(ckpt["model"])
+        except (KeyError, ConfigError, TokenizerError, RuntimeError) as err:
+            raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({str(err).splitlines()[0]})") from None
+        dev = pick_device(device)
+        return cls(model, cfg, src_tok, tgt_tok, dev, pick_precision(precision, dev))
+
+    def translate(self, lines: list[str], beam: int | None = None, nbest: int = 1,
+                  max_len_ratio: float | None = None, batch_size: int | None = None) -> list[Translation]:
+        """Translate ``lines`` in order; an empty (or whitespace) line gives an empty translation."""
+        s = self.cfg.search
+        beam = beam or s.beam
+        ratio = s.max_len_ratio if max_len_ratio is None else max_len_ratio
+        batch_size = batch_size or s.batch_size
+        ids = self.src_tok.encode([" ".join(line.split()) for line in lines])
+        results: list[Translation | None] = [None] * len(lines)
+        for i, seq in enumerate(ids):
+            if not seq:
+                results[i] = Translation(lines[i], [], [], None)
+        todo = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))  # similar lengths together
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            src, src_lens = pad_ids([ids[i] for i in chunk])
+            for i, hyps in zip(chunk, self._search(src, src_lens, beam, nbest, ratio)):
+                cands = [Candidate(self.tgt_tok.decode([h.tokens])[0], h.score, h.tokens) for h in hyps]
+                results[i] = Translation(lines[i], cands, self.src_tok.pieces(ids[i]), hyps[0].attention)
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _search(self, src: Tensor, src_lens: Tensor, beam: int, nbest: int, ratio: float) -> list[list[Hypothesis]]:
+        limits = max_lengths(src_lens, ratio, self.cfg.search.max_len_offset)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            memory = self.model.encode(src.to(self.device), src_lens)
+            if beam == 1:
+                return [[h] for h in greedy_search(self.model.decoder, memory, limits)]
+            return beam_search(self.model.decoder, memory, beam, limits, self.cfg.search.length_penalty, nbest)
