@@ -35,7 +35,7 @@ class DataConfig:
     train: str | None = None  # corpus=files: a TSV (src<TAB>tgt) or "SRC_FILE,TGT_FILE"
     valid: str | None = None  # corpus=files: same form; refs of a repeated source are merged
     test: str | None = None
-    max_train_pairs: int | None = None  # keep the first N training pairs (small runs, tests)
+    max_train_pairs: int | None = None  # keep N training pairs, evenly spaced (small runs, tests)
     max_eval_sentences: int | None = None  # cap the valid/test splits (small runs, tests)
     vocab_size: int = 4000  # sentencepiece pieces per side (or joint)
     joint_vocab: bool = False  # one sentencepiece model for both sides

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ class WandbTracker(Tracker):
 
         self.wandb = wandb
         id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id + "\n")
         kwargs: dict[str, Any] = {}
         if cfg.mode is not None:

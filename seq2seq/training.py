@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -263,15 +265,16 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         p.stop_reason = ""
         self._bar = _progress_bar(cfg)
+        restore = self._catch_signals()
         window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
         last = time.monotonic()
         try:
             while self._budget_left():
                 batches = self.data.epoch(p.epoch)
                 while p.batch_in_epoch < len(batches) and self._budget_left():
+                    t0 = time.monotonic()
                     lr = self.schedule.update(p.step, p.elapsed)
                     batch = self.data.batch(batches[p.batch_in_epoch]).to(self.device)
-                    t0 = time.monotonic()
                     loss = self.train_step(batch)
                     n = batch.num_tokens()
                     dt = time.monotonic() - t0
@@ -295,6 +298,8 @@ class Trainer:
                         self.tracker.log(stats, step=p.step)
                         self._report(stats)
                         window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
+                    if self._stop_signal:
+                        raise KeyboardInterrupt
                     if p.step % cfg.valid_every == 0:
                         self.validate()
                         now = time.monotonic()
@@ -310,10 +315,30 @@ class Trainer:
             p.stop_reason = "interrupted"
             self.save("last")  # the state after the last complete step: resumable
         finally:
+            restore()
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
         return p
+
+    _stop_signal = False
+
+    def _catch_signals(self) -> Callable[[], None]:
+        """Ctrl-C or SIGTERM stop training after the current step (a second Ctrl-C stops at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        self._stop_signal = False
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = True
+            self.log("stopping after this step; the run can be resumed (Ctrl-C again to stop at once)")
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
     def _report(self, stats: dict[str, float]) -> None:
         p = self.progress

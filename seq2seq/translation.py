@@ -27,7 +27,7 @@ def load_data(cfg: Config) -> ParallelCorpus:
     d = cfg.data
     corpus = load_corpus(d.corpus, d.src_lang, d.tgt_lang, d.train, d.valid, d.test)
     if d.max_train_pairs is not None:
-        corpus.train = corpus.train[: d.max_train_pairs]
+        corpus.train = spread(corpus.train, d.max_train_pairs)
     if d.max_eval_sentences is not None:
         corpus.valid = spread(corpus.valid, d.max_eval_sentences)
         corpus.test = spread(corpus.test, d.max_eval_sentences)

@@ -1,0 +1,173 @@
+"""Speed and memory of a configuration, beside the machine's own matrix-multiply rate.
+
+Numbers alone depend on the machine; the ratios printed next to them (achieved FLOP/s over
+the matmul rate measured in the same run) do not, so they compare across CPUs and GPUs.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq.config import Config
+from seq2seq.data.batching import ParallelData
+from seq2seq.decoder import RNNDecoder
+from seq2seq.encoders import TextEncoder
+from seq2seq.model import Seq2Seq
+from seq2seq.tracking import Tracker
+from seq2seq.training import Trainer
+from seq2seq.translator import Translator
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                seconds: float = 1.0) -> float:
+    """Sustained FLOP/s of an n x n matrix product on ``device``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+        if device.type == "cuda" and count % 10:
+            continue
+        _sync(device)
+    _sync(device)
+    return 2 * n ** 3 * count / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rnn_flops(rnn: torch.nn.RNNBase) -> int:
+    """Forward multiply-add FLOPs of one time step of a (multi-layer, bidirectional) RNN."""
+    gates, h, dirs = GATES[rnn.mode.lower().replace("rnn_tanh", "rnn")], rnn.hidden_size, 2 if rnn.bidirectional else 1
+    total, inp = 0, rnn.input_size
+    for _ in range(rnn.num_layers):
+        total += dirs * 2 * gates * h * (inp + h)
+        inp = h * dirs
+    return total
+
+
+def forward_flops(model: Seq2Seq, src_len: float, tgt_len: float) -> dict[str, float]:
+    """Forward FLOPs per source token and per target token (matrix products only).
+
+    Attention terms scale with the memory length, so they are taken at the average
+    ``src_len``; key projections are counted once per memory vector.
+    """
+    dec: RNNDecoder = model.decoder
+    enc = model.encoder
+    per_src = _rnn_flops(enc.rnn) if isinstance(enc, TextEncoder) else 0
+    per_tgt = _rnn_flops(dec.rnn)
+    att = dec.attention
+    if att is not None:
+        key_proj = getattr(att, "key_proj", None)
+        if key_proj is not None:
+            per_src += 2 * key_proj.in_features * key_proj.out_features
+        key_dim = key_proj.out_features if key_proj is not None else dec.hidden
+        value_dim = key_proj.in_features if key_proj is not None else key_dim
+        per_tgt += 2 * src_len * (key_dim + value_dim)  # scores and context
+        if hasattr(att, "query_proj"):
+            per_tgt += 2 * att.query_proj.in_features * att.query_proj.out_features + 2 * src_len * key_dim
+    for layer in (getattr(dec, "combine", None), getattr(dec, "readout", None), dec.tie_proj, dec.out):
+        if layer is not None:
+            per_tgt += 2 * layer.in_features * layer.out_features
+    if dec.bridge is not None:
+        per_tgt += 2 * dec.bridge.in_features * dec.bridge.out_features / max(tgt_len, 1.0)
+    return {"per_source_token": float(per_src), "per_target_token": float(per_tgt)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@dataclass
+class BenchResult:
+    values: dict[str, Any]
+
+    def table(self) -> str:
+        width = max(len(k) for k in self.values)
+        rows = []
+        for k, v in self.values.items():
+            text = f"{v:,.4g}" if isinstance(v, float) else str(v)
+            rows.append(f"{k:<{width}}  {text}")
+        return "\n".join(rows)
+
+
+def describe(cfg: Config) -> str:
+    m = cfg.model
+    return (f"{'bi-' if m.bidirectional else ''}{m.enc_cell} {m.enc_hidden}x{m.enc_layers} -> {m.dec_cell} "
+            f"{m.dec_hidden}x{m.dec_layers}, attention {m.attention}{' + input feeding' if m.input_feeding else ''}")
+
+
+def benchmark_translation(cfg: Config, translator: Translator, data: ParallelData, test_sources: list[str],
+                          steps: int = 30, warmup: int = 5, beam: int = 5) -> BenchResult:
+    """Training tokens/s, greedy and beam sentences/s, peak memory and utilisation ratios."""
+    model = translator.model
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, data, cfg.train, Path(tmp), Tracker(), lambda t: {"score": 0.0}, {})
+    device, amp = trainer.device, trainer.amp_dtype
+    translator.device, translator.amp_dtype = device, amp
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rate32 = matmul_rate(device, torch.float32)
+    rate_amp = matmul_rate(device, amp) if amp is not None else rate32
+
+    batches = data.epoch(0)
+    if len(batches) < warmup + steps:
+        raise ValueError(f"the data has {len(batches)} batches; the benchmark needs {warmup + steps}")
+    for indices in batches[:warmup]:
+        trainer.train_step(data.batch(indices).to(device))
+    src_tokens = tgt_tokens = 0
+    _sync(device)
+    start = time.perf_counter()
+    for indices in batches[warmup:warmup + steps]:
+        batch = data.batch(indices).to(device)
+        trainer.train_step(batch)
+        src_tokens += int(batch.src_lens.sum())
+        tgt_tokens += int((batch.tgt_out != 0).sum())
+    _sync(device)
+    train_seconds = time.perf_counter() - start
+    sentences = sum(len(b) for b in batches[warmup:warmup + steps])
+    flops = forward_flops(model, src_tokens / sentences, tgt_tokens / sentences)
+    train_flop = 3 * (src_tokens * flops["per_source_token"] + tgt_tokens * flops["per_target_token"])
+
+    def decode_rate(b: int) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        translator.translate(test_sources, beam=b)
+        _sync(device)
+        return len(test_sources) / (time.perf_counter() - t0)
+
+    greedy, beamed = decode_rate(1), decode_rate(beam)
+    return BenchResult({
+        "model": describe(cfg), "parameters": model.num_parameters(), "device": str(device),
+        "precision": str(amp or "fp32").replace("torch.", ""),
+        "train_steps_timed": steps,
+        "train_tokens_per_second": (src_tokens + tgt_tokens) / train_seconds,
+        "train_sentences_per_second": sentences / train_seconds,
+        "forward_flops_per_source_token": flops["per_source_token"],
+        "forward_flops_per_target_token": flops["per_target_token"],
+        "train_gflops_per_second": train_flop / train_seconds / 1e9,
+        "matmul_fp32_gflops_per_second": rate32 / 1e9,
+        "matmul_compute_dtype_gflops_per_second": rate_amp / 1e9,
+        "train_utilisation_of_matmul_rate": train_flop / train_seconds / rate_amp,
+        "greedy_sentences_per_second": greedy,
+        f"beam{beam}_sentences_per_second": beamed,
+        "test_sentences": len(test_sources),
+        "peak_memory_mb": peak_memory_mb(device),
+    })

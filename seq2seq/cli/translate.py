@@ -1,0 +1,149 @@
+"""seq2seq-translate: translate sentences typed at a prompt, or piped on stdin (one per line).
+
+    seq2seq-translate runs/translate-20261122-101500            # a REPL on a terminal
+    seq2seq-translate RUN_DIR < input.en > output.fr              # batch mode, line by line
+    seq2seq-translate RUN_DIR --beam 5 --nbest 3 --format jsonl < input.en
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from seq2seq.experiment import run_cli
+from seq2seq.translator import Translation, Translator
+
+HELP = """commands:
+  :beam N     beam size (1 = greedy)
+  :nbest K    show the K best translations
+  :align      toggle the word alignment (attention) of the best translation
+  :help       this text
+  :quit       leave (so do an empty line, Ctrl-D and Ctrl-C)"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="seq2seq-translate", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the model's, 1 = greedy)")
+    parser.add_argument("--nbest", type=int, default=1, help="translations per sentence (at most the beam size)")
+    parser.add_argument("--max-len-ratio", type=float, default=None, help="output length limit per source token")
+    parser.add_argument("--format", choices=("text", "jsonl"), default="text", help="batch-mode output format")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences translated together in batch mode")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args(argv)
+    for name in ("nbest", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.beam is not None and args.beam < 1:
+        parser.error("--beam must be at least 1")
+    if args.max_len_ratio is not None and args.max_len_ratio <= 0:
+        parser.error("--max-len-ratio must be positive")
+    return args
+
+
+def alignment(tr: Translation, pieces: list[str]) -> str:
+    """Each output piece with the source piece it attends to most."""
+    if tr.attention is None:
+        return "(this model has no attention)"
+    best = tr.attention[: len(pieces)].argmax(dim=-1).tolist()
+    return "  ".join(f"{p}->{tr.src_pieces[j]}" for p, j in zip(pieces, best))
+
+
+def as_json(tr: Translation) -> str:
+    best = tr.candidates[0] if tr.candidates else None
+    return json.dumps({"source": tr.source, "translation": tr.text, "score": best.score if best else None,
+                       "nbest": [{"translation": c.text, "score": c.score} for c in tr.candidates]},
+                      ensure_ascii=False)
+
+
+def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line.rstrip("\r\n"))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def batch_mode(translator: Translator, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """One output line per input line, in order; empty lines stay empty."""
+    beam = max(args.beam or translator.cfg.search.beam, args.nbest)
+    for chunk in chunks(stdin, args.batch_size):
+        for tr in translator.translate(chunk, beam, args.nbest, args.max_len_ratio):
+            stdout.write((as_json(tr) if args.format == "jsonl" else tr.text) + "\n")
+        stdout.flush()
+    return 0
+
+
+def repl(translator: Translator, args: argparse.Namespace) -> int:
+    import readline  # line editing and history at the prompt
+
+    from seq2seq.data.fetch import cache_dir
+
+    history = cache_dir() / "translate_history"
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    beam, nbest, show_align = args.beam or translator.cfg.search.beam, args.nbest, False
+    lang = translator.cfg.data.src_lang
+    print(f"seq2seq translate ({lang}->{translator.cfg.data.tgt_lang}), beam {beam}. "
+          f"Type a sentence; :help for commands; an empty line quits.")
+    try:
+        while True:
+            try:
+                line = input(f"{lang}> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+            if not line or line in (":quit", ":q", ":exit"):
+                break
+            if line.startswith(":"):
+                cmd, _, value = line[1:].partition(" ")
+                if cmd in ("beam", "nbest") and value.strip().isdigit() and int(value) >= 1:
+                    if cmd == "beam":
+                        beam = int(value)
+                    else:
+                        nbest = int(value)
+                    print(f"beam {beam}, nbest {nbest}")
+                elif cmd == "align":
+                    show_align = not show_align
+                    print(f"alignment {'on' if show_align else 'off'}")
+                else:
+                    print(HELP)
+                continue
+            tr = translator.translate([line], max(beam, nbest), nbest, args.max_len_ratio)[0]
+            for i, cand in enumerate(tr.candidates):
+                print(cand.text if nbest == 1 else f"{i + 1}. {cand.text}  ({cand.score:.3f})")
+            if show_align and tr.candidates:
+                print(alignment(tr, translator.tgt_tok.pieces(tr.candidates[0].tokens) + ["</s>"]))
+    finally:
+        try:
+            readline.write_history_file(history)
+        except OSError:
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def run() -> int:
+        translator = Translator.load(args.model, device=args.device)
+        if sys.stdin.isatty():
+            return repl(translator, args)
+        stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", newline="\n", closefd=False)
+        sys.stdout.reconfigure(encoding="utf-8")
+        return batch_mode(translator, args, stdin, sys.stdout)
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny seeded models and a tiny trained translation run."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.config import ModelConfig
+from seq2seq.model import Seq2Seq, build_translation_model
+
+CELLS = ["rnn", "gru", "lstm"]
+ATTENTIONS = ["none", "bahdanau", "luong_dot", "luong_general"]
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def tiny_model(cell: str = "gru", attention: str = "luong_general", input_feeding: bool = False,
+               src_vocab: int = 20, tgt_vocab: int = 24, seed: int = 0, **kw) -> Seq2Seq:
+    """Embedding 10, hidden 6 per direction (decoder 12), as JoeyNMT's tests do."""
+    torch.manual_seed(seed)
+    kw = {"dropout": 0.0, **kw}
+    cfg = ModelConfig(emb_dim=10, enc_hidden=6, dec_hidden=12, enc_cell=cell, dec_cell=cell,
+                      attention=attention, input_feeding=input_feeding, attention_dim=7, readout_dim=5, **kw)
+    return build_translation_model(cfg, src_vocab, tgt_vocab).eval()
+
+
+def padded_batch(lens: list[int], vocab: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random source ids (>= 4, so no special tokens) padded with 0, and their lengths."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, vocab, (len(lens), max(lens)), generator=g)
+    for i, n in enumerate(lens):
+        src[i, n:] = 0
+    return src, torch.tensor(lens)
+
+
+LEXICON = {"the": "le", "cat": "chat", "dog": "chien", "eats": "mange", "sees": "voit", "big": "grand",
+           "small": "petit", "fish": "poisson", "bird": "oiseau", "red": "rouge", "a": "un", "sleeps": "dort"}
+
+
+def toy_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """Word-for-word toy 'translations' for end-to-end runs on user files."""
+    rng = random.Random(seed)
+    words = list(LEXICON)
+    pairs = []
+    for _ in range(n):
+        src = [rng.choice(words) for _ in range(rng.randint(2, 7))]
+        pairs.append((" ".join(src), " ".join(LEXICON[w] for w in src)))
+    return pairs
+
+
+def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny translation run trained on toy files: a run folder with tokenizers and checkpoints."""
+    from seq2seq.experiment import experiment_parser, prepare_run
+    from seq2seq.translation import run
+
+    root = tmp_path_factory.mktemp("toy")
+    overrides = [
+        "data.corpus=files", f"data.train={write_tsv(root / 'train.tsv', toy_pairs(600, 1))}",
+        f"data.valid={write_tsv(root / 'valid.tsv', toy_pairs(20, 2))}",
+        f"data.test={write_tsv(root / 'test.tsv', toy_pairs(20, 3))}",
+        "data.vocab_size=40", "data.batch_tokens=400", "model.emb_dim=16", "model.enc_hidden=16",
+        "model.dec_hidden=32", "model.attention_dim=16", "train.time_budget=null", "train.max_steps=60",
+        "train.valid_every=30", "train.warmup_steps=10", "train.precision=fp32", "tracking.enabled=false",
+        "search.beam=3",
+    ]
+    args = experiment_parser("toy").parse_args(["--run-dir", str(root / "run"), *overrides])
+    cfg, run_dir = prepare_run(args, "toy")
+    results = run(cfg, run_dir)
+    assert results["train_steps"] == 60
+    return run_dir

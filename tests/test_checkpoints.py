@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from seq2seq.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+
+
+def test_round_trip_and_atomic_write(tmp_path):
+    path = save_checkpoint(tmp_path / "c" / "last.pt", {"model": {"w": torch.ones(2)}, "step": 3})
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 3 and torch.equal(ckpt["model"]["w"], torch.ones(2))
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint(path, {"step": 2, "bad": Unsaveable()})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: no such checkpoint file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "corrupt.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: not a seq2seq checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pt"):
+        load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "seq2seq-checkpoint", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_run_folder_resolves_to_best(tmp_path):
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", {})
+    assert resolve_checkpoint(tmp_path).name == "last.pt"
+    save_checkpoint(tmp_path / "checkpoints" / "best.pt", {})
+    assert resolve_checkpoint(tmp_path).name == "best.pt"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty: no checkpoints/best.pt"):
+        resolve_checkpoint(tmp_path / "empty")

@@ -1,0 +1,59 @@
+import pytest
+
+from seq2seq.config import Config, ConfigError, config_from_dict, load_config, parse_overrides
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.model.attention == "luong_general"
+    assert cfg.train.time_budget == 15.0
+
+
+def test_overrides_are_typed():
+    cfg = load_config(overrides=["train.lr=1e-3", "model.bidirectional=false", "data.max_train_pairs=100",
+                                 "train.time_budget=null", "train.betas=[0.8, 0.9]"])
+    assert cfg.train.lr == 1e-3 and cfg.model.bidirectional is False
+    assert cfg.data.max_train_pairs == 100 and cfg.train.time_budget is None
+    assert cfg.train.betas == (0.8, 0.9)
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  attention: bahdanau\n  dec_hidden: 64\ntrain:\n  lr: 0.01\n")
+    cfg = load_config(path, ["train.lr=0.02"])
+    assert cfg.model.attention == "bahdanau" and cfg.model.dec_hidden == 64 and cfg.train.lr == 0.02
+
+
+@pytest.mark.parametrize("override, message", [
+    (["train.lrr=1"], "unknown option 'train.lrr' (did you mean 'train.lr'?)"),
+    (["model.attention=dot"], "model.attention='dot' is not one of"),
+    (["model.dec_layers=two"], "model.dec_layers='two' is not a valid int"),
+    (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+    (["model.input_feeding=true", "model.attention=bahdanau"], "input_feeding applies to luong"),
+    (["model.attention=luong_dot", "model.dec_hidden=100"], "luong_dot needs model.dec_hidden"),
+    (["train"], "not of the form"),
+    (["model=3"], "'model' is a section"),
+])
+def test_bad_options_name_the_option(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=override)
+    assert message in str(err.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(overrides=["model.enc_cell=lstm", "search.beam=3"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and isinstance(again, Config)
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}

@@ -1,0 +1,59 @@
+import hashlib
+
+import pytest
+
+from seq2seq.data.corpora import (CorpusError, _ParagraphParser, group_references, load_corpus, read_parallel,
+                                  split_bucket, split_corpus)
+
+
+def test_split_bucket_follows_the_sha1_rule():
+    for s in ["Go.", "Hi.", "I see.", "Tom is here.", "Où est-il ?"]:
+        b = int(hashlib.sha1(s.encode("utf-8")).hexdigest(), 16) % 100
+        assert split_bucket(s) == ("test" if b == 0 else "valid" if b == 1 else "train")
+
+
+def test_references_are_grouped_and_normalised():
+    pairs = [("Hi.", "Salut."), (" Hi. ", "Salut !"), ("Hi.", "Salut."), ("Go.", ""), ("e\u0301", "é")]
+    groups = group_references(pairs)
+    assert [(g.src, g.refs) for g in groups] == [("Hi.", ["Salut.", "Salut !"]), ("\u00e9", ["\u00e9"])]
+
+
+def test_split_keeps_all_references_together():
+    pairs = [(f"sentence {i}", f"phrase {i} {j}") for i in range(3000) for j in range(2)]
+    corpus = split_corpus("toy", pairs)
+    assert len(corpus.train) + 2 * (len(corpus.valid) + len(corpus.test)) == 6000
+    assert all(len(ex.refs) == 2 for ex in corpus.test + corpus.valid)
+    train_src = {s for s, _ in corpus.train}
+    assert not train_src & {ex.src for ex in corpus.test + corpus.valid}
+    assert 10 < len(corpus.test) < 60 and 10 < len(corpus.valid) < 60
+
+
+def test_user_files(tmp_path):
+    (tmp_path / "a.tsv").write_text("hello\tbonjour\n\nyes\toui\n", encoding="utf-8")
+    assert read_parallel(str(tmp_path / "a.tsv")) == [("hello", "bonjour"), ("yes", "oui")]
+    (tmp_path / "x.en").write_text("a\nb\n")
+    (tmp_path / "x.fr").write_text("c\nd\n")
+    assert read_parallel(f"{tmp_path / 'x.en'},{tmp_path / 'x.fr'}") == [("a", "c"), ("b", "d")]
+    (tmp_path / "y.fr").write_text("c\n")
+    with pytest.raises(CorpusError, match="not aligned"):
+        read_parallel(f"{tmp_path / 'x.en'},{tmp_path / 'y.fr'}")
+    (tmp_path / "bad.tsv").write_text("only one column\n")
+    with pytest.raises(CorpusError, match="bad.tsv:1: expected source<TAB>target"):
+        read_parallel(str(tmp_path / "bad.tsv"))
+    with pytest.raises(CorpusError, match="does not exist"):
+        read_parallel(str(tmp_path / "missing.tsv"))
+
+
+def test_files_corpus_with_explicit_splits(tmp_path):
+    (tmp_path / "t.tsv").write_text("a b\tc d\n")
+    (tmp_path / "v.tsv").write_text("x\ty\nx\tz\n")
+    corpus = load_corpus("files", train=str(tmp_path / "t.tsv"), valid=str(tmp_path / "v.tsv"))
+    assert corpus.train == [("a b", "c d")] and corpus.valid[0].refs == ["y", "z"] and corpus.test == []
+
+
+def test_help_paragraph_parser_skips_hidden_text():
+    parser = _ParagraphParser()
+    parser.feed('<p id="par_id1">Press <span class="keycode">Enter</span> now.</p>'
+                '<p id="par_id2">Use <span hidden="true" class="MAC">Command</span><span>Ctrl</span>+F</p>'
+                '<h2 id="hd_id3">Find <img src="x.svg"> Text</h2><p id="other">skip</p>')
+    assert parser.paragraphs == {"par_id1": "Press Enter now.", "par_id2": "Use Ctrl+F", "hd_id3": "Find Text"}

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from seq2seq.decoder import RNNDecoder
+from seq2seq.memory import Memory
+
+from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
+
+COMBOS = [(c, a, f) for c in CELLS for a in ATTENTIONS for f in (False, True) if not f or a.startswith("luong")]
+
+
+@pytest.mark.parametrize("cell, attention, feeding", COMBOS)
+def test_teacher_forced_forward_equals_step_by_step(cell, attention, feeding):
+    model = tiny_model(cell, attention, feeding)
+    src, lens = padded_batch([6, 3, 5])
+    tgt = torch.randint(4, 24, (3, 7), generator=torch.Generator().manual_seed(1))
+    logits, weights = model((src, lens), tgt)
+    assert logits.shape == (3, 7, 24)
+    memory = model.encode(src, lens)
+    state = model.decoder.init_state(memory)
+    steps = []
+    for t in range(7):
+        out, state, w = model.decoder.step(tgt[:, t], state, memory)
+        steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), logits, atol=1e-5, rtol=1e-4)
+    if attention == "none":
+        assert weights is None
+    else:
+        assert weights.shape == (3, 7, 6)
+        assert torch.all(weights[1, :, 3:] == 0) and torch.all(weights[2, :, 5:] == 0)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3, 7))
+
+
+@pytest.mark.parametrize("init", ["zero", "last", "bridge"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_initial_state(init, cell):
+    model = tiny_model(cell, "bahdanau", init=init)
+    src, lens = padded_batch([4, 2])
+    memory = model.encode(src, lens)
+    state = model.decoder.init_state(memory)
+    h = state.hidden[0] if cell == "lstm" else state.hidden
+    assert h.shape == (1, 2, 12)
+    if init == "zero":
+        assert torch.all(h == 0)
+    elif init == "last":
+        torch.testing.assert_close(h[0], memory.summary)
+    else:
+        torch.testing.assert_close(h[0], torch.tanh(model.decoder.bridge(memory.summary)))
+
+
+def test_last_init_needs_matching_sizes():
+    with pytest.raises(ValueError, match="init=last needs"):
+        RNNDecoder(10, 4, hidden=8, memory_dim=6, summary_dim=6, init="last")
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_tied_embeddings_share_the_matrix(attention):
+    model = tiny_model("gru", attention, tied_embeddings=True)
+    assert model.decoder.out.weight is model.decoder.embed.weight
+    src, lens = padded_batch([3, 2])
+    logits, _ = model((src, lens), torch.randint(4, 24, (2, 4)))
+    assert logits.shape == (2, 4, 24)
+
+
+def test_multi_layer_decoder_and_scheduled_sampling():
+    model = tiny_model("lstm", "luong_general", dec_layers=2, enc_layers=2).train()
+    src, lens = padded_batch([5, 4])
+    tgt = torch.randint(4, 24, (2, 6))
+    torch.manual_seed(0)
+    logits, _ = model((src, lens), tgt, teacher_forcing=0.5)
+    logits.sum().backward()
+    assert logits.shape == (2, 6, 24)
+    assert model.decoder.embed.weight.grad is not None
+
+
+def test_decoder_reads_any_memory():
+    """The decoder sees only vectors, a mask and a summary: a grid of image features works as well."""
+    torch.manual_seed(0)
+    dec = RNNDecoder(24, 10, 12, memory_dim=9, summary_dim=5, attention="bahdanau").eval()
+    grid = Memory(torch.randn(2, 49, 9), torch.ones(2, 49, dtype=torch.bool), torch.randn(2, 5))
+    logits, weights = dec(torch.randint(4, 24, (2, 3)), grid)
+    assert logits.shape == (2, 3, 24) and weights.shape == (2, 3, 49)

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from seq2seq.search import beam_search, greedy_search, max_lengths
+from seq2seq.tokenizers import EOS
+
+from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
+
+LENS = [7, 3, 5, 1, 6]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_beam_one_equals_greedy(cell, attention):
+    model = tiny_model(cell, attention, tgt_vocab=8, seed=3)
+    src, lens = padded_batch(LENS)
+    memory = model.encode(src, lens)
+    greedy = greedy_search(model.decoder, memory, max_lengths(lens, 2.0, 3))
+    beam = beam_search(model.decoder, memory, 1, max_lengths(lens, 2.0, 3))
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
+    assert [h.finished for h in greedy] == [b[0].finished for b in beam]
+    for g, (b,) in zip(greedy, beam):
+        assert g.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_batched_beam_equals_one_at_a_time(attention):
+    model = tiny_model("gru", attention, tgt_vocab=8, seed=4)
+    src, lens = padded_batch(LENS)
+    batched = beam_search(model.decoder, model.encode(src, lens), 4, 10, nbest=3)
+    for i, n in enumerate(LENS):
+        alone = beam_search(model.decoder, model.encode(src[i:i + 1, :n], lens[i:i + 1]), 4, 10, nbest=3)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-4)
+
+
+def test_nbest_is_sorted_and_attention_matches_steps():
+    model = tiny_model("gru", "luong_general", tgt_vocab=8, seed=5)
+    src, lens = padded_batch(LENS)
+    for hyps in beam_search(model.decoder, model.encode(src, lens), 5, 12, nbest=5):
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True) and len(hyps) == 5
+        for h in hyps:
+            steps = len(h.tokens) + (1 if h.finished else 0)
+            assert h.attention.shape[0] == steps
+            assert h.score == pytest.approx(h.logprob / steps)
+            assert EOS not in h.tokens
+
+
+def test_unfinished_hypothesis_is_returned_at_the_limit():
+    model = tiny_model("gru", "bahdanau", tgt_vocab=8, seed=6)
+    with torch.no_grad():  # make the end token impossible
+        model.decoder.out.bias[EOS] = -1e9
+    src, lens = padded_batch([4, 2])
+    memory = model.encode(src, lens)
+    beam = beam_search(model.decoder, memory, 3, torch.tensor([5, 2]), nbest=2)
+    for hyps, limit in zip(beam, (5, 2)):
+        assert len(hyps) == 2 and all(not h.finished and len(h.tokens) == limit for h in hyps)
+    greedy = greedy_search(model.decoder, memory, torch.tensor([5, 2]))
+    assert [len(h.tokens) for h in greedy] == [5, 2] and not any(h.finished for h in greedy)
+    assert greedy[0].tokens == beam_search(model.decoder, memory, 1, torch.tensor([5, 2]))[0][0].tokens
+
+
+def test_length_penalty_prefers_longer_when_larger():
+    model = tiny_model("gru", "luong_general", tgt_vocab=8, seed=7)
+    src, lens = padded_batch(LENS)
+    memory = model.encode(src, lens)
+    short = beam_search(model.decoder, memory, 5, 15, length_penalty=0.0)
+    long = beam_search(model.decoder, memory, 5, 15, length_penalty=2.0)
+    assert sum(len(h[0].tokens) for h in long) >= sum(len(h[0].tokens) for h in short)
+
+
+def test_max_lengths_and_bad_nbest():
+    assert max_lengths(torch.tensor([1, 10]), 1.5, 2).tolist() == [3, 17]
+    model = tiny_model()
+    src, lens = padded_batch([3])
+    with pytest.raises(ValueError, match="nbest"):
+        beam_search(model.decoder, model.encode(src, lens), 2, 5, nbest=3)

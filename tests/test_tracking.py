@@ -1,0 +1,40 @@
+import json
+
+from PIL import Image
+
+from seq2seq.config import TrackingConfig
+from seq2seq.tracking import JsonlTracker, Tracker, make_tracker
+
+
+def test_disabled_tracking_writes_only_the_local_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tracker = make_tracker(TrackingConfig(), tmp_path, {"a": 1})
+    assert isinstance(tracker, JsonlTracker)
+    tracker.log({"loss": 1.5}, step=3)
+    tracker.summary({"bleu": 30.0})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["loss"] == 1.5 and lines[0]["step"] == 3 and lines[1] == {"summary": {"bleu": 30.0}}
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_wandb_offline_run_writes_table_and_images(tmp_path, monkeypatch):
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.delenv("WANDB_MODE")  # the default is offline: no account, no network
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tracker = make_tracker(TrackingConfig(project="test"), run_dir, {"model": {"attention": "bahdanau"}})
+    assert not isinstance(tracker, JsonlTracker) and isinstance(tracker, Tracker)
+    tracker.log({"train/loss": 2.0}, step=1)
+    tracker.table("valid/samples", ["source", "references", "hypothesis"], [["hi", "salut", "salut"]], step=1)
+    tracker.images("valid/attention", [(Image.new("RGB", (20, 10), "white"), "salut")], step=1)
+    tracker.summary({"test_bleu_beam": 31.5})
+    tracker.finish()
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = runs[0] / "files" / "media"
+    assert list(media.glob("table/valid/samples_*.table.json"))
+    assert list(media.glob("images/valid/attention_*.png"))
+    records = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))  # offline: the run's log
+    assert b"test_bleu_beam" in records and b"train/loss" in records
+    assert (run_dir / "wandb_id.txt").exists()

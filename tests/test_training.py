@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from seq2seq.config import TrainConfig
+from seq2seq.data.batching import ParallelData
+from seq2seq.training import LRSchedule, Trainer, teacher_forcing_ratio
+from seq2seq.tracking import Tracker
+
+from conftest import tiny_model
+
+
+def _data(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = [torch.randint(4, 20, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return ParallelData(src, [list(reversed(s)) for s in src], budget=120, seed=seed)
+
+
+class CrashAt(Tracker):
+    def __init__(self, step):
+        self.step = step
+
+    def log(self, metrics, step):
+        if step == self.step and "train/loss" in metrics:
+            raise RuntimeError("simulated crash")
+
+
+def _trainer(tmp_path, tracker=None, **cfg):
+    model = tiny_model("gru", "bahdanau", src_vocab=20, tgt_vocab=20, dropout=0.3).train()
+    cfg = {"time_budget": None, "max_steps": 30, "valid_every": 10, "log_every": 1, "warmup_steps": 5,
+           "precision": "fp32", "device": "cpu", **cfg}
+    config = TrainConfig(**cfg)
+    return Trainer(model, _data(), config, tmp_path, tracker or Tracker(), lambda t: {"score": -t.progress.step % 7},
+                   {"task": "test"})
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    torch.manual_seed(0)
+    straight = _trainer(tmp_path / "a")
+    straight.train()
+
+    torch.manual_seed(0)
+    crashed = _trainer(tmp_path / "b", CrashAt(14))  # dies after step 14; last.pt is from step 10
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.train()
+    torch.manual_seed(123)  # a new process has another RNG state: the checkpoint must restore it
+    resumed = _trainer(tmp_path / "b")
+    resumed.resume(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert resumed.progress.step == 10
+    resumed.train()
+    assert resumed.progress.step == straight.progress.step == 30
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_time_budget_stops_and_still_validates(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=None)
+    trainer.cfg.time_budget = 0.02  # 1.2 seconds
+    trainer.cfg.valid_every = 10_000
+    progress = trainer.train()
+    assert "time budget" in progress.stop_reason
+    assert progress.last_validation == progress.step > 0
+    assert (tmp_path / "checkpoints" / "best.pt").exists() and (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_early_stopping(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=100, patience=2)
+    trainer.validate_fn = lambda t: {"score": 1.0}
+    progress = trainer.train()
+    assert progress.step == 30 and "no better validation score" in progress.stop_reason
+
+
+def test_interrupt_saves_a_resumable_checkpoint(tmp_path):
+    class Interrupt(Tracker):
+        def log(self, metrics, step):
+            if step == 5:
+                raise KeyboardInterrupt
+
+    progress = _trainer(tmp_path, Interrupt()).train()
+    assert progress.stop_reason == "interrupted"
+    resumed = _trainer(tmp_path)
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    assert resumed.progress.step == 5
+
+
+def test_learning_rate_schedules():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=100, time_budget=None, min_lr_ratio=0.0)
+    sched = LRSchedule(opt, cfg)
+    assert sched.lr(0, 0) == pytest.approx(0.1) and 0.95 < sched.lr(9, 0) < 1.0  # warm-up, then decay
+    assert sched.lr(50, 0) == pytest.approx(0.5, abs=0.01) and sched.lr(100, 0) == pytest.approx(0.0)
+    cfg.time_budget, cfg.max_steps = 10.0, None  # the horizon may be the time budget
+    assert sched.lr(20, 300) == pytest.approx(0.5, abs=0.01)
+    cfg.decay = "inverse_sqrt"
+    assert sched.lr(39, 0) == pytest.approx(math.sqrt(10 / 40))
+    cfg.schedule, cfg.plateau_patience, cfg.plateau_factor = "plateau", 2, 0.5
+    for score in (1.0, 2.0, 2.0, 1.0):
+        sched.on_validation(score)
+    assert sched.lr(0, 0) == pytest.approx(0.5)
+
+
+def test_scheduled_sampling_ratios():
+    cfg = TrainConfig(teacher_forcing=0.25, sampling_schedule="linear", sampling_k=100)
+    assert teacher_forcing_ratio(cfg, 0) == 1.0 and teacher_forcing_ratio(cfg, 50) == pytest.approx(0.625)
+    assert teacher_forcing_ratio(cfg, 1000) == 0.25
+    cfg.sampling_schedule = "inverse_sigmoid"
+    assert teacher_forcing_ratio(cfg, 0) == pytest.approx(100 / 101)
+    assert teacher_forcing_ratio(cfg, 10_000) == 0.25
+    assert teacher_forcing_ratio(TrainConfig(), 10) == 1.0

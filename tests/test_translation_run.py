@@ -1,0 +1,102 @@
+"""End to end on the user's own files: a tiny run, its folder, results and the translate tool."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seq2seq.checkpoints import CheckpointError
+from seq2seq.translator import Translator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_run_folder_holds_what_a_user_needs(toy_run):
+    for name in ("config.yaml", "tokenizers/src.model", "tokenizers/tgt.model", "checkpoints/best.pt",
+                 "checkpoints/last.pt", "metrics.jsonl"):
+        assert (toy_run / name).exists(), name
+
+
+def test_translator_translates_in_order_with_empty_lines(toy_run):
+    translator = Translator.load(toy_run, device="cpu")
+    out = translator.translate(["the cat", "", "   ", "a big red dog sleeps"], beam=3, nbest=2)
+    assert [t.source for t in out] == ["the cat", "", "   ", "a big red dog sleeps"]
+    assert out[1].text == "" and out[2].text == "" and out[1].candidates == []
+    assert len(out[0].candidates) == 2 and out[0].candidates[0].score >= out[0].candidates[1].score
+
+
+def _translate(args, stdin):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "translate.py"), *args], input=stdin,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_batch_mode_keeps_one_line_per_input_line(toy_run):
+    lines = ["the cat eats", "", "a dog", "\u00e9l\u00e8ve\tx", "the small bird sees a fish", ""]
+    proc = _translate([str(toy_run), "--beam", "2", "--batch-size", "2"], "\n".join(lines) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)
+    assert out[1] == "" and out[5] == ""
+    assert all(out[i] for i in (0, 2, 4))
+
+
+def test_batch_mode_jsonl_has_scores_and_nbest(toy_run):
+    proc = _translate([str(toy_run), "--format", "jsonl", "--nbest", "3"], "the dog sleeps\n\n")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 2 and rows[0]["source"] == "the dog sleeps"
+    assert len(rows[0]["nbest"]) == 3 and rows[0]["translation"] == rows[0]["nbest"][0]["translation"]
+    assert rows[1] == {"source": "", "translation": "", "score": None, "nbest": []}
+
+
+def test_repl_accepts_commands_and_quits(toy_run):
+    # the REPL needs a terminal; drive it through a pseudo-terminal
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, str(ROOT / "tools" / "translate.py"), str(toy_run)])
+    os.write(fd, b":beam 2\n:nbest 2\n:align\nthe cat sleeps\n\n")
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "beam 2, nbest 2" in text and "alignment on" in text and "1. " in text and "->" in text
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "foreign", "folder"])
+def test_bad_checkpoint_is_one_line(tmp_path, kind):
+    import torch
+
+    path = tmp_path / "model.pt"
+    if kind == "corrupt":
+        path.write_bytes(b"PK\x03\x04 truncated")
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
+    elif kind == "folder":
+        path = tmp_path
+    proc = _translate([str(path)], "hello\n")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with pytest.raises(CheckpointError):
+        Translator.load(path)
+
+
+def test_checkpoint_without_its_tokenizer(toy_run, tmp_path):
+    import shutil
+
+    shutil.copy(toy_run / "checkpoints" / "best.pt", tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="tokenizer .* is missing"):
+        Translator.load(tmp_path / "best.pt")

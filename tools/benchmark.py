@@ -1,0 +1,62 @@
+"""Benchmark a translation configuration: training tokens/s, decoding sentences/s, memory, utilisation.
+
+    python tools/benchmark.py                                  # the default config, random weights
+    python tools/benchmark.py --config experiments/configs/bahdanau2015.yaml
+    python tools/benchmark.py --run-dir runs/translate-...     # a trained model (real output lengths)
+
+Runs unchanged on a GPU (train.device=auto picks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from seq2seq.benchmark import benchmark_translation  # noqa: E402
+from seq2seq.config import load_config  # noqa: E402
+from seq2seq.data.batching import ParallelData  # noqa: E402
+from seq2seq.experiment import log, run_cli, spread  # noqa: E402
+from seq2seq.model import build_translation_model  # noqa: E402
+from seq2seq.translation import build_tokenizers, encode_pairs, load_data  # noqa: E402
+from seq2seq.translator import Translator  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--run-dir", type=Path, help="benchmark this trained run (its config, tokenizers, weights)")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--test-sentences", type=int, default=500, help="test sentences decoded")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run_dir:
+            translator = Translator.load(args.run_dir, precision="auto")
+            cfg = translator.cfg
+            src_tok, tgt_tok = translator.src_tok, translator.tgt_tok
+        else:
+            cfg = load_config(args.config, args.overrides)
+        corpus = load_data(cfg)
+        if not args.run_dir:
+            src_tok, tgt_tok = build_tokenizers(cfg, corpus, Path(tmp))
+            model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
+            translator = Translator(model, cfg, src_tok, tgt_tok, device=torch.device("cpu"))
+        src, tgt = encode_pairs(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
+        data = ParallelData(src, tgt, cfg.data.batch_tokens, cfg.train.seed)
+        tests = [ex.src for ex in spread(corpus.test, args.test_sentences)]
+        log(f"benchmarking on {corpus.name}: {args.steps} training steps, {len(tests)} test sentences")
+        result = benchmark_translation(cfg, translator, data, tests, args.steps, args.warmup, args.beam)
+    print(result.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
