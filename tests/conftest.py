@@ -68,16 +68,17 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("toy")
     overrides = [
-        "data.corpus=files", f"data.train={write_tsv(root / 'train.tsv', toy_pairs(600, 1))}",
+        "data.corpus=files", f"data.train={write_tsv(root / 'train.tsv', toy_pairs(2000, 1))}",
         f"data.valid={write_tsv(root / 'valid.tsv', toy_pairs(20, 2))}",
         f"data.test={write_tsv(root / 'test.tsv', toy_pairs(20, 3))}",
-        "data.vocab_size=40", "data.batch_tokens=400", "model.emb_dim=16", "model.enc_hidden=16",
-        "model.dec_hidden=32", "model.attention_dim=16", "train.time_budget=null", "train.max_steps=60",
-        "train.valid_every=30", "train.warmup_steps=10", "train.precision=fp32", "tracking.enabled=false",
+        "data.vocab_size=40", "data.batch_tokens=600", "model.emb_dim=32", "model.enc_hidden=32",
+        "model.dec_hidden=64", "model.attention_dim=32", "train.time_budget=null", "train.max_steps=300",
+        "train.valid_every=100", "train.warmup_steps=20", "train.lr=0.005", "train.precision=fp32", "tracking.enabled=false",
         "search.beam=3",
     ]
     args = experiment_parser("toy").parse_args(["--run-dir", str(root / "run"), *overrides])
     cfg, run_dir = prepare_run(args, "toy")
     results = run(cfg, run_dir)
-    assert results["train_steps"] == 60
+    assert results["train_steps"] == 300
+    assert results["test_bleu_beam"] > 50, results  # word-for-word toy translation is learned
     return run_dir

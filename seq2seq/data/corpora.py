@@ -183,12 +183,14 @@ def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tup
         with open(mo, "rb") as f:
             catalog = gettext.GNUTranslations(f)._catalog  # msgid (English) -> msgstr
         for en, de in catalog.items():
-            if isinstance(en, str) and en and isinstance(de, str):
+            if isinstance(en, str) and en and isinstance(de, str) and de:
+                en = en.split("\x04")[-1]  # drop the message context ("ctxt\x04msgid")
                 pairs.append((en.replace("~", ""), de.replace("~", "")))
     if help_pages:
         en_help = _help_paragraphs(fetch_deb("libreoffice-help-en-us"), "en-US")
         tgt_help = _help_paragraphs(fetch_deb(f"libreoffice-help-{tgt_lang}"), tgt_lang)
         pairs.extend((text, tgt_help[key]) for key, text in en_help.items() if key in tgt_help)
+    pairs = list(dict.fromkeys(pairs))  # the same message recurs across catalogs
     if len(pairs) < 10_000:
         raise FetchError(f"libreoffice en-{tgt_lang}: only {len(pairs)} pairs were read; the Debian "
                          f"packages may have changed layout")
