@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from seq2seq.attention import make_attention
 from seq2seq.memory import Memory
-from seq2seq.rnn import RNNState, make_rnn, select_state, top_hidden
+from seq2seq.rnn import Dropout, RNNState, make_rnn, select_state, top_hidden
 from seq2seq.tokenizers import PAD
 
 
@@ -60,7 +60,7 @@ class RNNDecoder(nn.Module):
         self.kind, self.init, self.cell, self.layers, self.hidden = attention, init, cell, layers, hidden
         self.input_feeding = input_feeding
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.attention = make_attention(attention, hidden, memory_dim, attention_dim)
         # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
         ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)

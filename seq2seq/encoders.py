@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.memory import Memory
-from seq2seq.rnn import make_rnn
+from seq2seq.rnn import Dropout, make_rnn
 from seq2seq.tokenizers import PAD
 
 
@@ -18,7 +18,7 @@ class TextEncoder(nn.Module):
                  bidirectional: bool = True, dropout: float = 0.0):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.rnn = make_rnn(cell, emb_dim, hidden, layers, dropout, bidirectional)
         self.directions = 2 if bidirectional else 1
         self.output_dim = hidden * self.directions  # size of each memory vector and of the summary

@@ -34,13 +34,20 @@ class Seq2Seq(nn.Module):
 
 
 def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, int]:
-    """Mean training loss over non-padding tokens, summed NLL (for perplexity) and the token count."""
-    flat = logits.reshape(-1, logits.size(-1)).float()  # (batch*tgt_len, vocab)
+    """Mean training loss over non-padding tokens, summed NLL (for perplexity) and the token count.
+
+    With label smoothing ``e`` the loss is ``(1 - e) * NLL + e * mean_v(-log p_v)``, as in
+    ``F.cross_entropy(label_smoothing=e)``; one log-softmax serves both terms.
+    """
+    logp = F.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)  # (batch*tgt_len, vocab)
     target = tgt_out.reshape(-1)
-    n = int((target != PAD).sum())
-    loss = F.cross_entropy(flat, target, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
-    with torch.no_grad():
-        nll = loss if label_smoothing == 0 else F.cross_entropy(flat, target, ignore_index=PAD, reduction="sum")
+    real = target != PAD
+    n = int(real.sum())
+    nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1).masked_fill(~real, 0.0).sum()
+    loss = nll
+    if label_smoothing > 0:
+        smooth = -logp.mean(dim=-1).masked_fill(~real, 0.0).sum()
+        loss = (1 - label_smoothing) * nll + label_smoothing * smooth
     return loss / max(n, 1), nll.detach(), n
 
 

@@ -1,7 +1,9 @@
-"""Recurrent layers shared by encoders and the decoder: tanh RNN, GRU or LSTM."""
+"""Layers shared by encoders and the decoder: tanh RNN, GRU or LSTM, and dropout."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 RNNState = Tensor | tuple[Tensor, Tensor]  # (layers*dirs, batch, hidden), LSTM: (h, c)
@@ -29,3 +31,31 @@ def select_state(state: RNNState, index: Tensor) -> RNNState:
     if isinstance(state, tuple):
         return tuple(s.index_select(1, index) for s in state)
     return state.index_select(1, index)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout that is fast on the CPU too.
+
+    torch's CPU dropout spends its time drawing one random number per element. Here the
+    CPU keep-mask takes one random byte per element, four bytes per 32-bit draw, which is
+    about ten times faster; ``p`` is rounded to a multiple of 1/256. On a GPU it is
+    ``F.dropout``.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 256)  # drop where the random byte < threshold
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n = x.numel()
+        words = torch.randint(-(2 ** 31), 2 ** 31 - 1, ((n + 3) // 4,), dtype=torch.int32)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        return x * keep.to(x.dtype) * (256 / (256 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.threshold / 256:.4f}"
