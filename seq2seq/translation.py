@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from seq2seq.checkpoints import load_checkpoint
 from seq2seq.config import Config
 from seq2seq.data.batching import ParallelData, collate, token_batches
@@ -19,7 +17,7 @@ from seq2seq.model import build_translation_model
 from seq2seq.plotting import attention_heatmap
 from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.training import Trainer, teacher_forced_nll
+from seq2seq.training import Trainer, pick_device, pick_precision, teacher_forced_nll
 from seq2seq.translator import Translator, tokenizer_refs
 
 
@@ -95,7 +93,6 @@ class Validator:
 
     def __call__(self, trainer: Trainer) -> dict[str, float]:
         nll, n = teacher_forced_nll(trainer.model, self.batches, trainer.device, trainer.autocast)
-        self.translator.amp_dtype = trainer.amp_dtype
         result = evaluate(self.translator, self.examples, beam=1)
         step = trainer.progress.step
         by_src = {ex.src: hyp for ex, hyp in zip(self.examples, result["hypotheses"])}
@@ -125,10 +122,10 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
     tracker = make_tracker(cfg.tracking, run_dir, cfg.to_dict(), job_type="translation")
     extra = {"task": "translation", "config": cfg.to_dict(), "tokenizers": tokenizer_refs(run_dir, src_tok, tgt_tok)}
-    translator = Translator(model, cfg, src_tok, tgt_tok, device=torch.device("cpu"))
+    device = pick_device(cfg.train.device)
+    translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device))
     validator = Validator(cfg, translator, corpus.valid, tracker)
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra)
-    translator.device = trainer.device  # the trainer moved the model
     last = trainer.checkpoint_path("last")
     if last.exists():
         trainer.resume(last)

@@ -1,0 +1,48 @@
+import pytest
+import yaml
+
+from seq2seq.checkpoints import CheckpointError
+from seq2seq.config import ConfigError
+from seq2seq.experiment import experiment_parser, prepare_run, run_cli, spread, write_results
+
+
+def _args(*argv):
+    return experiment_parser("test").parse_args(list(argv))
+
+
+def test_prepare_run_writes_the_resolved_config(tmp_path):
+    cfg, run_dir = prepare_run(_args("--run-dir", str(tmp_path / "r"), "--time-budget", "3", "model.attention=none"),
+                               "test")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["attention"] == "none" and saved["train"]["time_budget"] == 3.0
+    assert cfg.train.time_budget == 3.0
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    prepare_run(_args("--run-dir", str(tmp_path), "model.attention=none"), "test")
+    prepare_run(_args("--run-dir", str(tmp_path), "--time-budget", "30", "model.attention=none"), "test")  # longer: fine
+    with pytest.raises(ConfigError, match="holds a run with a different config"):
+        prepare_run(_args("--run-dir", str(tmp_path), "model.attention=bahdanau"), "test")
+
+
+def test_bad_time_budget(tmp_path):
+    with pytest.raises(ConfigError, match="--time-budget must be a positive"):
+        prepare_run(_args("--run-dir", str(tmp_path), "--time-budget", "0"), "test")
+
+
+def test_spread_is_even_and_bounded():
+    assert spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert spread([1, 2], 5) == [1, 2] and spread([1, 2], None) == [1, 2] and spread([1, 2], 0) == []
+
+
+def test_user_errors_are_one_line(capsys):
+    def failing():
+        raise CheckpointError("model.pt: not a seq2seq checkpoint")
+
+    assert run_cli(failing) == 2
+    assert capsys.readouterr().err == "error: model.pt: not a seq2seq checkpoint\n"
+
+
+def test_results_are_json(tmp_path):
+    path = write_results(tmp_path, {"test_bleu_beam": 31.0, "note": "é"})
+    assert '"test_bleu_beam": 31.0' in path.read_text(encoding="utf-8")

@@ -1,0 +1,32 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.config import ModelConfig
+from seq2seq.model import build_translation_model, sequence_loss
+from seq2seq.tokenizers import PAD
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_sequence_loss_matches_cross_entropy(smoothing):
+    logits = torch.randn(2, 5, 9)
+    tgt = torch.tensor([[4, 5, 3, 0, 0], [6, 7, 8, 3, 0]])
+    loss, nll, n = sequence_loss(logits, tgt, smoothing)
+    flat = logits.reshape(-1, 9)
+    expected = F.cross_entropy(flat, tgt.reshape(-1), ignore_index=0, label_smoothing=smoothing)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, F.cross_entropy(flat, tgt.reshape(-1), ignore_index=0, reduction="sum"))
+    assert n == 7
+
+
+def test_build_translation_model_from_config():
+    cfg = ModelConfig(emb_dim=8, enc_hidden=5, dec_hidden=7, attention="bahdanau", enc_layers=2, dec_layers=2,
+                      enc_cell="lstm", dec_cell="rnn")
+    model = build_translation_model(cfg, 30, 40)
+    assert model.encoder.embed.num_embeddings == 30 and model.decoder.out.out_features == 40
+    assert model.encoder.embed.padding_idx == PAD == model.decoder.embed.padding_idx
+    assert model.encoder.rnn.num_layers == 2 and model.decoder.rnn.mode == "RNN_TANH"
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+    src = torch.tensor([[5, 6, 7], [8, 9, PAD]])
+    logits, weights = model((src, torch.tensor([3, 2])), torch.tensor([[2, 10], [2, 11]]))
+    assert logits.shape == (2, 2, 40) and weights.shape == (2, 2, 3)
