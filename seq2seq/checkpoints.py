@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from seq2seq.tokenizers import Tokenizer, load_tokenizer_file
+
 FORMAT = "seq2seq-checkpoint"
 VERSION = 1
 
@@ -70,3 +72,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
                     return candidate
         raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this folder")
     return path
+
+
+def tokenizer_refs(run_dir: Path, **tokenizers: Tokenizer) -> dict[str, Any]:
+    """What a checkpoint stores to find its tokenizers again: paths relative to the run folder."""
+    return {side: {"path": str(tok.path.resolve().relative_to(run_dir.resolve())), "sha256": tok.sha256()}
+            for side, tok in tokenizers.items()}
+
+
+def load_tokenizer(ref: dict[str, str], checkpoint: Path) -> Tokenizer:
+    """Find a tokenizer next to the checkpoint's run folder and check it is the one trained with it."""
+    rel = Path(ref["path"])
+    for base in (checkpoint.parent.parent, checkpoint.parent):
+        path = base / rel
+        if path.is_file():
+            tok = load_tokenizer_file(path)
+            if tok.sha256() != ref["sha256"]:
+                raise CheckpointError(f"{checkpoint}: tokenizer {path} is not the one this model was trained with")
+            return tok
+    raise CheckpointError(f"{checkpoint}: its tokenizer {rel} is missing (looked in the run folder)")

@@ -45,6 +45,34 @@ class DataConfig:
 
 
 @dataclass
+class CaptionsConfig:
+    corpus: str = "emoji"  # emoji | shapes | karpathy | coco | table
+    lang: str = "en"  # emoji: caption language, en | de | fr
+    captions: str | None = None  # karpathy/table: one file; coco: "TRAIN.json,VALID.json[,TEST.json]"
+    images: str | None = None  # folder the image paths are relative to (default: the captions file's)
+    shapes: int = 2000  # shapes: how many images to generate
+    shapes_size: int = 64  # shapes: canvas size in pixels
+    tokenizer: str = "word"  # word | sentencepiece
+    min_freq: int = 1  # word: rarer words become <unk>
+    vocab_size: int = 1000  # sentencepiece: pieces
+    max_len: int = 40  # drop training captions longer than this (tokens)
+    batch_tokens: int = 1200  # padded caption tokens per batch (images per batch vary with length)
+    max_train_images: int | None = None  # keep N training images, evenly spaced (small runs, tests)
+
+
+@dataclass
+class ImageConfig:
+    backbone: str = "mobilenet_v2"  # mobilenet_v2 | resnet18/34/50/101 | efficientnet_b0 | vgg16
+    weights: str = "imagenet"  # imagenet (fetched; mobilenet_v2 only) | none | /path/to/weights.pth
+    grid_block: int = -1  # the block whose feature map is the attention grid (-1: the last)
+    resize: int = 256  # shorter side before the centre crop
+    crop: int = 224  # input size; mobilenet_v2 gives a 7x7 grid at 224, 14x14 at 448
+    finetune_from: int | None = None  # None: frozen CNN (features cached); K: train blocks K and later
+    finetune_lr_scale: float = 0.1  # learning rate of fine-tuned CNN blocks, relative to train.lr
+    cache_features: bool = True  # frozen CNN: extract features once, keep them on disk
+
+
+@dataclass
 class ModelConfig:
     emb_dim: int = 256
     enc_cell: str = "gru"
@@ -54,13 +82,14 @@ class ModelConfig:
     dec_cell: str = "gru"
     dec_hidden: int = 512
     dec_layers: int = 1
-    dropout: float = 0.2  # on embeddings, between RNN layers and before the output layer
+    dropout: float = 0.1  # on embeddings, memory, between RNN layers and before the output layer
     attention: str = "luong_general"  # none | bahdanau | luong_dot | luong_general
     attention_dim: int = 256  # bahdanau: size of the additive scoring layer
     input_feeding: bool = False  # luong: feed the attentional vector to the next step
     init: str = "bridge"  # decoder initial state: zero | last | bridge
     readout_dim: int = 256  # none/bahdanau: maxout output layer size (Bahdanau: 500)
     tied_embeddings: bool = False  # share target embedding and output matrix
+    context_gate: bool = False  # scale the attention context by a learned scalar gate (Show, Attend and Tell)
 
 
 @dataclass
@@ -79,6 +108,7 @@ class TrainConfig:
     plateau_factor: float = 0.5  # plateau: lr multiplier when valid BLEU stalls
     plateau_patience: int = 2  # plateau: validations without improvement before decaying
     label_smoothing: float = 0.1
+    attention_reg: float = 0.0  # doubly stochastic attention penalty (Show, Attend and Tell: 1.0)
     teacher_forcing: float = 1.0  # probability of feeding the reference token (1 = always)
     sampling_schedule: str = "none"  # none | linear | inverse_sigmoid (Bengio et al. 2015)
     sampling_k: float = 2000.0  # inverse_sigmoid: k; linear: steps to reach teacher_forcing
@@ -112,7 +142,9 @@ class TrackingConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # translation corpora
+    captions: CaptionsConfig = field(default_factory=CaptionsConfig)  # captioning corpora
+    image: ImageConfig = field(default_factory=ImageConfig)  # the CNN of captioning models
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -134,6 +166,12 @@ class Config:
         _choice("train.sampling_schedule", t.sampling_schedule, ("none", "linear", "inverse_sigmoid"))
         _choice("data.corpus", d.corpus, ("tatoeba", "libreoffice", "files"))
         _choice("data.spm_model_type", d.spm_model_type, ("unigram", "bpe"))
+        _choice("captions.corpus", self.captions.corpus, ("emoji", "shapes", "karpathy", "coco", "table"))
+        _choice("captions.tokenizer", self.captions.tokenizer, ("word", "sentencepiece"))
+        _choice("image.backbone", self.image.backbone, ("mobilenet_v2", "resnet18", "resnet34", "resnet50",
+                                                        "resnet101", "efficientnet_b0", "vgg16"))
+        if self.captions.corpus in ("karpathy", "coco", "table") and not self.captions.captions:
+            raise ConfigError(f"captions.corpus={self.captions.corpus} needs captions.captions (the captions file)")
         if self.tracking.mode is not None:
             _choice("tracking.mode", self.tracking.mode, ("online", "offline", "disabled"))
         for name, value in [("model.emb_dim", m.emb_dim), ("model.enc_hidden", m.enc_hidden),
@@ -149,6 +187,8 @@ class Config:
             raise ConfigError(f"train.teacher_forcing must be in [0, 1], got {t.teacher_forcing}")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+        if m.context_gate and m.attention == "none":
+            raise ConfigError("model.context_gate needs attention (bahdanau or luong_*)")
         if m.input_feeding and not m.attention.startswith("luong"):
             raise ConfigError("model.input_feeding applies to luong_dot/luong_general attention only")
         if m.attention == "luong_dot" and m.dec_hidden != m.enc_hidden * (2 if m.bidirectional else 1):

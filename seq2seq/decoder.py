@@ -48,10 +48,12 @@ class RNNDecoder(nn.Module):
     def __init__(self, vocab_size: int, emb_dim: int, hidden: int, memory_dim: int, summary_dim: int,
                  cell: str = "gru", layers: int = 1, dropout: float = 0.0, attention: str = "luong_general",
                  attention_dim: int = 256, input_feeding: bool = False, init: str = "bridge",
-                 readout_dim: int = 256, tied_embeddings: bool = False):
+                 readout_dim: int = 256, tied_embeddings: bool = False, context_gate: bool = False):
         super().__init__()
         if input_feeding and not attention.startswith("luong"):
             raise ValueError("input feeding applies to Luong attention only")
+        if context_gate and attention == "none":
+            raise ValueError("the context gate scales an attention context; it needs attention")
         if init not in ("zero", "last", "bridge"):
             raise ValueError(f"unknown decoder init {init!r}; choose zero, last or bridge")
         if init == "last" and summary_dim != hidden:
@@ -62,6 +64,7 @@ class RNNDecoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
         self.dropout = Dropout(dropout)
         self.attention = make_attention(attention, hidden, memory_dim, attention_dim)
+        self.gate = nn.Linear(hidden, 1) if context_gate else None  # Show, Attend and Tell's beta
         # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
         ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)
         self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout)
@@ -98,12 +101,19 @@ class RNNDecoder(nn.Module):
         keys = self.attention.keys(memory.states) if self.attention is not None else None
         return DecoderState(hidden, feed, keys)
 
+    def attend(self, query: Tensor, keys: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
+        """Context (batch, steps, mem_dim), scaled by the gate sigma(w.query + b) if any, and weights."""
+        ctx, weights = self.attention(query, keys, memory.states, memory.mask)
+        if self.gate is not None:
+            ctx = torch.sigmoid(self.gate(query)) * ctx
+        return ctx, weights
+
     def _output(self, out: Tensor, emb: Tensor, ctx: Tensor | None, memory: Memory,
                 keys: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """RNN outputs (batch, steps, hidden) -> logits (batch, steps, vocab), pre-output, attention."""
         weights = None
         if self.luong:
-            ctx, weights = self.attention(out, keys, memory.states, memory.mask)  # (batch, steps, mem_dim)
+            ctx, weights = self.attend(out, keys, memory)  # (batch, steps, mem_dim)
             pre = torch.tanh(self.combine(torch.cat([ctx, out], dim=-1)))  # h~: (batch, steps, hidden)
         else:
             t = self.readout(torch.cat([out, emb, ctx], dim=-1))  # (batch, steps, 2*readout)
@@ -122,7 +132,7 @@ class RNNDecoder(nn.Module):
             parts.append(ctx)
         elif self.kind == "bahdanau":  # query with the previous state s_{t-1}
             query = top_hidden(state.hidden).unsqueeze(1)  # (batch, 1, hidden)
-            ctx, weights = self.attention(query, state.keys, memory.states, memory.mask)
+            ctx, weights = self.attend(query, state.keys, memory)
             parts.append(ctx)
         if self.input_feeding:
             parts.append(state.feed.unsqueeze(1))
@@ -131,7 +141,8 @@ class RNNDecoder(nn.Module):
         if luong_weights is not None:
             weights = luong_weights
         feed = pre.squeeze(1) if self.input_feeding else None
-        return logits.squeeze(1), DecoderState(hidden, feed, state.keys), None if weights is None else weights.squeeze(1)
+        weights = None if weights is None else weights.squeeze(1)
+        return logits.squeeze(1), DecoderState(hidden, feed, state.keys), weights
 
     def forward(self, tgt_in: Tensor, memory: Memory, teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced decoding: tgt_in (batch, tgt_len) -> logits (batch, tgt_len, vocab), attention.

@@ -1,4 +1,4 @@
-"""Encoders turn an input into a :class:`~seq2seq.memory.Memory` for the shared decoder."""
+"""Encoders turn an input (a sentence, an image) into a :class:`~seq2seq.memory.Memory` for the shared decoder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seq2seq.backbones import BackboneError, blocks, build_backbone, load_weights
 from seq2seq.memory import Memory
 from seq2seq.rnn import Dropout, make_rnn
 from seq2seq.tokenizers import PAD
@@ -36,3 +37,53 @@ class TextEncoder(nn.Module):
         summary = torch.cat(list(h[-self.directions:]), dim=-1)  # top layer: (batch, output_dim)
         mask = src != PAD  # (batch, src_len)
         return Memory(self.dropout(states), mask, summary)
+
+
+class ImageEncoder(nn.Module):
+    """A torchvision CNN cut at ``grid_block``: its feature map becomes a grid of memory vectors
+    (Show, Attend and Tell) and their mean the summary (Show and Tell's image vector).
+
+    The blocks before ``finetune_from`` are frozen (all of them when it is None, so features
+    can be cached); frozen batch-norm layers stay in evaluation mode. ``forward`` takes images
+    (batch, 3, H, W) or cached grids (batch, cells, channels).
+    """
+
+    def __init__(self, backbone: str = "mobilenet_v2", grid_block: int = -1, weights: str | None = None,
+                 finetune_from: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        full = build_backbone(backbone)
+        if weights not in (None, "none"):
+            load_weights(full, backbone, weights)
+        all_blocks = blocks(full, backbone)
+        last = grid_block % len(all_blocks) if -len(all_blocks) <= grid_block < len(all_blocks) else None
+        if last is None:
+            raise BackboneError(f"image.grid_block={grid_block} is out of range: {backbone} has "
+                                f"{len(all_blocks)} blocks (0..{len(all_blocks) - 1}, or -1 for the last)")
+        self.cnn = nn.Sequential(*all_blocks[: last + 1])
+        self.frozen_blocks = len(self.cnn) if finetune_from is None else max(0, min(finetune_from, len(self.cnn)))
+        for block in self.cnn[: self.frozen_blocks]:
+            block.requires_grad_(False)
+        with torch.no_grad():
+            self.output_dim = self.cnn(torch.zeros(1, 3, 64, 64)).size(1)
+        self.summary_dim = self.output_dim
+        self.dropout = Dropout(dropout)
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_blocks == len(self.cnn)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        for block in self.cnn[: self.frozen_blocks]:
+            block.eval()  # frozen batch-norm statistics must not drift
+        return self
+
+    def grid(self, images: Tensor) -> Tensor:
+        """images (batch, 3, H, W) -> feature grid (batch, H'*W', channels)."""
+        features = self.cnn(images)  # (batch, channels, H', W')
+        return features.flatten(2).transpose(1, 2)
+
+    def forward(self, images: Tensor) -> Memory:
+        grid = self.grid(images) if images.dim() == 4 else images  # (batch, cells, channels)
+        mask = torch.ones(grid.shape[:2], dtype=torch.bool, device=grid.device)
+        return Memory(self.dropout(grid), mask, grid.mean(dim=1))

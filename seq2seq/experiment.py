@@ -54,9 +54,10 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def prepare_run(args: argparse.Namespace, name: str) -> tuple[Config, Path]:
-    """Resolve the config and the run folder; refuse to resume a run made with another config."""
-    cfg = load_config(args.config, args.overrides)
+def prepare_run(args: argparse.Namespace, name: str, default_config: Path | None = None) -> tuple[Config, Path]:
+    """Resolve the config (``--config``, else the script's default file) and the run folder;
+    refuse to resume a run made with another config."""
+    cfg = load_config(args.config or default_config, args.overrides)
     if args.time_budget is not None:
         if args.time_budget <= 0:
             raise ConfigError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")

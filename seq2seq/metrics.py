@@ -30,10 +30,11 @@ def _check(hyps: list[str], refs: list[list[str]]) -> None:
         raise ValueError("every hypothesis needs at least one reference")
 
 
-def bleu(hyps: list[str], refs: list[list[str]], tokenize: str = "13a", max_ngram_order: int = 4) -> Score:
-    """Cased corpus BLEU; ``refs[i]`` holds every reference of ``hyps[i]``."""
+def bleu(hyps: list[str], refs: list[list[str]], tokenize: str = "13a", max_ngram_order: int = 4,
+         lowercase: bool = False) -> Score:
+    """Corpus BLEU (cased unless ``lowercase``); ``refs[i]`` holds every reference of ``hyps[i]``."""
     _check(hyps, refs)
-    metric = BLEU(tokenize=tokenize, max_ngram_order=max_ngram_order)
+    metric = BLEU(tokenize=tokenize, max_ngram_order=max_ngram_order, lowercase=lowercase)
     result = metric.corpus_score(hyps, _ref_streams(refs))
     return Score(f"BLEU-{max_ngram_order}" if max_ngram_order != 4 else "BLEU", result.score,
                  str(metric.get_signature()), str(result))

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import torch
+from typing import NamedTuple
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq.config import ModelConfig
+from seq2seq.config import ImageConfig, ModelConfig
 from seq2seq.decoder import RNNDecoder
-from seq2seq.encoders import TextEncoder
+from seq2seq.encoders import ImageEncoder, TextEncoder
 from seq2seq.memory import Memory
 from seq2seq.tokenizers import PAD
+
+
+class Output(NamedTuple):
+    logits: Tensor  # (batch, tgt_len, vocab)
+    attention: Tensor | None  # (batch, tgt_len, mem_len), None without attention
+    memory_mask: Tensor  # (batch, mem_len)
 
 
 class Seq2Seq(nn.Module):
@@ -24,10 +31,11 @@ class Seq2Seq(nn.Module):
     def encode(self, *inputs: Tensor) -> Memory:
         return self.encoder(*inputs)
 
-    def forward(self, inputs: tuple[Tensor, ...], tgt_in: Tensor,
-                teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor | None]:
-        """Logits (batch, tgt_len, vocab) and attention (batch, tgt_len, mem_len) or None."""
-        return self.decoder(tgt_in, self.encode(*inputs), teacher_forcing)
+    def forward(self, inputs: tuple[Tensor, ...], tgt_in: Tensor, teacher_forcing: float = 1.0) -> Output:
+        """Teacher-forced logits, attention weights and the memory mask."""
+        memory = self.encode(*inputs)
+        logits, attention = self.decoder(tgt_in, memory, teacher_forcing)
+        return Output(logits, attention, memory.mask)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -51,12 +59,20 @@ def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0)
     return loss / max(n, 1), nll.detach(), n
 
 
+def attention_penalty(attention: Tensor, memory_mask: Tensor, tgt_out: Tensor) -> Tensor:
+    """Doubly stochastic attention (Xu et al., 2015): mean over sequences of
+    ``sum_i (1 - sum_t alpha_ti)^2``, pushing every memory position to be attended about once."""
+    steps = (tgt_out != PAD).unsqueeze(-1).to(attention.dtype)  # (batch, tgt_len, 1)
+    coverage = (attention * steps).sum(dim=1)  # (batch, mem_len)
+    return (((1.0 - coverage) ** 2) * memory_mask).sum(dim=1).mean()
+
+
 def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_dim: int) -> RNNDecoder:
     return RNNDecoder(
         vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
         layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,
         input_feeding=cfg.input_feeding, init=cfg.init, readout_dim=cfg.readout_dim,
-        tied_embeddings=cfg.tied_embeddings,
+        tied_embeddings=cfg.tied_embeddings, context_gate=cfg.context_gate,
     )
 
 
@@ -65,4 +81,13 @@ def build_translation_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) ->
     encoder = TextEncoder(src_vocab, cfg.emb_dim, cfg.enc_hidden, cfg.enc_cell, cfg.enc_layers,
                           cfg.bidirectional, cfg.dropout)
     decoder = build_decoder(cfg, tgt_vocab, encoder.output_dim, encoder.summary_dim)
+    return Seq2Seq(encoder, decoder)
+
+
+def build_captioning_model(model: ModelConfig, image: ImageConfig, tgt_vocab: int, pretrained: bool = True) -> Seq2Seq:
+    """A CNN image encoder and the same shared decoder. ``pretrained=False`` skips fetching the
+    CNN's weights (when a checkpoint will supply them)."""
+    encoder = ImageEncoder(image.backbone, image.grid_block, image.weights if pretrained else None,
+                           image.finetune_from, model.dropout)
+    decoder = build_decoder(model, tgt_vocab, encoder.output_dim, encoder.summary_dim)
     return Seq2Seq(encoder, decoder)

@@ -27,3 +27,37 @@ def attention_heatmap(weights: Tensor, src_labels: list[str], tgt_labels: list[s
     plt.close(fig)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
+
+
+def attention_overlay(image: Image.Image, weights: Tensor, words: list[str], max_words: int = 12) -> Image.Image:
+    """Show, Attend and Tell's figure: the image once per generated word, its attention laid over it.
+
+    ``weights`` is (steps, cells) over a square feature grid; each map is upsampled to the image.
+    """
+    import numpy as np
+    import torch.nn.functional as F
+
+    steps = min(len(words), weights.size(0), max_words)
+    side = int(round(weights.size(1) ** 0.5))
+    maps = weights[:steps].float().view(steps, 1, side, side)
+    maps = F.interpolate(maps, size=(image.height, image.width), mode="bilinear", align_corners=False)
+    maps = maps.squeeze(1).numpy()
+    cols = min(steps + 1, 5)
+    rows = (steps + 1 + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows), dpi=80, squeeze=False)
+    pixels = np.asarray(image)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(pixels)
+    axes.flat[0].set_title("image", fontsize=8)
+    for i in range(steps):
+        ax = axes.flat[i + 1]
+        ax.imshow(pixels)
+        ax.imshow(maps[i] / max(maps[i].max(), 1e-8), cmap="jet", alpha=0.45)
+        ax.set_title(words[i], fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")

@@ -137,6 +137,14 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
     return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]
 
 
+def search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor | int, length_penalty: float = 1.0,
+           nbest: int = 1) -> list[list[Hypothesis]]:
+    """Greedy search for ``beam == 1``, beam search otherwise; n-best lists for every input."""
+    if beam == 1:
+        return [[h] for h in greedy_search(decoder, memory, max_len)]
+    return beam_search(decoder, memory, beam, max_len, length_penalty, min(nbest, beam))
+
+
 def _limits(max_len: Tensor | int, batch: int) -> Tensor:
     if isinstance(max_len, int):
         return torch.full((batch,), max_len, dtype=torch.long)

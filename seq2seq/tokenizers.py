@@ -1,13 +1,17 @@
-"""Subword tokenizers (sentencepiece) with fixed special ids shared by every model.
+"""Tokenizers with fixed special ids shared by every model: sentencepiece subwords or words.
 
 Ids 0-3 are always ``<pad>``, ``<unk>``, ``<s>``, ``</s>``, so the embedding's
 ``padding_idx`` and the search's start and end tokens never depend on the vocabulary.
+Both kinds are saved to a file in the run folder and share one interface.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,3 +79,64 @@ def train_sentencepiece(texts: Iterable[str], path: str | Path, vocab_size: int,
     tmp.write_bytes(model.getvalue())
     tmp.replace(path)
     return SubwordTokenizer(path)
+
+
+class WordTokenizer:
+    """Lower-cased words and punctuation; words seen fewer than ``min_freq`` times map to ``<unk>``."""
+
+    SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+    PATTERN = re.compile(r"\w+(?:[-'\u2019]\w+)*|[^\w\s]", re.UNICODE)
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            words = json.loads(self.path.read_text(encoding="utf-8"))["words"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise TokenizerError(f"cannot load word vocabulary {self.path}: {err}") from None
+        if tuple(words[:4]) != self.SPECIALS:
+            raise TokenizerError(f"{self.path}: the first four words must be {self.SPECIALS}")
+        self.words = words
+        self.ids = {w: i for i, w in enumerate(words)}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        return cls.PATTERN.findall(text.lower())
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [[self.ids.get(w, UNK) for w in self.split(t)] for t in texts]
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        out = []
+        for seq in ids:
+            text = " ".join(self.words[i] for i in seq if i > EOS)
+            out.append(re.sub(r" ([^\w\s(])", r"\1", text))  # no space before punctuation
+        return out
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return [self.words[i] for i in ids]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def train_word_vocab(texts: Iterable[str], path: str | Path, min_freq: int = 1) -> WordTokenizer:
+    """Count words in ``texts`` and write the vocabulary (most frequent first) to ``path``."""
+    counts = Counter(w for t in texts for w in WordTokenizer.split(t))
+    words = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_freq]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"words": list(WordTokenizer.SPECIALS) + words}, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return WordTokenizer(path)
+
+
+def load_tokenizer_file(path: str | Path) -> SubwordTokenizer | WordTokenizer:
+    """A sentencepiece ``*.model`` or a word vocabulary ``*.json``, by its suffix."""
+    return WordTokenizer(path) if Path(path).suffix == ".json" else SubwordTokenizer(path)
+
+
+Tokenizer = SubwordTokenizer | WordTokenizer

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from seq2seq.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.config import TrainConfig
-from seq2seq.model import sequence_loss
+from seq2seq.model import attention_penalty, sequence_loss
 from seq2seq.tracking import Tracker
 
 
@@ -35,6 +35,9 @@ class Batch(Protocol):
 
     @property
     def inputs(self) -> tuple[Tensor, ...]: ...  # what the encoder takes
+
+    @property
+    def size(self) -> int: ...  # sentences or images
 
     def to(self, device: torch.device) -> "Batch": ...
 
@@ -57,6 +60,7 @@ class Progress:
     elapsed: float = 0.0  # seconds of training, validation included, over all sessions
     train_time: float = 0.0  # seconds spent in training steps alone
     tokens: int = 0  # non-padding source + target tokens trained on
+    examples: int = 0  # sentence pairs or images trained on
     best_score: float = float("-inf")
     best_step: int = 0
     bad_validations: int = 0  # validations since the best score
@@ -209,8 +213,11 @@ class Trainer:
         self.model.train()
         ratio = teacher_forcing_ratio(self.cfg, self.progress.step)
         with self.autocast():
-            logits, _ = self.model(batch.inputs, batch.tgt_in, ratio)
-        loss, _, _ = sequence_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+            out = self.model(batch.inputs, batch.tgt_in, ratio)
+        loss, _, _ = sequence_loss(out.logits, batch.tgt_out, self.cfg.label_smoothing)
+        if self.cfg.attention_reg > 0 and out.attention is not None:
+            loss = loss + self.cfg.attention_reg * attention_penalty(out.attention.float(), out.memory_mask,
+                                                                      batch.tgt_out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip_norm > 0:
@@ -281,6 +288,7 @@ class Trainer:
                     p.step += 1
                     p.batch_in_epoch += 1
                     p.tokens += n
+                    p.examples += batch.size
                     p.train_time += dt
                     window_tokens, window_time = window_tokens + n, window_time + dt
                     window_loss, window_steps = window_loss + loss, window_steps + 1
@@ -380,7 +388,7 @@ def teacher_forced_nll(model: nn.Module, batches: list[Batch], device: torch.dev
     for batch in batches:
         batch = batch.to(device)
         with autocast():
-            logits, _ = model(batch.inputs, batch.tgt_in)
+            logits = model(batch.inputs, batch.tgt_in).logits
         _, nll, n = sequence_loss(logits, batch.tgt_out)
         total, count = total + float(nll), count + n
     return total, count

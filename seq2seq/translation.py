@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seq2seq.checkpoints import load_checkpoint
+from seq2seq.checkpoints import load_checkpoint, tokenizer_refs
 from seq2seq.config import Config
 from seq2seq.data.batching import ParallelData, collate, token_batches
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
@@ -18,7 +18,7 @@ from seq2seq.plotting import attention_heatmap
 from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.training import Trainer, pick_device, pick_precision, teacher_forced_nll
-from seq2seq.translator import Translator, tokenizer_refs
+from seq2seq.translator import Translator
 
 
 def load_data(cfg: Config) -> ParallelCorpus:
@@ -121,7 +121,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
     tracker = make_tracker(cfg.tracking, run_dir, cfg.to_dict(), job_type="translation")
-    extra = {"task": "translation", "config": cfg.to_dict(), "tokenizers": tokenizer_refs(run_dir, src_tok, tgt_tok)}
+    extra = {"task": "translation", "config": cfg.to_dict(),
+             "tokenizers": tokenizer_refs(run_dir, src=src_tok, tgt=tgt_tok)}
     device = pick_device(cfg.train.device)
     translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device))
     validator = Validator(cfg, translator, corpus.valid, tracker)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from seq2seq.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
+from seq2seq.checkpoints import CheckpointError, load_checkpoint, load_tokenizer, resolve_checkpoint
 from seq2seq.config import Config, ConfigError, config_from_dict
 from seq2seq.data.batching import pad_ids
 from seq2seq.model import Seq2Seq, build_translation_model
-from seq2seq.search import Hypothesis, beam_search, greedy_search, max_lengths
-from seq2seq.tokenizers import SubwordTokenizer, TokenizerError
+from seq2seq.search import Hypothesis, max_lengths, search
+from seq2seq.tokenizers import Tokenizer, TokenizerError
 from seq2seq.training import pick_device, pick_precision
 
 
@@ -37,27 +36,8 @@ class Translation:
         return self.candidates[0].text if self.candidates else ""
 
 
-def tokenizer_refs(run_dir: Path, src: SubwordTokenizer, tgt: SubwordTokenizer) -> dict[str, Any]:
-    """What a checkpoint stores to find its tokenizers again: paths relative to the run folder."""
-    return {side: {"path": str(tok.path.resolve().relative_to(run_dir.resolve())), "sha256": tok.sha256()}
-            for side, tok in (("src", src), ("tgt", tgt))}
-
-
-def load_tokenizer(ref: dict[str, str], checkpoint: Path) -> SubwordTokenizer:
-    """Find a tokenizer next to the checkpoint's run folder and check it is the one trained with it."""
-    rel = Path(ref["path"])
-    for base in (checkpoint.parent.parent, checkpoint.parent):
-        path = base / rel
-        if path.is_file():
-            tok = SubwordTokenizer(path)
-            if tok.sha256() != ref["sha256"]:
-                raise CheckpointError(f"{checkpoint}: tokenizer {path} is not the one this model was trained with")
-            return tok
-    raise CheckpointError(f"{checkpoint}: its tokenizer {rel} is missing (looked in the run folder)")
-
-
 class Translator:
-    def __init__(self, model: Seq2Seq, cfg: Config, src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
+    def __init__(self, model: Seq2Seq, cfg: Config, src_tok: Tokenizer, tgt_tok: Tokenizer,
                  device: torch.device, amp_dtype: torch.dtype | None = None):
         self.model, self.cfg = model.to(device).eval(), cfg
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
@@ -108,6 +88,4 @@ class Translator:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             memory = self.model.encode(src.to(self.device), src_lens)
-            if beam == 1:
-                return [[h] for h in greedy_search(self.model.decoder, memory, limits)]
-            return beam_search(self.model.decoder, memory, beam, limits, self.cfg.search.length_penalty, nbest)
+            return search(self.model.decoder, memory, beam, limits, self.cfg.search.length_penalty, nbest)

@@ -73,7 +73,8 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"data.test={write_tsv(root / 'test.tsv', toy_pairs(20, 3))}",
         "data.vocab_size=40", "data.batch_tokens=600", "model.emb_dim=32", "model.enc_hidden=32",
         "model.dec_hidden=64", "model.attention_dim=32", "train.time_budget=null", "train.max_steps=300",
-        "train.valid_every=100", "train.warmup_steps=20", "train.lr=0.005", "train.precision=fp32", "tracking.enabled=false",
+        "train.valid_every=100", "train.warmup_steps=20", "train.lr=0.005",
+        "train.precision=fp32", "tracking.enabled=false",
         "search.beam=3",
     ]
     args = experiment_parser("toy").parse_args(["--run-dir", str(root / "run"), *overrides])

@@ -1,8 +1,7 @@
 import torch
+from conftest import tiny_model
 
 from seq2seq.benchmark import forward_flops, matmul_rate
-
-from conftest import tiny_model
 
 
 def test_matmul_rate_is_measured():

@@ -2,8 +2,15 @@ import hashlib
 
 import pytest
 
-from seq2seq.data.corpora import (CorpusError, _ParagraphParser, group_references, load_corpus, read_parallel,
-                                  split_bucket, split_corpus)
+from seq2seq.data.corpora import (
+    CorpusError,
+    _ParagraphParser,
+    group_references,
+    load_corpus,
+    read_parallel,
+    split_bucket,
+    split_corpus,
+)
 
 
 def test_split_bucket_follows_the_sha1_rule():

@@ -1,21 +1,23 @@
 import pytest
 import torch
+from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
 
 from seq2seq.decoder import RNNDecoder
 from seq2seq.memory import Memory
 
-from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
-
 COMBOS = [(c, a, f) for c in CELLS for a in ATTENTIONS for f in (False, True) if not f or a.startswith("luong")]
+COMBOS += [("lstm", "bahdanau", "gate"), ("gru", "luong_general", "gate")]  # Show, Attend and Tell's beta
 
 
 @pytest.mark.parametrize("cell, attention, feeding", COMBOS)
 def test_teacher_forced_forward_equals_step_by_step(cell, attention, feeding):
-    model = tiny_model(cell, attention, feeding)
+    gate = feeding == "gate"
+    model = tiny_model(cell, attention, feeding is True, context_gate=gate)
+    assert (model.decoder.gate is not None) == gate
     src, lens = padded_batch([6, 3, 5])
     tgt = torch.randint(4, 24, (3, 7), generator=torch.Generator().manual_seed(1))
-    logits, weights = model((src, lens), tgt)
-    assert logits.shape == (3, 7, 24)
+    logits, weights, mask = model((src, lens), tgt)
+    assert logits.shape == (3, 7, 24) and mask.tolist()[1] == [True] * 3 + [False] * 3
     memory = model.encode(src, lens)
     state = model.decoder.init_state(memory)
     steps = []
@@ -58,7 +60,7 @@ def test_tied_embeddings_share_the_matrix(attention):
     model = tiny_model("gru", attention, tied_embeddings=True)
     assert model.decoder.out.weight is model.decoder.embed.weight
     src, lens = padded_batch([3, 2])
-    logits, _ = model((src, lens), torch.randint(4, 24, (2, 4)))
+    logits = model((src, lens), torch.randint(4, 24, (2, 4))).logits
     assert logits.shape == (2, 4, 24)
 
 
@@ -67,7 +69,7 @@ def test_multi_layer_decoder_and_scheduled_sampling():
     src, lens = padded_batch([5, 4])
     tgt = torch.randint(4, 24, (2, 6))
     torch.manual_seed(0)
-    logits, _ = model((src, lens), tgt, teacher_forcing=0.5)
+    logits = model((src, lens), tgt, teacher_forcing=0.5).logits
     logits.sum().backward()
     assert logits.shape == (2, 6, 24)
     assert model.decoder.embed.weight.grad is not None

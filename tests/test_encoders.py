@@ -1,9 +1,8 @@
 import pytest
 import torch
+from conftest import CELLS, padded_batch
 
 from seq2seq.encoders import TextEncoder
-
-from conftest import CELLS, padded_batch
 
 
 @pytest.mark.parametrize("cell", CELLS)

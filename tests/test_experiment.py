@@ -20,7 +20,8 @@ def test_prepare_run_writes_the_resolved_config(tmp_path):
 
 def test_resuming_with_another_config_is_refused(tmp_path):
     prepare_run(_args("--run-dir", str(tmp_path), "model.attention=none"), "test")
-    prepare_run(_args("--run-dir", str(tmp_path), "--time-budget", "30", "model.attention=none"), "test")  # longer: fine
+    longer = _args("--run-dir", str(tmp_path), "--time-budget", "30", "model.attention=none")
+    prepare_run(longer, "test")  # a longer budget resumes the same run
     with pytest.raises(ConfigError, match="holds a run with a different config"):
         prepare_run(_args("--run-dir", str(tmp_path), "model.attention=bahdanau"), "test")
 

@@ -28,5 +28,17 @@ def test_build_translation_model_from_config():
     assert model.encoder.rnn.num_layers == 2 and model.decoder.rnn.mode == "RNN_TANH"
     assert model.num_parameters() == sum(p.numel() for p in model.parameters())
     src = torch.tensor([[5, 6, 7], [8, 9, PAD]])
-    logits, weights = model((src, torch.tensor([3, 2])), torch.tensor([[2, 10], [2, 11]]))
+    logits, weights, _ = model((src, torch.tensor([3, 2])), torch.tensor([[2, 10], [2, 11]]))
     assert logits.shape == (2, 2, 40) and weights.shape == (2, 2, 3)
+
+
+def test_attention_penalty_is_zero_when_every_position_gets_one_unit():
+    from seq2seq.model import attention_penalty
+
+    mask = torch.tensor([[True, True, False]])
+    tgt = torch.tensor([[5, 6, 0]])  # two real steps, one padding step
+    perfect = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]])  # padding step ignored
+    assert attention_penalty(perfect, mask, tgt).item() == 0.0
+    lopsided = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    assert attention_penalty(lopsided, mask, tgt).item() == 2.0  # (1-2)^2 + (1-0)^2
+

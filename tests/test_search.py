@@ -1,10 +1,9 @@
 import pytest
 import torch
+from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
 
 from seq2seq.search import beam_search, greedy_search, max_lengths
 from seq2seq.tokenizers import EOS
-
-from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
 
 LENS = [7, 3, 5, 1, 6]
 

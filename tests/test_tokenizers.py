@@ -1,8 +1,7 @@
 import pytest
+from conftest import toy_pairs
 
 from seq2seq.tokenizers import BOS, EOS, PAD, UNK, SubwordTokenizer, TokenizerError, train_sentencepiece
-
-from conftest import toy_pairs
 
 
 def test_special_ids_are_fixed_and_round_trip(tmp_path):

@@ -2,13 +2,12 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from seq2seq.config import TrainConfig
 from seq2seq.data.batching import ParallelData
-from seq2seq.training import LRSchedule, Trainer, teacher_forcing_ratio
 from seq2seq.tracking import Tracker
-
-from conftest import tiny_model
+from seq2seq.training import LRSchedule, Trainer, teacher_forcing_ratio
 
 
 def _data(n=200, seed=0):

