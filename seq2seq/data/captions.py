@@ -183,7 +183,7 @@ def _render_emoji(folder: Path) -> None:
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
-RELATIONS = {"above": (0, -1), "below": (0, 1), "left of": (-1, 0), "right of": (1, 0)}
+RELATIONS = {"above": (0, -1), "left of": (-1, 0)}  # the upper or left shape is named first: one caption per image
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], rgb: tuple) -> None:
@@ -197,8 +197,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, 
 
 
 def shapes_corpus(root: str | Path, n: int = 1000, seed: int = 0, size: int = 64) -> CaptionCorpus:
-    """``n`` images of one or two coloured shapes with captions such as
-    "a red circle above a blue square"; deterministic for ``seed``, written under ``root``."""
+    """``n`` images of one or two coloured shapes on a 3x3 layout with captions such as
+    "a red circle above a blue square" (the upper or left shape first, so each image has one
+    true caption); deterministic for ``seed``, written under ``root``."""
     rng = random.Random(seed)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, F
 
 
-def load_image(path: str | Path, target: int = 1024) -> Image.Image:
+def load_image(path: str | Path, target: int = 512) -> Image.Image:
     """Read ``path`` as an RGB image; large JPEGs are decoded near ``target`` pixels wide."""
     path = Path(path)
     try:
