@@ -1,18 +1,17 @@
 """Train and evaluate a captioning model (default: the emoji set, MobileNetV2, attention, 15 minutes).
 
     python experiments/caption.py                                   # the default run
-    python experiments/caption.py --config experiments/configs/show_attend_tell.yaml
+    python experiments/caption.py --config experiments/configs/show_and_tell.yaml
     python experiments/caption.py captions.corpus=shapes --time-budget 2
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from seq2seq.captioning import run
-from seq2seq.experiment import experiment_parser, log, prepare_run, run_cli, write_results
+from seq2seq.experiment import experiment_parser, log, prepare_run, report, run_cli
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "caption_emoji.yaml"
 
@@ -22,18 +21,12 @@ def main() -> int:
     cfg, run_dir = prepare_run(args, args.config.stem if args.config else "caption", DEFAULT_CONFIG)
     log(f"run folder: {run_dir}")
     results = run(cfg, run_dir)
-    if results.get("interrupted"):
-        log(f"interrupted; run the same command with --run-dir {run_dir} to resume")
-        return 130
-    path = write_results(run_dir, results)
-    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
+    headline = None
     if "test_bleu4" in results:
-        print(f"\ntest BLEU-4 {results['test_bleu4']:.2f} (beam {results['beam']}), "
-              f"{results['test_bleu4_greedy']:.2f} (greedy), nearest neighbour "
-              f"{results['test_bleu4_nearest_neighbour']:.2f}  [{results['scorer']}]")
-    print(f"results: {path}\nmodel:   {run_dir}/checkpoints/best.pt\n"
-          f"caption a folder with: seq2seq-caption {run_dir} FOLDER")
-    return 0
+        headline = (f"test BLEU-4 {results['test_bleu4']:.2f} (beam {results['beam']}), "
+                    f"{results['test_bleu4_greedy']:.2f} (greedy), nearest neighbour "
+                    f"{results['test_bleu4_nearest_neighbour']:.2f}  [{results['scorer']}]")
+    return report(run_dir, results, headline, f"caption a folder with: seq2seq-caption {run_dir} FOLDER")
 
 
 if __name__ == "__main__":

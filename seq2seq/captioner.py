@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from seq2seq.checkpoints import CheckpointError, load_checkpoint, load_tokenizer, resolve_checkpoint
-from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.checkpoints import load_trained
+from seq2seq.config import Config
 from seq2seq.data.images import ImageTransform, load_image
 from seq2seq.features import image_loader
 from seq2seq.model import Seq2Seq, build_captioning_model
 from seq2seq.plotting import attention_overlay
 from seq2seq.search import search
-from seq2seq.tokenizers import Tokenizer, TokenizerError
+from seq2seq.tokenizers import Tokenizer
 from seq2seq.training import pick_device, pick_precision
 
 
@@ -45,19 +45,10 @@ class Captioner:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> "Captioner":
         """From a run folder (its best checkpoint) or a checkpoint file."""
-        ckpt_path = resolve_checkpoint(path)
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("task") != "captioning":
-            raise CheckpointError(f"{ckpt_path}: a {ckpt.get('task', 'unknown')} checkpoint, not a captioning model")
-        try:
-            cfg = config_from_dict(ckpt["config"])
-            tokenizer = load_tokenizer(ckpt["tokenizers"]["tgt"], ckpt_path)
-            model = build_captioning_model(cfg.model, cfg.image, len(tokenizer), pretrained=False)
-            model.load_state_dict(ckpt["model"])
-        except (KeyError, ConfigError, TokenizerError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({str(err).splitlines()[0]})") from None
+        model, cfg, toks = load_trained(path, "captioning", lambda cfg, t: build_captioning_model(
+            cfg.model, cfg.image, len(t["tgt"]), pretrained=False))  # the checkpoint holds the CNN weights
         dev = pick_device(device)
-        return cls(model, cfg, tokenizer, dev, pick_precision(precision, dev))
+        return cls(model, cfg, toks["tgt"], dev, pick_precision(precision, dev))
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,

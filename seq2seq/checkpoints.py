@@ -11,12 +11,15 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from seq2seq.tokenizers import Tokenizer, load_tokenizer_file
+from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.tokenizers import Tokenizer, TokenizerError, load_tokenizer_file
 
 FORMAT = "seq2seq-checkpoint"
 VERSION = 1
@@ -91,3 +94,21 @@ def load_tokenizer(ref: dict[str, str], checkpoint: Path) -> Tokenizer:
                 raise CheckpointError(f"{checkpoint}: tokenizer {path} is not the one this model was trained with")
             return tok
     raise CheckpointError(f"{checkpoint}: its tokenizer {rel} is missing (looked in the run folder)")
+
+
+def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str, Tokenizer]], nn.Module],
+                 ) -> tuple[nn.Module, Config, dict[str, Tokenizer]]:
+    """Rebuild a trained model from a run folder or a checkpoint: its task, config, tokenizers and
+    weights. Any problem is one CheckpointError naming the file."""
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.get("task") != task:
+        raise CheckpointError(f"{ckpt_path}: a {ckpt.get('task', 'unknown')} checkpoint, not a {task} model")
+    try:
+        cfg = config_from_dict(ckpt["config"])
+        tokenizers = {side: load_tokenizer(ref, ckpt_path) for side, ref in ckpt["tokenizers"].items()}
+        model = build(cfg, tokenizers)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, ConfigError, TokenizerError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({str(err).splitlines()[0]})") from None
+    return model, cfg, tokenizers

@@ -96,3 +96,16 @@ def run_cli(main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def report(run_dir: Path, results: dict[str, Any], headline: str | None, tool: str) -> int:
+    """Write results.json and print the results, the headline and where the model is."""
+    if results.get("interrupted"):
+        log(f"interrupted; run the same command with --run-dir {run_dir} to resume")
+        return 130
+    path = write_results(run_dir, results)
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
+    if headline:
+        print(f"\n{headline}")
+    print(f"results: {path}\nmodel:   {run_dir}/checkpoints/best.pt\n{tool}")
+    return 0

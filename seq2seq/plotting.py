@@ -21,12 +21,7 @@ def attention_heatmap(weights: Tensor, src_labels: list[str], tgt_labels: list[s
     ax.set_yticks(range(len(tgt_labels)), tgt_labels, fontsize=8)
     if title:
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return _to_image(fig)
 
 
 def attention_overlay(image: Image.Image, weights: Tensor, words: list[str], max_words: int = 12) -> Image.Image:
@@ -55,6 +50,10 @@ def attention_overlay(image: Image.Image, weights: Tensor, words: list[str], max
         ax.imshow(pixels)
         ax.imshow(maps[i] / max(maps[i].max(), 1e-8), cmap="jet", alpha=0.45)
         ax.set_title(words[i], fontsize=8)
+    return _to_image(fig)
+
+
+def _to_image(fig: plt.Figure) -> Image.Image:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

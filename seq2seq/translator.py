@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seq2seq.checkpoints import CheckpointError, load_checkpoint, load_tokenizer, resolve_checkpoint
-from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.checkpoints import load_trained
+from seq2seq.config import Config
 from seq2seq.data.batching import pad_ids
 from seq2seq.model import Seq2Seq, build_translation_model
 from seq2seq.search import Hypothesis, max_lengths, search
-from seq2seq.tokenizers import Tokenizer, TokenizerError
+from seq2seq.tokenizers import Tokenizer
 from seq2seq.training import pick_device, pick_precision
 
 
@@ -46,20 +46,10 @@ class Translator:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> "Translator":
         """From a run folder (its best checkpoint) or a checkpoint file."""
-        ckpt_path = resolve_checkpoint(path)
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("task") != "translation":
-            raise CheckpointError(f"{ckpt_path}: a {ckpt.get('task', 'unknown')} checkpoint, not a translation model")
-        try:
-            cfg = config_from_dict(ckpt["config"])
-            src_tok = load_tokenizer(ckpt["tokenizers"]["src"], ckpt_path)
-            tgt_tok = load_tokenizer(ckpt["tokenizers"]["tgt"], ckpt_path)
-            model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
-            model.load_state_dict(ckpt["model"])
-        except (KeyError, ConfigError, TokenizerError, RuntimeError) as err:
-            raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({str(err).splitlines()[0]})") from None
+        model, cfg, toks = load_trained(path, "translation", lambda cfg, t: build_translation_model(
+            cfg.model, len(t["src"]), len(t["tgt"])))
         dev = pick_device(device)
-        return cls(model, cfg, src_tok, tgt_tok, dev, pick_precision(precision, dev))
+        return cls(model, cfg, toks["src"], toks["tgt"], dev, pick_precision(precision, dev))
 
     def translate(self, lines: list[str], beam: int | None = None, nbest: int = 1,
                   max_len_ratio: float | None = None, batch_size: int | None = None) -> list[Translation]:
