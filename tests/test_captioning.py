@@ -155,3 +155,13 @@ def test_finetuning_a_cnn_from_scratch_on_pixels(tmp_path, tokenizer):
 
     groups = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 0.5]
+
+
+def test_cider_d_rewards_the_right_caption():
+    pytest.importorskip("pycocoevalcap")
+    from seq2seq.captioning import cider_d
+
+    refs = [["man running: dark skin tone"], ["grinning face"], ["red apple"]]
+    right = cider_d(["man running: dark skin tone", "grinning face", "red apple"], refs)
+    wrong = cider_d(["grinning face", "red apple", "man running: dark skin tone"], refs)
+    assert right > wrong >= 0
