@@ -38,7 +38,15 @@ from seq2seq.experiment import log, spread
 from seq2seq.features import cached_grids, extract_grids
 from seq2seq.metrics import bleu
 from seq2seq.model import build_captioning_model
-from seq2seq.tokenizers import BOS, EOS, Tokenizer, train_sentencepiece, train_word_vocab
+from seq2seq.tokenizers import (
+    BOS,
+    EOS,
+    Tokenizer,
+    WordTokenizer,
+    load_tokenizer_file,
+    train_sentencepiece,
+    train_word_vocab,
+)
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.training import Trainer, pick_device, pick_precision, teacher_forced_nll
 
@@ -72,18 +80,14 @@ def load_captions(cfg: Config) -> CaptionCorpus:
 
 def build_caption_tokenizer(cfg: Config, corpus: CaptionCorpus, run_dir: Path) -> Tokenizer:
     """A word vocabulary or a sentencepiece model trained on the training captions (target side only)."""
+    word = cfg.captions.tokenizer == "word"
+    path = run_dir / "tokenizers" / ("words.json" if word else "tgt.model")
+    if path.exists():  # a resumed run keeps its vocabulary
+        return load_tokenizer_file(path)
     texts = [cap for ex in corpus.train for cap in ex.captions]
-    if cfg.captions.tokenizer == "word":
-        path = run_dir / "tokenizers" / "words.json"
-        return train_word_vocab(texts, path, cfg.captions.min_freq) if not path.exists() else _load(path)
-    path = run_dir / "tokenizers" / "tgt.model"
-    return train_sentencepiece(texts, path, cfg.captions.vocab_size) if not path.exists() else _load(path)
-
-
-def _load(path: Path) -> Tokenizer:
-    from seq2seq.tokenizers import load_tokenizer_file
-
-    return load_tokenizer_file(path)
+    if word:
+        return train_word_vocab(texts, path, cfg.captions.min_freq)
+    return train_sentencepiece(texts, path, cfg.captions.vocab_size)
 
 
 @dataclass
@@ -151,8 +155,6 @@ def cider_d(hyps: list[str], refs: list[list[str]]) -> float | None:
         from pycocoevalcap.cider.cider import Cider
     except ImportError:
         return None
-    from seq2seq.tokenizers import WordTokenizer
-
     def tok(s: str) -> str:
         return " ".join(WordTokenizer.split(s))
 

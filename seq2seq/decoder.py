@@ -11,7 +11,9 @@ option picks the architecture of one of three papers:
   ``h_t = f(h_{t-1}, y_{t-1} [, h~_{t-1}])``, ``c_t = attend(h_t)``, ``h~_t = tanh(W_c [c_t; h_t])``,
   ``p(y_t) = softmax(W_s h~_t)``; input feeding passes ``h~_{t-1}`` to the next step.
 
-``g`` is a maxout deep output layer (pool size 2) as in Cho and Bahdanau. Without input
+``g`` is a maxout deep output layer (pool size 2) as in Cho and Bahdanau. ``context_gate``
+scales the context by ``sigmoid(w . query + b)`` (the gating scalar beta of Show, Attend and
+Tell, which with ``bahdanau`` order and an image memory is that paper's decoder). Without input
 feeding, Luong and Cho decoders run the RNN over the whole target at once under teacher
 forcing; Bahdanau, input feeding and scheduled sampling go step by step.
 """

@@ -57,3 +57,19 @@ def test_round_trip_through_dict():
 
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+@pytest.mark.parametrize("name", ["cho2014", "bahdanau2015", "luong2015", "caption_emoji", "show_and_tell"])
+def test_shipped_configs_load_and_build(name):
+    from pathlib import Path
+
+    from seq2seq.model import build_captioning_model, build_translation_model
+
+    cfg = load_config(Path(__file__).parent.parent / "experiments" / "configs" / f"{name}.yaml")
+    if name.startswith(("caption", "show")):
+        cfg.image.weights = "none"  # building must not need the network here
+        model = build_captioning_model(cfg.model, cfg.image, 50)
+    else:
+        model = build_translation_model(cfg.model, 50, 60)
+    assert model.num_parameters() > 0
+    assert model.decoder.kind == cfg.model.attention

@@ -100,3 +100,17 @@ def test_checkpoint_without_its_tokenizer(toy_run, tmp_path):
     shutil.copy(toy_run / "checkpoints" / "best.pt", tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="tokenizer .* is missing"):
         Translator.load(tmp_path / "best.pt")
+
+
+def test_joint_vocabulary_is_shared(tmp_path):
+    from conftest import toy_pairs
+
+    from seq2seq.config import load_config
+    from seq2seq.data.corpora import split_corpus
+    from seq2seq.translation import build_tokenizers
+
+    cfg = load_config(overrides=["data.joint_vocab=true", "data.vocab_size=60"])
+    corpus = split_corpus("toy", toy_pairs(500, 4))
+    src, tgt = build_tokenizers(cfg, corpus, tmp_path)
+    assert src is tgt and src.path == tmp_path / "tokenizers" / "joint.model"
+    assert src.decode(src.encode(["le chat"])) == ["le chat"] and src.decode(src.encode(["the cat"])) == ["the cat"]
