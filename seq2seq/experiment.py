@@ -12,14 +12,17 @@ from typing import Any, TypeVar
 
 import yaml
 
+from seq2seq.backbones import BackboneError
 from seq2seq.checkpoints import CheckpointError
 from seq2seq.config import Config, ConfigError, load_config
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError
+from seq2seq.data.images import ImageError
 from seq2seq.tokenizers import TokenizerError
 
 T = TypeVar("T")
-USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError)
+USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,
+               FloatingPointError)
 
 
 def log(message: str) -> None:

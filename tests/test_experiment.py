@@ -47,3 +47,17 @@ def test_user_errors_are_one_line(capsys):
 def test_results_are_json(tmp_path):
     path = write_results(tmp_path, {"test_bleu_beam": 31.0, "note": "é"})
     assert '"test_bleu_beam": 31.0' in path.read_text(encoding="utf-8")
+
+
+def test_bad_weights_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "caption.py"), "--run-dir", str(tmp_path),
+                           "captions.corpus=shapes", "captions.shapes=50", "image.backbone=resnet18",
+                           f"image.weights={tmp_path / 'missing.pth'}", "tracking.enabled=false"],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: weights file {tmp_path / 'missing.pth'} does not exist"
