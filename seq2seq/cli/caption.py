@@ -68,7 +68,7 @@ def caption_folder(captioner: Captioner, args: argparse.Namespace, out: TextIO, 
             print(f"skipped {path}: {reason}", file=err, flush=True)
             continue
         done += 1
-        out.write(json.dumps({"path": str(path), "caption": caption.text, "score": round(caption.score, 4)},
+        out.write(json.dumps({"path": str(path), "caption": caption.text, "score": round(caption.score, 4) + 0.0},
                              ensure_ascii=False) + "\n")
         out.flush()
         if args.sidecar:
