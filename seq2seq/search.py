@@ -117,8 +117,7 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
                 if eos_l[b][j] and top_l[b][j] > float("-inf"):
                     finalize(b, b * k + origin_l[b][j], None, top_l[b][j], t + 1, True)
             if t + 1 >= limits[b]:
-                for j, (s, o, tok) in enumerate(zip(new_scores[b].tolist(), new_origin[b].tolist(),
-                                                    new_token[b].tolist())):
+                for s, o, tok in zip(new_scores[b].tolist(), new_origin[b].tolist(), new_token[b].tolist()):
                     if s > float("-inf"):
                         finalize(b, b * k + o, tok, s, t + 1, False)
             if len(finished[b]) >= k or t + 1 >= limits[b]:

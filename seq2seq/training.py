@@ -172,6 +172,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.schedule = LRSchedule(self.optimizer, cfg)
         self.progress = Progress()
+        self._bar = None  # the progress bar while training on a terminal
+        self._stop_signal = False  # set by Ctrl-C / SIGTERM: stop after the current step
 
     # --- checkpoints -----------------------------------------------------------------
 
@@ -265,8 +267,6 @@ class Trainer:
         else:
             print(message, flush=True)
 
-    _bar = None
-
     def train(self) -> Progress:
         """Train until the budget, step or epoch limit, or early stopping; then validate once more."""
         cfg, p = self.cfg, self.progress
@@ -328,8 +328,6 @@ class Trainer:
                 self._bar.close()
                 self._bar = None
         return p
-
-    _stop_signal = False
 
     def _catch_signals(self) -> Callable[[], None]:
         """Ctrl-C or SIGTERM stop training after the current step (a second Ctrl-C stops at once)."""

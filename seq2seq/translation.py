@@ -88,8 +88,8 @@ class Validator:
         self.batches = [collate([src[keep[j]] for j in b], [tgt[keep[j]] for j in b])
                         for b in token_batches(lens_s, lens_t, cfg.data.batch_tokens, seed=0, epoch=0)]
         self.samples = spread(self.examples, cfg.tracking.samples)
-        plotted = [ex for ex in self.examples if 4 <= len(ex.src.split()) <= 12]
-        self.plotted = spread(plotted, cfg.tracking.attention_plots)
+        plotted = [i for i, ex in enumerate(self.examples) if 4 <= len(ex.src.split()) <= 12]
+        self.plotted = spread(plotted, cfg.tracking.attention_plots)  # indices into self.examples
 
     def __call__(self, trainer: Trainer) -> dict[str, float]:
         nll, n = teacher_forced_nll(trainer.model, self.batches, trainer.device, trainer.autocast)
@@ -99,7 +99,7 @@ class Validator:
         self.tracker.table("valid/samples", ["source", "references", "hypothesis"],
                            [[ex.src, " | ".join(ex.refs), by_src[ex.src]] for ex in self.samples], step)
         plots = []
-        for tr in self.translator.translate([ex.src for ex in self.plotted], beam=1):
+        for tr in (result["translations"][i] for i in self.plotted):  # reuse the greedy translations
             if tr.attention is not None and tr.candidates:
                 tgt = self.translator.tgt_tok.pieces(tr.candidates[0].tokens) + ["</s>"]
                 plots.append((attention_heatmap(tr.attention, tr.src_pieces, tgt, tr.source), tr.text))

@@ -162,7 +162,7 @@ def _render_emoji(folder: Path) -> None:
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     entries = []
-    for i, (cp, en) in enumerate(sorted(names["en"].items(), key=lambda kv: kv[1])):
+    for i, cp in enumerate(sorted(names["en"], key=names["en"].get)):
         canvas = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
         ImageDraw.Draw(canvas).text((0, 0), cp, font=font, embedded_color=True)
         if canvas.getbbox() is None:  # no glyph for this sequence in the font
