@@ -16,9 +16,9 @@ from seq2seq.data.images import ImageTransform, load_image
 from seq2seq.features import image_loader
 from seq2seq.model import Seq2Seq, build_captioning_model
 from seq2seq.plotting import attention_overlay
+from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import search
 from seq2seq.tokenizers import Tokenizer
-from seq2seq.training import pick_device, pick_precision
 
 
 def image_transform(cfg: Config) -> ImageTransform:
@@ -43,16 +43,16 @@ class Captioner:
         self.transform = image_transform(cfg)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> "Captioner":
-        """From a run folder (its best checkpoint) or a checkpoint file."""
-        model, cfg, toks = load_trained(path, "captioning", lambda cfg, t: build_captioning_model(
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "model") -> "Captioner":
+        """From a run folder (its best checkpoint) or a checkpoint file; ``precision="model"``
+        captions at the precision the model was trained and scored at."""
+        model, cfg, toks, trained_at = load_trained(path, "captioning", lambda cfg, t: build_captioning_model(
             cfg.model, cfg.image, len(t["tgt"]), pretrained=False))  # the checkpoint holds the CNN weights
         dev = pick_device(device)
-        return cls(model, cfg, toks["tgt"], dev, pick_precision(precision, dev))
+        return cls(model, cfg, toks["tgt"], dev, serving_precision(precision, trained_at, dev))
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+        return autocast(self.device, self.amp_dtype)
 
     @torch.no_grad()
     def caption_tensors(self, images: Tensor, beam: int = 1, nbest: int = 1) -> list[Caption]:
@@ -75,7 +75,7 @@ class Captioner:
             return [c for i in range(0, len(inputs), batch_size)
                     for c in self.caption_tensors(inputs[i:i + batch_size].float(), beam, nbest)]
         out = []
-        for path, caption, reason in self.caption_files(list(inputs), beam, batch_size):
+        for path, caption, reason in self.caption_files(list(inputs), beam, batch_size, nbest=nbest):
             if caption is None:
                 raise ValueError(f"{path}: {reason}")
             out.append(caption)

@@ -38,6 +38,7 @@ from seq2seq.experiment import log, spread
 from seq2seq.features import cached_grids, extract_grids
 from seq2seq.metrics import bleu
 from seq2seq.model import build_captioning_model
+from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything
 from seq2seq.tokenizers import (
     BOS,
     EOS,
@@ -48,7 +49,7 @@ from seq2seq.tokenizers import (
     train_word_vocab,
 )
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.training import Trainer, pick_device, pick_precision, teacher_forced_nll
+from seq2seq.training import Trainer, teacher_forced_nll
 
 SCORER = "sacreBLEU {version} corpus BLEU-n, tokenize=13a, lowercased, all references of each image"
 
@@ -172,21 +173,25 @@ def nearest_neighbour(train_pooled: Tensor, train: list[CaptionExample], pooled:
 
 
 class Validator:
-    """Teacher-forced perplexity, greedy BLEU-4, sample captions and attention overlays."""
+    """Teacher-forced perplexity, greedy BLEU-4, sample captions and attention overlays on at most
+    ``train.valid_sentences`` validation images; batches are built one at a time, never all at once."""
 
     def __init__(self, cfg: Config, captioner: Captioner, valid: list[CaptionExample], grids: Tensor | None,
                  tracker: Tracker):
-        self.captioner, self.tracker, self.grids = captioner, tracker, grids
-        self.examples = valid
-        self.data = CaptionData(valid, captioner.tokenizer, grids, captioner.transform, cfg.captions.batch_tokens,
-                                seed=0, max_len=10_000)
-        self.batches = [self.data.batch(b) for b in self.data.epoch(0)]
-        self.samples = spread(list(range(len(valid))), cfg.tracking.samples)
-        self.plotted = spread(list(range(len(valid))), cfg.tracking.attention_plots)
+        self.captioner, self.tracker = captioner, tracker
+        chosen = spread(list(range(len(valid))), cfg.train.valid_sentences)
+        self.examples = [valid[i] for i in chosen]
+        self.grids = None if grids is None else grids[chosen]
+        self.data = CaptionData(self.examples, captioner.tokenizer, self.grids, captioner.transform,
+                                cfg.captions.batch_tokens, seed=0, max_len=10_000)
+        self.samples = spread(list(range(len(self.examples))), cfg.tracking.samples)
+        self.plotted = spread(list(range(len(self.examples))), cfg.tracking.attention_plots)
 
     def __call__(self, trainer: Trainer) -> dict[str, float]:
-        nll, n = teacher_forced_nll(trainer.model, self.batches, trainer.device, trainer.autocast)
-        caps = self.captioner.caption_inputs(self.inputs(range(len(self.examples))), beam=1)
+        batches = (self.data.batch(b) for b in self.data.epoch(0))
+        nll, n = teacher_forced_nll(trainer.model, batches, trainer.device, trainer.autocast)
+        inputs = self.grids if self.grids is not None else [ex.image for ex in self.examples]
+        caps = self.captioner.caption_inputs(inputs, beam=1)
         scores = bleu_scores([c.text for c in caps], [ex.captions for ex in self.examples])
         step = trainer.progress.step
         shown = []
@@ -197,12 +202,6 @@ class Validator:
         overlays = [self.captioner.overlay(self.examples[i].image, caps[i]) for i in self.plotted]
         self.tracker.images("valid/attention", [(o, caps[i].text) for o, i in zip(overlays, self.plotted) if o], step)
         return {"bleu4": scores["bleu4"], "ppl": math.exp(min(nll / max(n, 1), 50.0)), "score": scores["bleu4"]}
-
-    def inputs(self, indices) -> Tensor | list[Path]:
-        indices = list(indices)
-        if self.grids is not None:
-            return self.grids[indices]
-        return [self.examples[i].image for i in indices]
 
 
 def evaluate(captioner: Captioner, examples: list[CaptionExample], inputs: Tensor | list[Path],
@@ -217,6 +216,7 @@ def evaluate(captioner: Captioner, examples: list[CaptionExample], inputs: Tenso
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Fetch data and weights, cache features, train within the budget, evaluate on test."""
     t0 = time.monotonic()
+    seed_everything(cfg.train.seed)
     corpus = load_captions(cfg)
     log(corpus.describe())
     tokenizer = build_caption_tokenizer(cfg, corpus, run_dir)
@@ -232,8 +232,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             examples = getattr(corpus, split)
             if examples:
                 started = time.monotonic()
-                grids[split] = cached_grids(encoder, [ex.image for ex in examples], transform, device,
-                                            captioner.autocast, progress=None)
+                grids[split] = cached_grids(encoder, [ex.image for ex in examples], transform, device, amp)
                 log(f"{split}: features of {len(examples):,} images ready ({time.monotonic() - started:.0f} s)")
     data = CaptionData(corpus.train, tokenizer, grids["train"], transform, cfg.captions.batch_tokens,
                        cfg.train.seed, cfg.captions.max_len)
@@ -289,7 +288,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
         "parameters": model.num_parameters(), "device": str(device),
-        "precision": str(amp or "fp32").replace("torch.", ""), "total_minutes": (time.monotonic() - t0) / 60,
+        "precision": precision_name(amp), "eval_precision": precision_name(captioner.amp_dtype),
+        "seed": cfg.train.seed, "total_minutes": (time.monotonic() - t0) / 60,
     })
     tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})
     tracker.finish()
@@ -300,7 +300,7 @@ def _pooled(captioner: Captioner, grids: Tensor | None, examples: list[CaptionEx
     """The summary vector of each image (the mean of its grid)."""
     if grids is None:
         grids = extract_grids(captioner.model.encoder, [ex.image for ex in examples], captioner.transform,
-                              captioner.device, captioner.autocast)
+                              captioner.device, captioner.amp_dtype)
     return grids.float().mean(dim=1)
 
 

@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -96,10 +96,16 @@ def load_tokenizer(ref: dict[str, str], checkpoint: Path) -> Tokenizer:
     raise CheckpointError(f"{checkpoint}: its tokenizer {rel} is missing (looked in the run folder)")
 
 
-def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str, Tokenizer]], nn.Module],
-                 ) -> tuple[nn.Module, Config, dict[str, Tokenizer]]:
-    """Rebuild a trained model from a run folder or a checkpoint: its task, config, tokenizers and
-    weights. Any problem is one CheckpointError naming the file."""
+class Trained(NamedTuple):
+    model: nn.Module
+    config: Config
+    tokenizers: dict[str, Tokenizer]
+    precision: str | None  # "bf16" or "fp32" as trained; None in checkpoints that predate the record
+
+
+def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str, Tokenizer]], nn.Module]) -> Trained:
+    """Rebuild a trained model from a run folder or a checkpoint: its task, config, tokenizers,
+    weights and training precision. Any problem is one CheckpointError naming the file."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.get("task") != task:
@@ -111,4 +117,4 @@ def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str,
         model.load_state_dict(ckpt["model"])
     except (KeyError, ConfigError, TokenizerError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({str(err).splitlines()[0]})") from None
-    return model, cfg, tokenizers
+    return Trained(model, cfg, tokenizers, ckpt.get("precision"))

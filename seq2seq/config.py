@@ -109,8 +109,8 @@ class TrainConfig:
     plateau_patience: int = 2  # plateau: validations without improvement before decaying
     label_smoothing: float = 0.1
     attention_reg: float = 0.0  # doubly stochastic attention penalty (Show, Attend and Tell: 1.0)
-    teacher_forcing: float = 1.0  # probability of feeding the reference token (1 = always)
-    sampling_schedule: str = "none"  # none | linear | inverse_sigmoid (Bengio et al. 2015)
+    teacher_forcing: float = 1.0  # probability of feeding the reference token (1 = always); a schedule's floor
+    sampling_schedule: str = "none"  # none | linear | inverse_sigmoid (Bengio et al. 2015), from 1 to teacher_forcing
     sampling_k: float = 2000.0  # inverse_sigmoid: k; linear: steps to reach teacher_forcing
     max_steps: int | None = None
     max_epochs: int | None = None
@@ -178,22 +178,25 @@ class Config:
                             ("model.dec_hidden", m.dec_hidden), ("model.enc_layers", m.enc_layers),
                             ("model.dec_layers", m.dec_layers), ("data.vocab_size", d.vocab_size),
                             ("data.batch_tokens", d.batch_tokens), ("search.beam", self.search.beam),
-                            ("train.valid_every", t.valid_every)]:
+                            ("train.valid_every", t.valid_every), ("train.log_every", t.log_every),
+                            ("train.patience", t.patience), ("search.batch_size", self.search.batch_size)]:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if not 0.0 <= m.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
         if not 0.0 <= t.teacher_forcing <= 1.0:
             raise ConfigError(f"train.teacher_forcing must be in [0, 1], got {t.teacher_forcing}")
+        if t.sampling_schedule != "none" and t.teacher_forcing == 1.0:
+            raise ConfigError(f"train.sampling_schedule={t.sampling_schedule} decays teacher forcing down to "
+                              f"train.teacher_forcing, its floor, which is 1.0: set a floor below 1 (e.g. 0.5)")
+        if not t.sampling_k > 0:
+            raise ConfigError(f"train.sampling_k must be positive, got {t.sampling_k}")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
         if m.context_gate and m.attention == "none":
             raise ConfigError("model.context_gate needs attention (bahdanau or luong_*)")
         if m.input_feeding and not m.attention.startswith("luong"):
             raise ConfigError("model.input_feeding applies to luong_dot/luong_general attention only")
-        if m.attention == "luong_dot" and m.dec_hidden != m.enc_hidden * (2 if m.bidirectional else 1):
-            raise ConfigError("model.attention=luong_dot needs model.dec_hidden equal to the encoder "
-                              "output size (enc_hidden, doubled when bidirectional); use luong_general")
         if d.corpus == "files" and not d.train:
             raise ConfigError("data.corpus=files needs data.train (a TSV file or 'SRC_FILE,TGT_FILE')")
         return self

@@ -63,8 +63,7 @@ class ImageEncoder(nn.Module):
         self.frozen_blocks = len(self.cnn) if finetune_from is None else max(0, min(finetune_from, len(self.cnn)))
         for block in self.cnn[: self.frozen_blocks]:
             block.requires_grad_(False)
-        with torch.no_grad():
-            self.output_dim = self.cnn(torch.zeros(1, 3, 64, 64)).size(1)
+        self.output_dim = _channels(self.cnn)
         self.summary_dim = self.output_dim
         self.dropout = Dropout(dropout)
 
@@ -79,11 +78,25 @@ class ImageEncoder(nn.Module):
         return self
 
     def grid(self, images: Tensor) -> Tensor:
-        """images (batch, 3, H, W) -> feature grid (batch, H'*W', channels)."""
+        """images (batch, 3, H, W) -> feature grid (batch, H'*W', channels), in the CNN's output
+        dtype (bf16 under bf16 autocast): what the feature cache stores."""
         features = self.cnn(images)  # (batch, channels, H', W')
         return features.flatten(2).transpose(1, 2)
 
     def forward(self, images: Tensor) -> Memory:
-        grid = self.grid(images) if images.dim() == 4 else images  # (batch, cells, channels)
+        # live CNN or cached grid: the decoder gets the same fp32 numbers either way
+        grid = (self.grid(images) if images.dim() == 4 else images).float()  # (batch, cells, channels)
         mask = torch.ones(grid.shape[:2], dtype=torch.bool, device=grid.device)
         return Memory(self.dropout(grid), mask, grid.mean(dim=1))
+
+
+def _channels(cnn: nn.Sequential) -> int:
+    """Output channels of a CNN, from a probe in evaluation mode: a probe in training mode
+    would move every batch-norm layer's running statistics toward those of a blank image."""
+    was_training = cnn.training
+    cnn.eval()
+    try:
+        with torch.no_grad():
+            return cnn(torch.zeros(1, 3, 64, 64)).size(1)
+    finally:
+        cnn.train(was_training)

@@ -13,16 +13,21 @@ from typing import Any, TypeVar
 import yaml
 
 from seq2seq.backbones import BackboneError
-from seq2seq.checkpoints import CheckpointError
+from seq2seq.checkpoints import CheckpointError, load_checkpoint
 from seq2seq.config import Config, ConfigError, load_config
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError
 from seq2seq.data.images import ImageError
 from seq2seq.tokenizers import TokenizerError
+from seq2seq.training import Progress, finish_reason
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,
                FloatingPointError)
+
+
+class RunFinished(Exception):
+    """The run folder holds a finished run and nothing asks for more: leave its results alone."""
 
 
 def log(message: str) -> None:
@@ -51,7 +56,7 @@ def experiment_parser(description: str) -> argparse.ArgumentParser:
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config without the options that may change when a run is resumed."""
     out = json.loads(json.dumps(cfg))
-    for key in ("time_budget", "max_steps", "max_epochs", "device"):
+    for key in ("time_budget", "max_steps", "max_epochs", "patience", "device"):
         out["train"].pop(key, None)
     out.pop("tracking", None)
     return out
@@ -72,9 +77,26 @@ def prepare_run(args: argparse.Namespace, name: str, default_config: Path | None
         if _comparable(old) != _comparable(json.loads(json.dumps(cfg.to_dict()))):
             raise ConfigError(f"run folder {run_dir} holds a run with a different config; "
                               f"choose another --run-dir or the same config to resume it")
+        reason = finished_reason(run_dir, cfg)
+        if reason:
+            raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
+                              f"{run_dir / 'results.json'}. To train it further, raise --time-budget, "
+                              f"train.max_steps, train.max_epochs or train.patience")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(saved, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
     return cfg, run_dir
+
+
+def finished_reason(run_dir: Path, cfg: Config) -> str:
+    """Why the run in ``run_dir`` is finished under ``cfg`` (its results written, its limits
+    reached), or "" when it is new, unfinished, or asked to go further."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not (run_dir / "results.json").is_file() or not last.is_file():
+        return ""
+    progress = Progress(**load_checkpoint(last)["progress"])
+    if progress.last_validation != progress.step:
+        return ""
+    return finish_reason(cfg.train, progress)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -93,6 +115,9 @@ def run_cli(main: Callable[[], int]) -> int:
     """Run ``main``; a user error prints one line naming what is wrong, never a traceback."""
     try:
         return main()
+    except RunFinished as done:
+        log(str(done))
+        return 0
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

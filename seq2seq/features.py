@@ -1,7 +1,9 @@
 """CNN feature grids extracted once and cached on disk, so a frozen CNN runs once per image.
 
 The cache key covers everything the features depend on: the CNN's weights (hashed), its
-cut, the transform and each image file's path, size and modification time.
+cut, the transform, the precision it runs at and each image file's path, size and
+modification time. Grids are stored in the dtype the CNN produced them in (bf16 under bf16
+autocast, else fp32), so training on cached grids sees the numbers the caption tool computes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from seq2seq.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import ImageError, ImageTransform, load_image
 from seq2seq.encoders import ImageEncoder
+from seq2seq.runtime import autocast, precision_name
 
 
 class ImageFiles(Dataset):
@@ -58,17 +61,17 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
-                  autocast: Callable[[], torch.autocast], batch_size: int = 32, workers: int = 0,
+                  amp_dtype: torch.dtype | None, batch_size: int = 32, workers: int = 0,
                   progress: Callable[[int, int], None] | None = None) -> Tensor:
-    """Feature grids (images, cells, channels) in float16; an unreadable image is an error."""
+    """Feature grids (images, cells, channels) as the CNN outputs them; an unreadable image is an error."""
     encoder.eval()
     grids, done = [], 0
     for tensors, reasons in image_loader(paths, transform, batch_size, workers):
         for path, tensor, reason in zip(paths[done:], tensors, reasons):
             if tensor is None:
                 raise ImageError(f"{path}: {reason}")
-        with autocast():
-            grids.append(encoder.grid(torch.stack(tensors).to(device)).half().cpu())
+        with autocast(device, amp_dtype):
+            grids.append(encoder.grid(torch.stack(tensors).to(device)).cpu())
         done += len(tensors)
         if progress:
             progress(done, len(paths))
@@ -76,15 +79,15 @@ def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTran
 
 
 def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
-                 autocast: Callable[[], torch.autocast], workers: int = 0,
+                 amp_dtype: torch.dtype | None, workers: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> Tensor:
     """:func:`extract_grids`, read from the cache when the same CNN has seen the same files."""
     stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
     key = hashlib.sha256(json.dumps({"cnn": weights_digest(encoder.cnn), "transform": repr(transform),
-                                     "files": stats}).encode()).hexdigest()[:24]
+                                     "precision": precision_name(amp_dtype), "files": stats}).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.pt"
     if path.exists():
         return load_checkpoint(path)["grids"]
-    grids = extract_grids(encoder, paths, transform, device, autocast, workers=workers, progress=progress)
+    grids = extract_grids(encoder, paths, transform, device, amp_dtype, workers=workers, progress=progress)
     save_checkpoint(path, {"grids": grids, "files": len(paths)})
     return grids

@@ -49,10 +49,13 @@ def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
 
 def bleu_by_length(hyps: list[str], refs: list[list[str]], src_lens: list[int],
                    edges: tuple[int, ...] = (5, 10, 15, 20, 30)) -> dict[str, tuple[float, int]]:
-    """BLEU per source-length bucket (``"6-10"`` -> (BLEU, sentences)), as in Cho/Bahdanau's curves."""
+    """BLEU per source-length bucket (``"6-10"`` -> (BLEU, sentences)), as in Cho/Bahdanau's curves.
+    ``src_lens`` are source lengths in words; empty sources belong to no bucket."""
     buckets: dict[str, list[int]] = {}
     lows = (0,) + edges
     for i, n in enumerate(src_lens):
+        if n < 1:
+            continue
         for lo, hi in zip(lows, edges + (None,)):
             if hi is None or n <= hi:
                 buckets.setdefault(f"{lo + 1}-{hi}" if hi else f">{lo}", []).append(i)

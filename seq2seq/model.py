@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq.config import ImageConfig, ModelConfig
+from seq2seq.config import ConfigError, ImageConfig, ModelConfig
 from seq2seq.decoder import RNNDecoder
 from seq2seq.encoders import ImageEncoder, TextEncoder
 from seq2seq.memory import Memory
@@ -68,6 +68,9 @@ def attention_penalty(attention: Tensor, memory_mask: Tensor, tgt_out: Tensor) -
 
 
 def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_dim: int) -> RNNDecoder:
+    if cfg.attention == "luong_dot" and cfg.dec_hidden != memory_dim:
+        raise ConfigError(f"model.attention=luong_dot needs model.dec_hidden equal to the size of the encoder's "
+                          f"memory vectors ({memory_dim}), got {cfg.dec_hidden}; use luong_general")
     return RNNDecoder(
         vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
         layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,

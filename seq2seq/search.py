@@ -3,6 +3,11 @@
 Search sees only ``decoder.init_state``, ``decoder.step`` and a :class:`Memory`, so the same
 code decodes translations and captions. A hypothesis takes at most ``max_len`` steps (its
 end token included); one that reaches the limit without ending is returned unfinished.
+
+Beam search ranks finished hypotheses (those that produced the end token) above unfinished
+ones, whatever their scores: length normalisation would otherwise let a repetitive loop that
+never ends, and so never pays for its end token, beat a complete translation. An unfinished
+hypothesis is returned only for an input where no hypothesis finished within its limit.
 """
 
 from __future__ import annotations
@@ -133,7 +138,14 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
         if attn_history is not None:
             attn_history = attn_history.index_select(0, rows)
         prev = new_token.view(-1)
-    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]
+    return [sorted(hyps, key=lambda h: (h.finished, h.score), reverse=True)[:nbest] for hyps in finished]
+
+
+def beam_for_nbest(beam: int, nbest: int) -> tuple[int, str]:
+    """The beam that yields ``nbest`` hypotheses, and a note saying so when it is wider than ``beam``."""
+    if nbest <= beam:
+        return beam, ""
+    return nbest, f"beam {beam} cannot give {nbest} alternatives: running beam {nbest}"
 
 
 def search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor | int, length_penalty: float = 1.0,

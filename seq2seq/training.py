@@ -10,12 +10,13 @@ early stopping, a time budget, atomic checkpoints and exact resumption.
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from seq2seq.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.config import TrainConfig
 from seq2seq.model import attention_penalty, sequence_loss
+from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
 
 
@@ -66,33 +68,6 @@ class Progress:
     bad_validations: int = 0  # validations since the best score
     last_validation: int = -1  # step of the last validation
     stop_reason: str = ""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available")
-    return device
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: plain fp32). ``auto`` takes bf16 where the hardware computes it fast."""
-    if name == "fp32":
-        return None
-    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
-    if name == "bf16" or fast:
-        return torch.bfloat16
-    return None
 
 
 class LRSchedule:
@@ -149,6 +124,23 @@ class LRSchedule:
         self.factor, self.best, self.bad = state["factor"], state["best"], int(state["bad"])
 
 
+def finish_reason(cfg: TrainConfig, p: Progress) -> str:
+    """Why a run at ``p`` is done under ``cfg`` (budget, step or epoch limit, early stopping), or ""."""
+    if cfg.time_budget is not None and p.elapsed >= cfg.time_budget * 60:
+        return f"time budget of {cfg.time_budget:g} min reached"
+    if cfg.max_steps is not None and p.step >= cfg.max_steps:
+        return f"max_steps={cfg.max_steps} reached"
+    if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
+        return f"max_epochs={cfg.max_epochs} reached"
+    if p.bad_validations >= cfg.patience:
+        return f"no better validation score for {cfg.patience} validations"
+    return ""
+
+
+class StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: leave at once, wherever the step is, without saving."""
+
+
 def teacher_forcing_ratio(cfg: TrainConfig, step: int) -> float:
     """Probability of feeding the reference token at ``step`` (scheduled sampling decays it)."""
     if cfg.sampling_schedule == "linear":
@@ -174,6 +166,7 @@ class Trainer:
         self.progress = Progress()
         self._bar = None  # the progress bar while training on a terminal
         self._stop_signal = False  # set by Ctrl-C / SIGTERM: stop after the current step
+        self._clock = time.monotonic()  # when progress.elapsed was last brought up to date
 
     # --- checkpoints -----------------------------------------------------------------
 
@@ -190,12 +183,15 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "progress": asdict(self.progress),
             "rng": rng,
+            "precision": precision_name(self.amp_dtype),  # what evaluation and the tools run at
             **self.checkpoint_extra,
         })
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint: weights, optimiser, schedule, RNG and data position."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+        # read on the CPU: the optimiser moves its moments to the parameters' device and keeps
+        # Adam's step counters on the CPU, where they cost no device sync
+        ckpt = load_checkpoint(path, map_location="cpu")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
@@ -208,8 +204,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+        return autocast(self.device, self.amp_dtype)
 
     def train_step(self, batch: Batch) -> float:
         self.model.train()
@@ -227,15 +222,15 @@ class Trainer:
         self.optimizer.step()
         return loss.item()
 
+    def _tick(self) -> None:
+        """Add the wall time since the last tick to ``progress.elapsed``."""
+        now = time.monotonic()
+        self.progress.elapsed += now - self._clock
+        self._clock = now
+
     def _budget_left(self) -> bool:
-        cfg, p = self.cfg, self.progress
-        if cfg.time_budget is not None and p.elapsed >= cfg.time_budget * 60:
-            p.stop_reason = f"time budget of {cfg.time_budget:g} min reached"
-        elif cfg.max_steps is not None and p.step >= cfg.max_steps:
-            p.stop_reason = f"max_steps={cfg.max_steps} reached"
-        elif cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
-            p.stop_reason = f"max_epochs={cfg.max_epochs} reached"
-        return not p.stop_reason
+        self.progress.stop_reason = finish_reason(self.cfg, self.progress)
+        return not self.progress.stop_reason
 
     def validate(self) -> dict[str, float]:
         """Run the task's validation, track the best score, checkpoint best and last."""
@@ -254,11 +249,10 @@ class Trainer:
         self.tracker.log({f"valid/{k}": v for k, v in metrics.items()}, step=p.step)
         self.log(f"validation at step {p.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
                  + (" (best)" if improved else f" (best {p.best_score:.2f} at step {p.best_step})"))
+        self._tick()  # the checkpoints count this validation's time: a resumed run keeps its budget
         if improved:
             self.save("best")
         self.save("last")
-        if p.bad_validations >= self.cfg.patience:
-            p.stop_reason = f"no better validation score for {self.cfg.patience} validations"
         return metrics
 
     def log(self, message: str) -> None:
@@ -268,13 +262,18 @@ class Trainer:
             print(message, flush=True)
 
     def train(self) -> Progress:
-        """Train until the budget, step or epoch limit, or early stopping; then validate once more."""
+        """Train until the budget, step or epoch limit, or early stopping; then validate once more.
+
+        A run that is already finished under the current config returns at once, untouched;
+        raising a limit (budget, max_steps, max_epochs, patience) continues it.
+        """
         cfg, p = self.cfg, self.progress
-        p.stop_reason = ""
+        if not self._budget_left() and p.last_validation == p.step:
+            return p
         self._bar = _progress_bar(cfg)
         restore = self._catch_signals()
         window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
-        last = time.monotonic()
+        self._clock = time.monotonic()
         try:
             while self._budget_left():
                 batches = self.data.epoch(p.epoch)
@@ -292,9 +291,7 @@ class Trainer:
                     p.train_time += dt
                     window_tokens, window_time = window_tokens + n, window_time + dt
                     window_loss, window_steps = window_loss + loss, window_steps + 1
-                    now = time.monotonic()
-                    p.elapsed += now - last
-                    last = now
+                    self._tick()
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss} at step {p.step}; "
                                                  f"lower train.lr or raise train.clip_norm")
@@ -307,21 +304,22 @@ class Trainer:
                         self._report(stats)
                         window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
                     if self._stop_signal:
+                        self.log(f"stopping at step {p.step} (signal received)")
                         raise KeyboardInterrupt
                     if p.step % cfg.valid_every == 0:
                         self.validate()
-                        now = time.monotonic()
-                        p.elapsed += now - last
-                        last = now
                 if p.batch_in_epoch >= len(batches):
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             if p.last_validation != p.step:
                 self.validate()
-                p.elapsed += time.monotonic() - last
+            self._budget_left()  # the final validation may have started early stopping
             self.save("last")
+        except StopNow:
+            p.stop_reason = "interrupted"  # mid-step: the last checkpoint on disk is the consistent state
+            self.log(f"stopped at once; the run resumes from {self.checkpoint_path('last')}, not from step {p.step}")
         except KeyboardInterrupt:
             p.stop_reason = "interrupted"
-            self.save("last")  # the state after the last complete step: resumable
+            self.save("last")  # raised at a step boundary: the state after the last complete step
         finally:
             restore()
             if self._bar is not None:
@@ -330,7 +328,8 @@ class Trainer:
         return p
 
     def _catch_signals(self) -> Callable[[], None]:
-        """Ctrl-C or SIGTERM stop training after the current step (a second Ctrl-C stops at once)."""
+        """Ctrl-C or SIGTERM stop training after the current step; a second Ctrl-C stops at once
+        without saving (the checkpoint of the last validation stays the resumable state)."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         self._stop_signal = False
@@ -338,9 +337,11 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             if self._stop_signal and signum == signal.SIGINT:
-                raise KeyboardInterrupt
+                raise StopNow
             self._stop_signal = True
-            self.log("stopping after this step; the run can be resumed (Ctrl-C again to stop at once)")
+            # os.write, not print: a handler may interrupt a print, and buffered writes are not re-entrant
+            os.write(2, b"\nstopping after this step; the run can be resumed (Ctrl-C again to stop at once, "
+                        b"losing the steps since the last checkpoint)\n")
 
         for sig in previous:
             signal.signal(sig, handler)
@@ -379,7 +380,7 @@ def _as_tuple(value: Any) -> Any:
 
 
 @torch.no_grad()
-def teacher_forced_nll(model: nn.Module, batches: list[Batch], device: torch.device,
+def teacher_forced_nll(model: nn.Module, batches: Iterable[Batch], device: torch.device,
                        autocast: Callable[[], torch.autocast]) -> tuple[float, int]:
     """Summed NLL and token count over ``batches`` (for validation perplexity)."""
     total, count = 0.0, 0

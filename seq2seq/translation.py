@@ -15,9 +15,10 @@ from seq2seq.experiment import log, spread
 from seq2seq.metrics import bleu, bleu_by_length, chrf
 from seq2seq.model import build_translation_model
 from seq2seq.plotting import attention_heatmap
+from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything
 from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.training import Trainer, pick_device, pick_precision, teacher_forced_nll
+from seq2seq.training import Trainer, teacher_forced_nll
 from seq2seq.translator import Translator
 
 
@@ -72,7 +73,7 @@ def evaluate(translator: Translator, examples: list[Example], beam: int) -> dict
     return {"bleu": b.score, "bleu_detail": b.detail, "chrf": c.score, "bleu_signature": b.signature,
             "chrf_signature": c.signature, "hypotheses": hyps, "translations": out,
             "sentences_per_second": len(examples) / max(seconds, 1e-9),
-            "by_length": bleu_by_length(hyps, refs, [len(p) for p in (t.src_pieces for t in out)])}
+            "by_length": bleu_by_length(hyps, refs, [len(ex.src.split()) for ex in examples])}
 
 
 class Validator:
@@ -111,6 +112,7 @@ class Validator:
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Fetch data, train tokenizers and the model within the budget, evaluate on test."""
     t0 = time.monotonic()
+    seed_everything(cfg.train.seed)
     corpus = load_data(cfg)
     log(corpus.describe())
     src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
@@ -124,6 +126,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     extra = {"task": "translation", "config": cfg.to_dict(),
              "tokenizers": tokenizer_refs(run_dir, src=src_tok, tgt=tgt_tok)}
     device = pick_device(cfg.train.device)
+    # validation and test run at the training precision, which the checkpoint records for the tools
     translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device))
     validator = Validator(cfg, translator, corpus.valid, tracker)
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra)
@@ -162,7 +165,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
         "parameters": model.num_parameters(), "device": str(trainer.device),
-        "precision": str(trainer.amp_dtype or "fp32").replace("torch.", ""),
+        "precision": precision_name(trainer.amp_dtype), "eval_precision": precision_name(translator.amp_dtype),
+        "seed": cfg.train.seed,
         "total_minutes": (time.monotonic() - t0) / 60,
     })
     tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})

@@ -12,9 +12,9 @@ from seq2seq.checkpoints import load_trained
 from seq2seq.config import Config
 from seq2seq.data.batching import pad_ids
 from seq2seq.model import Seq2Seq, build_translation_model
+from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import Hypothesis, max_lengths, search
 from seq2seq.tokenizers import Tokenizer
-from seq2seq.training import pick_device, pick_precision
 
 
 @dataclass
@@ -44,12 +44,13 @@ class Translator:
         self.device, self.amp_dtype = device, amp_dtype
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> "Translator":
-        """From a run folder (its best checkpoint) or a checkpoint file."""
-        model, cfg, toks = load_trained(path, "translation", lambda cfg, t: build_translation_model(
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "model") -> "Translator":
+        """From a run folder (its best checkpoint) or a checkpoint file; ``precision="model"``
+        translates at the precision the model was trained and scored at."""
+        model, cfg, toks, trained_at = load_trained(path, "translation", lambda cfg, t: build_translation_model(
             cfg.model, len(t["src"]), len(t["tgt"])))
         dev = pick_device(device)
-        return cls(model, cfg, toks["src"], toks["tgt"], dev, pick_precision(precision, dev))
+        return cls(model, cfg, toks["src"], toks["tgt"], dev, serving_precision(precision, trained_at, dev))
 
     def translate(self, lines: list[str], beam: int | None = None, nbest: int = 1,
                   max_len_ratio: float | None = None, batch_size: int | None = None) -> list[Translation]:
@@ -75,7 +76,6 @@ class Translator:
     @torch.no_grad()
     def _search(self, src: Tensor, src_lens: Tensor, beam: int, nbest: int, ratio: float) -> list[list[Hypothesis]]:
         limits = max_lengths(src_lens, ratio, self.cfg.search.max_len_offset)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with autocast(self.device, self.amp_dtype):
             memory = self.model.encode(src.to(self.device), src_lens)
             return search(self.model.decoder, memory, beam, limits, self.cfg.search.length_penalty, nbest)

@@ -60,14 +60,9 @@ def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny translation run trained on toy files: a run folder with tokenizers and checkpoints."""
-    from seq2seq.experiment import experiment_parser, prepare_run
-    from seq2seq.translation import run
-
-    root = tmp_path_factory.mktemp("toy")
-    overrides = [
+def toy_overrides(root: Path, *extra: str) -> list[str]:
+    """Overrides of a tiny translation run on toy files written under ``root`` (fp32, 300 steps)."""
+    return [
         "data.corpus=files", f"data.train={write_tsv(root / 'train.tsv', toy_pairs(2000, 1))}",
         f"data.valid={write_tsv(root / 'valid.tsv', toy_pairs(20, 2))}",
         f"data.test={write_tsv(root / 'test.tsv', toy_pairs(20, 3))}",
@@ -75,11 +70,28 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "model.dec_hidden=64", "model.attention_dim=32", "train.time_budget=null", "train.max_steps=300",
         "train.valid_every=100", "train.warmup_steps=20", "train.lr=0.005",
         "train.precision=fp32", "tracking.enabled=false",
-        "search.beam=3",
+        "search.beam=3", *extra,
     ]
-    args = experiment_parser("toy").parse_args(["--run-dir", str(root / "run"), *overrides])
+
+
+def toy_translation(run_dir: Path, *extra: str) -> dict:
+    """Train and test a tiny translation run in ``run_dir`` as the experiment script does; its results."""
+    from seq2seq.experiment import experiment_parser, prepare_run, write_results
+    from seq2seq.translation import run
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    args = experiment_parser("toy").parse_args(["--run-dir", str(run_dir), *toy_overrides(run_dir.parent, *extra)])
     cfg, run_dir = prepare_run(args, "toy")
     results = run(cfg, run_dir)
+    write_results(run_dir, results)
+    return results
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny translation run trained on toy files: a run folder with tokenizers and checkpoints."""
+    run_dir = tmp_path_factory.mktemp("toy") / "run"
+    results = toy_translation(run_dir)
     assert results["train_steps"] == 300
     assert results["test_bleu_beam"] > 50, results  # word-for-word toy translation is learned
     return run_dir

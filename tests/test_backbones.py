@@ -85,3 +85,43 @@ def test_pretrained_mobilenet_recognises_a_cat():
         top = model(pixels.unsqueeze(0)).softmax(-1)[0].topk(3).indices.tolist()
     names = [imagenet_categories()[i] for i in top]
     assert any("cat" in n for n in names), names
+
+
+def _batch_norm_buffers(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [b for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+
+
+def test_building_the_encoder_keeps_the_loaded_batch_norm_statistics(tmp_path):
+    torch.manual_seed(2)
+    source = build_backbone("mobilenet_v2")
+    for m in source.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics unlike a blank image's, as ImageNet's are
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save(source.state_dict(), tmp_path / "mobilenet_v2.pth")
+    enc = ImageEncoder("mobilenet_v2", weights=str(tmp_path / "mobilenet_v2.pth"))
+    expected, built = _batch_norm_buffers(source), _batch_norm_buffers(enc.cnn)
+    assert len(built) == len(expected) > 0
+    for a, b in zip(built, expected):
+        assert torch.equal(a, b)
+    assert enc.cnn.training  # the probe left the module in the mode it found it in
+
+
+@pytest.mark.network
+def test_the_cat_is_still_a_cat_through_the_image_encoder():
+    from importlib.resources import files
+
+    from seq2seq.backbones import imagenet_categories
+    from seq2seq.data.images import ImageTransform, load_image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    pixels = ImageTransform()(load_image(files(skimage_data.__name__) / "chelsea.png")).unsqueeze(0)
+    full = build_backbone("mobilenet_v2")
+    load_weights(full, "mobilenet_v2", "imagenet")
+    enc = ImageEncoder("mobilenet_v2", weights="imagenet").eval()
+    assert all(torch.equal(a, b) for a, b in zip(_batch_norm_buffers(enc.cnn), _batch_norm_buffers(full)))
+    with torch.no_grad():
+        logits = full.eval().classifier(enc(pixels).summary)  # the summary is torchvision's pooled feature
+        torch.testing.assert_close(logits, full(pixels), atol=1e-4, rtol=1e-4)
+    assert imagenet_categories()[int(logits.argmax())] == "Egyptian cat"

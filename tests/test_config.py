@@ -30,7 +30,10 @@ def test_yaml_file_then_overrides(tmp_path):
     (["model.dec_layers=two"], "model.dec_layers='two' is not a valid int"),
     (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     (["model.input_feeding=true", "model.attention=bahdanau"], "input_feeding applies to luong"),
-    (["model.attention=luong_dot", "model.dec_hidden=100"], "luong_dot needs model.dec_hidden"),
+    (["train.log_every=0"], "train.log_every must be at least 1"),
+    (["train.sampling_k=0", "train.teacher_forcing=0.5"], "train.sampling_k must be positive"),
+    (["train.sampling_schedule=linear"], "its floor, which is 1.0"),
+    (["train.patience=0"], "train.patience must be at least 1"),
     (["train"], "not of the form"),
     (["model=3"], "'model' is a section"),
 ])

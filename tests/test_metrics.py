@@ -37,3 +37,4 @@ def test_bleu_by_length_buckets():
     out = bleu_by_length(hyps, refs, [2, 7, 1])
     assert list(out) == ["1-5", "6-10"]
     assert out["1-5"][1] == 2 and out["6-10"] == (pytest.approx(100.0), 1)
+    assert bleu_by_length(hyps, refs, [0, 7, 1]) == {"1-5": (0.0, 1), "6-10": (pytest.approx(100.0), 1)}

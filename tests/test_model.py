@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.config import ModelConfig
-from seq2seq.model import build_translation_model, sequence_loss
+from seq2seq.config import ConfigError, ImageConfig, ModelConfig
+from seq2seq.model import build_captioning_model, build_translation_model, sequence_loss
 from seq2seq.tokenizers import PAD
 
 
@@ -42,3 +42,14 @@ def test_attention_penalty_is_zero_when_every_position_gets_one_unit():
     lopsided = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     assert attention_penalty(lopsided, mask, tgt).item() == 2.0  # (1-2)^2 + (1-0)^2
 
+
+
+def test_luong_dot_is_checked_against_the_encoder_that_is_built():
+    with pytest.raises(ConfigError, match=r"luong_dot needs model.dec_hidden equal to .* \(12\), got 100"):
+        build_translation_model(ModelConfig(enc_hidden=6, dec_hidden=100, attention="luong_dot"), 10, 10)
+    # an image encoder's memory is the CNN's channels (1280 for MobileNetV2), not 2 * enc_hidden
+    image = ImageConfig(weights="none")
+    model = build_captioning_model(ModelConfig(dec_hidden=1280, attention="luong_dot"), image, 10)
+    assert model.decoder.hidden == 1280
+    with pytest.raises(ConfigError, match=r"\(1280\), got 512"):
+        build_captioning_model(ModelConfig(enc_hidden=256, dec_hidden=512, attention="luong_dot"), image, 10)

@@ -2,8 +2,9 @@ import pytest
 import torch
 from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
 
+from seq2seq.memory import Memory
 from seq2seq.search import beam_search, greedy_search, max_lengths
-from seq2seq.tokenizers import EOS
+from seq2seq.tokenizers import BOS, EOS
 
 LENS = [7, 3, 5, 1, 6]
 
@@ -37,8 +38,8 @@ def test_nbest_is_sorted_and_attention_matches_steps():
     model = tiny_model("gru", "luong_general", tgt_vocab=8, seed=5)
     src, lens = padded_batch(LENS)
     for hyps in beam_search(model.decoder, model.encode(src, lens), 5, 12, nbest=5):
-        scores = [h.score for h in hyps]
-        assert scores == sorted(scores, reverse=True) and len(hyps) == 5
+        ranks = [(h.finished, h.score) for h in hyps]  # finished first, then by score
+        assert ranks == sorted(ranks, reverse=True) and len(hyps) == 5
         for h in hyps:
             steps = len(h.tokens) + (1 if h.finished else 0)
             assert h.attention.shape[0] == steps
@@ -75,3 +76,36 @@ def test_max_lengths_and_bad_nbest():
     src, lens = padded_batch([3])
     with pytest.raises(ValueError, match="nbest"):
         beam_search(model.decoder, model.encode(src, lens), 2, 5, nbest=3)
+
+
+class LoopingDecoder:
+    """Next-token probabilities depend on the previous token alone: after <s>, A (0.6) or B (0.4);
+    B always ends; A repeats itself (0.99) or turns into C (0.01), which repeats itself; neither
+    A nor C ever ends."""
+
+    A, B, C = 4, 5, 6
+
+    def __init__(self):
+        probs = torch.full((7, 7), 1e-9)
+        probs[BOS, self.A], probs[BOS, self.B] = 0.6, 0.4
+        probs[self.A, self.A], probs[self.A, self.C] = 0.99, 0.01
+        probs[self.B, EOS] = 1.0
+        probs[self.C, self.C] = 1.0
+        self.logits = probs.log()
+
+    def init_state(self, memory):
+        return self
+
+    def select(self, rows):
+        return self
+
+    def step(self, prev, state, memory):
+        return self.logits[prev], state, None
+
+
+def test_a_finished_hypothesis_beats_an_endless_loop():
+    memory = Memory(torch.zeros(1, 1, 1), torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, 1))
+    hyps = beam_search(LoopingDecoder(), memory, 2, 10, nbest=2)[0]
+    # normalised, the unfinished A-loop scores about -0.06 and "B </s>" about -0.46: the loop must still lose
+    assert hyps[0].finished and hyps[0].tokens == [LoopingDecoder.B] and hyps[0].score == pytest.approx(-0.46, abs=0.01)
+    assert not hyps[1].finished and hyps[1].tokens == [LoopingDecoder.A] * 10 and hyps[1].score > hyps[0].score

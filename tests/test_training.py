@@ -107,3 +107,98 @@ def test_scheduled_sampling_ratios():
     assert teacher_forcing_ratio(cfg, 0) == pytest.approx(100 / 101)
     assert teacher_forcing_ratio(cfg, 10_000) == 0.25
     assert teacher_forcing_ratio(TrainConfig(), 10) == 1.0
+
+
+def _last_progress(run_dir):
+    from seq2seq.checkpoints import load_checkpoint
+
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
+
+
+def test_checkpoints_count_the_time_of_their_validation(tmp_path):
+    import time
+
+    def slow(trainer):
+        time.sleep(0.3)
+        return {"score": 1.0}
+
+    crashed = _trainer(tmp_path, CrashAt(14))
+    crashed.validate_fn = slow
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.train()
+    # last.pt was written at the validation of step 10: it must already include that validation's 0.3 s
+    assert _last_progress(tmp_path)["elapsed"] >= 0.3
+
+
+def test_a_finished_run_is_left_untouched(tmp_path):
+    calls = []
+    done = _trainer(tmp_path, max_steps=100, patience=2)
+    done.validate_fn = lambda t: calls.append(t.progress.step) or {"score": 1.0}
+    assert "no better validation score" in done.train().stop_reason and done.progress.step == 30
+    last = tmp_path / "checkpoints" / "last.pt"
+    stamp, validations = last.stat().st_mtime_ns, len(calls)
+
+    again = _trainer(tmp_path, max_steps=100, patience=2)
+    again.validate_fn = done.validate_fn
+    again.resume(last)
+    progress = again.train()
+    assert progress.step == 30 and "no better validation score" in progress.stop_reason
+    assert len(calls) == validations and last.stat().st_mtime_ns == stamp  # no training, validation or save
+
+    more = _trainer(tmp_path, max_steps=100, patience=3)  # asking for more continues the run
+    more.validate_fn = done.validate_fn
+    more.resume(last)
+    assert more.train().step == 40
+
+
+def test_resume_reads_the_checkpoint_on_the_cpu(tmp_path, monkeypatch):
+    import seq2seq.training as training
+
+    _trainer(tmp_path).train()
+    seen = []
+    real = training.load_checkpoint
+    monkeypatch.setattr(training, "load_checkpoint", lambda path, map_location: seen.append(map_location) or
+                        real(path, map_location=map_location))
+    resumed = _trainer(tmp_path)
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    assert seen == ["cpu"]  # on CUDA, Adam's step counters then stay on the CPU (no sync per parameter)
+    steps = [s["step"] for s in resumed.optimizer.state.values()]
+    assert steps and all(s.device.type == "cpu" for s in steps)
+
+
+def _signal_after_update(trainer, at_step, signals):
+    """Send SIGINT ``signals`` times right after the optimiser update of step ``at_step``, before
+    the trainer counts the step: the worst moment for a checkpoint."""
+    import os
+    import signal
+
+    real = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if trainer.progress.step + 1 == at_step:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    trainer.optimizer.step = step
+
+
+def test_ctrl_c_stops_at_the_next_step_boundary(tmp_path):
+    trainer = _trainer(tmp_path)
+    _signal_after_update(trainer, 13, 1)
+    assert trainer.train().stop_reason == "interrupted"
+    resumed = _trainer(tmp_path)
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    assert resumed.progress.step == 13
+    for (name, a), (_, b) in zip(trainer.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path):
+    trainer = _trainer(tmp_path)
+    _signal_after_update(trainer, 13, 2)  # weights of step 13 updated, counters not yet
+    assert trainer.train().stop_reason == "interrupted"
+    resumed = _trainer(tmp_path)
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    assert resumed.progress.step == 10  # the checkpoint of the last validation, consistent with its weights

@@ -51,15 +51,15 @@ def test_batch_mode_jsonl_has_scores_and_nbest(toy_run):
     assert rows[1] == {"source": "", "translation": "", "score": None, "nbest": []}
 
 
-def test_repl_accepts_commands_and_quits(toy_run):
-    # the REPL needs a terminal; drive it through a pseudo-terminal
+def _repl(run_dir: Path, keystrokes: bytes) -> tuple[int, str]:
+    """Drive the REPL through a pseudo-terminal (it needs one); its exit code and screen."""
     import os
     import pty
 
     pid, fd = pty.fork()
     if pid == 0:
-        os.execv(sys.executable, [sys.executable, str(ROOT / "tools" / "translate.py"), str(toy_run)])
-    os.write(fd, b":beam 2\n:nbest 2\n:align\nthe cat sleeps\n\n")
+        os.execv(sys.executable, [sys.executable, str(ROOT / "tools" / "translate.py"), str(run_dir)])
+    os.write(fd, keystrokes)
     output = b""
     while True:
         try:
@@ -70,9 +70,44 @@ def test_repl_accepts_commands_and_quits(toy_run):
             break
         output += chunk
     _, status = os.waitpid(pid, 0)
-    text = output.decode("utf-8", "replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
+
+
+def test_repl_accepts_commands_and_quits(toy_run):
+    code, text = _repl(toy_run, b":beam 2\n:nbest 2\n:align\nthe cat sleeps\n\n")
+    assert code == 0, text
     assert "beam 2, nbest 2" in text and "alignment on" in text and "1. " in text and "->" in text
+
+
+def test_repl_says_which_beam_runs(toy_run):
+    code, text = _repl(toy_run, b":nbest 3\n:beam 1\nthe cat\n\n")
+    assert code == 0, text
+    assert "beam 1, nbest 3 (beam 1 cannot give 3 alternatives: running beam 3" in text and "3. " in text
+
+
+def test_batch_size_sets_the_search_batches(toy_run):
+    import io
+
+    from seq2seq.cli import translate as cli
+
+    translator = Translator.load(toy_run, device="cpu")
+    sizes, search = [], translator._search
+    translator._search = lambda src, *rest: sizes.append(src.size(0)) or search(src, *rest)
+    out = io.StringIO()
+    cli.batch_mode(translator, cli.parse_args([str(toy_run), "--batch-size", "100"]), io.StringIO("the cat\n" * 150),
+                   out)
+    assert sizes == [100, 50] and out.getvalue().count("\n") == 150
+
+
+def test_bleu_by_source_length_counts_words(toy_run):
+    from seq2seq.data.corpora import Example
+    from seq2seq.translation import evaluate
+
+    translator = Translator.load(toy_run, device="cpu")
+    examples = [Example("the bigger cats", ["les plus grands chats"]), Example("a dog sleeps", ["un chien dort"])]
+    assert len(translator.src_tok.encode([examples[0].src])[0]) == 7  # more subword pieces than words
+    by_length = evaluate(translator, examples, beam=1)["by_length"]
+    assert {name: n for name, (_, n) in by_length.items()} == {"1-5": 2}
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "foreign", "folder"])

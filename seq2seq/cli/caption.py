@@ -21,6 +21,7 @@ from typing import TextIO
 from seq2seq.captioner import Captioner
 from seq2seq.data.images import list_files
 from seq2seq.experiment import run_cli
+from seq2seq.search import beam_for_nbest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,14 +30,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument("--beam", type=int, default=None, help="beam size (default: the model's; 1 = greedy)")
+    parser.add_argument("--nbest", type=int, default=1,
+                        help="alternative captions per image, in the JSON lines (raises the beam to at least this)")
     parser.add_argument("--batch-size", type=int, default=16, help="images captioned together")
     parser.add_argument("--workers", type=int, default=0, help="processes reading images (0: the main one)")
     parser.add_argument("-o", "--output", type=Path, help="write JSON lines here instead of stdout")
     parser.add_argument("--sidecar", action="store_true", help="also write IMAGE.txt beside each image")
     parser.add_argument("--overlays", type=Path, metavar="DIR", help="save attention overlays (PNG) here")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("model", "fp32", "bf16"), default="model",
+                        help="model: the precision the model was trained and scored at (default)")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "beam"):
+    for name in ("batch_size", "beam", "nbest"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -56,20 +61,24 @@ def candidates(folder: Path, recursive: bool, output: Path | None) -> list[Path]
 
 def caption_folder(captioner: Captioner, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     files = candidates(args.folder, args.recursive, args.output)
-    beam = args.beam or captioner.cfg.search.beam
+    beam, note = beam_for_nbest(args.beam or captioner.cfg.search.beam, args.nbest)
+    if note:
+        print(note, file=err)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
     done, skipped, reasons = 0, 0, Counter()
     start, last_report = time.monotonic(), 0.0
-    for path, caption, reason in captioner.caption_files(files, beam, args.batch_size, args.workers):
+    for path, caption, reason in captioner.caption_files(files, beam, args.batch_size, args.workers, args.nbest):
         if caption is None:
             skipped += 1
             reasons[reason.split(" (")[0]] += 1
             print(f"skipped {path}: {reason}", file=err, flush=True)
             continue
         done += 1
-        out.write(json.dumps({"path": str(path), "caption": caption.text, "score": round(caption.score, 4) + 0.0},
-                             ensure_ascii=False) + "\n")
+        row = {"path": str(path), "caption": caption.text, "score": round(caption.score, 4) + 0.0}
+        if args.nbest > 1:
+            row["nbest"] = [{"caption": text, "score": round(score, 4) + 0.0} for text, score in caption.alternatives]
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
         out.flush()
         if args.sidecar:
             path.with_name(path.name + ".txt").write_text(caption.text + "\n", encoding="utf-8")
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.folder.is_dir():
             print(f"error: {args.folder} is not a folder", file=sys.stderr)
             return 2
-        captioner = Captioner.load(args.model, device=args.device)
+        captioner = Captioner.load(args.model, device=args.device, precision=args.precision)
         if args.output:
             with open(args.output, "w", encoding="utf-8") as out:
                 return caption_folder(captioner, args, out, sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from seq2seq.experiment import run_cli
+from seq2seq.search import beam_for_nbest
 from seq2seq.translator import Translation, Translator
 
 HELP = """commands:
@@ -29,14 +30,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="seq2seq-translate", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("--beam", type=int, default=None, help="beam size (default: the model's, 1 = greedy)")
-    parser.add_argument("--nbest", type=int, default=1, help="translations per sentence (at most the beam size)")
+    parser.add_argument("--nbest", type=int, default=1,
+                        help="translations per sentence (raises the beam to at least this)")
     parser.add_argument("--max-len-ratio", type=float, default=None, help="output length limit per source token")
     parser.add_argument("--format", choices=("text", "jsonl"), default="text", help="batch-mode output format")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences translated together in batch mode")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="sentences searched together in batch mode (default: the model's search.batch_size)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", choices=("model", "fp32", "bf16"), default="model",
+                        help="model: the precision the model was trained and scored at (default)")
     args = parser.parse_args(argv)
     for name in ("nbest", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.beam is not None and args.beam < 1:
         parser.error("--beam must be at least 1")
@@ -73,9 +78,12 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def batch_mode(translator: Translator, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     """One output line per input line, in order; empty lines stay empty."""
-    beam = max(args.beam or translator.cfg.search.beam, args.nbest)
-    for chunk in chunks(stdin, args.batch_size):
-        for tr in translator.translate(chunk, beam, args.nbest, args.max_len_ratio):
+    beam, note = beam_for_nbest(args.beam or translator.cfg.search.beam, args.nbest)
+    if note:
+        print(note, file=sys.stderr)
+    batch_size = args.batch_size or translator.cfg.search.batch_size
+    for chunk in chunks(stdin, batch_size):
+        for tr in translator.translate(chunk, beam, args.nbest, args.max_len_ratio, batch_size):
             stdout.write((as_json(tr) if args.format == "jsonl" else tr.text) + "\n")
         stdout.flush()
     return 0
@@ -93,7 +101,8 @@ def repl(translator: Translator, args: argparse.Namespace) -> int:
         pass
     beam, nbest, show_align = args.beam or translator.cfg.search.beam, args.nbest, False
     lang = translator.cfg.data.src_lang
-    print(f"seq2seq translate ({lang}->{translator.cfg.data.tgt_lang}), beam {beam}. "
+    note = beam_for_nbest(beam, nbest)[1]
+    print(f"seq2seq translate ({lang}->{translator.cfg.data.tgt_lang}), beam {beam}{f' ({note})' if note else ''}. "
           f"Type a sentence; :help for commands; an empty line quits.")
     try:
         while True:
@@ -111,14 +120,15 @@ def repl(translator: Translator, args: argparse.Namespace) -> int:
                         beam = int(value)
                     else:
                         nbest = int(value)
-                    print(f"beam {beam}, nbest {nbest}")
+                    note = beam_for_nbest(beam, nbest)[1]
+                    print(f"beam {beam}, nbest {nbest}" + (f" ({note}; :nbest 1 for greedy)" if note else ""))
                 elif cmd == "align":
                     show_align = not show_align
                     print(f"alignment {'on' if show_align else 'off'}")
                 else:
                     print(HELP)
                 continue
-            tr = translator.translate([line], max(beam, nbest), nbest, args.max_len_ratio)[0]
+            tr = translator.translate([line], beam_for_nbest(beam, nbest)[0], nbest, args.max_len_ratio)[0]
             for i, cand in enumerate(tr.candidates):
                 print(cand.text if nbest == 1 else f"{i + 1}. {cand.text}  ({cand.score:.3f})")
             if show_align and tr.candidates:
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def run() -> int:
-        translator = Translator.load(args.model, device=args.device)
+        translator = Translator.load(args.model, device=args.device, precision=args.precision)
         if sys.stdin.isatty():
             return repl(translator, args)
         stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", newline="\n", closefd=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import xml.etree.ElementTree as ET
@@ -196,6 +197,19 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, 
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=rgb)
 
 
+def _write_if_changed(path: Path, image: Image.Image) -> None:
+    """Save ``image`` as PNG unless ``path`` already holds exactly these bytes: unchanged files keep
+    their modification time, so the feature cache (keyed by it) still finds their features."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    if path.is_file() and path.read_bytes() == data:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def shapes_corpus(root: str | Path, n: int = 1000, seed: int = 0, size: int = 64) -> CaptionCorpus:
     """``n`` images of one or two coloured shapes on a 3x3 layout with captions such as
     "a red circle above a blue square" (the upper or left shape first, so each image has one
@@ -226,6 +240,6 @@ def shapes_corpus(root: str | Path, n: int = 1000, seed: int = 0, size: int = 64
             _draw_shape(draw, s, (x * cell + pad, y * cell + pad, (x + 1) * cell - pad, (y + 1) * cell - pad),
                         COLOURS[c])
         path = root / f"shape_{i:05d}.png"
-        image.save(path)
+        _write_if_changed(path, image)
         examples.append(CaptionExample(path, [caption], path.name))
     return split_examples(f"shapes-{n}", examples)

@@ -1,0 +1,71 @@
+"""Where and how a run computes: the device, the precision, and the seeds.
+
+One precision policy serves training, test evaluation and the tools: a model is evaluated
+and served at the precision it was trained at (recorded in its checkpoint) unless the user
+names another, so the scores in ``results.json`` belong to the outputs the tools print.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA device is available")
+    return device
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: plain fp32). ``auto`` takes bf16 where the hardware computes it fast."""
+    if name == "fp32":
+        return None
+    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
+    if name == "bf16" or fast:
+        return torch.bfloat16
+    return None
+
+
+def serving_precision(requested: str, recorded: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a trained model is evaluated or served at. ``requested`` is ``model``
+    (the precision it was trained at, ``recorded`` in its checkpoint), ``auto``, ``fp32`` or ``bf16``."""
+    if requested == "model":
+        requested = recorded or "fp32"
+    return pick_precision(requested, device)
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """``"bf16"`` or ``"fp32"``: how a resolved precision is written in checkpoints and results."""
+    return "bf16" if amp_dtype == torch.bfloat16 else "fp32"
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast at ``amp_dtype`` on ``device``, or a disabled one for fp32."""
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, torch (every CUDA device too) and sentencepiece's trainer: weights,
+    dropout, scheduled sampling and subword vocabularies then depend on the seed alone."""
+    random.seed(seed)
+    spm.set_random_generator_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
