@@ -54,24 +54,29 @@ class Translator:
 
     def translate(self, lines: list[str], beam: int | None = None, nbest: int = 1,
                   max_len_ratio: float | None = None, batch_size: int | None = None) -> list[Translation]:
-        """Translate ``lines`` in order; an empty (or whitespace) line gives an empty translation."""
+        """Translate ``lines`` in order; an empty (or whitespace) line gives an empty translation.
+
+        Lines are searched in consecutive windows of ``batch_size`` (sorted by length inside a
+        window), so a file gives the same batches, and so the same outputs to the last bit,
+        whether it is translated in one call (test evaluation) or streamed through the tool.
+        """
         s = self.cfg.search
         beam = beam or s.beam
         ratio = s.max_len_ratio if max_len_ratio is None else max_len_ratio
         batch_size = batch_size or s.batch_size
         ids = self.src_tok.encode([" ".join(line.split()) for line in lines])
-        results: list[Translation | None] = [None] * len(lines)
-        for i, seq in enumerate(ids):
-            if not seq:
-                results[i] = Translation(lines[i], [], [], None)
-        todo = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))  # similar lengths together
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            src, src_lens = pad_ids([ids[i] for i in chunk])
-            for i, hyps in zip(chunk, self._search(src, src_lens, beam, nbest, ratio)):
-                cands = [Candidate(self.tgt_tok.decode([h.tokens])[0], h.score, h.tokens) for h in hyps]
-                results[i] = Translation(lines[i], cands, self.src_tok.pieces(ids[i]), hyps[0].attention)
-        return results  # type: ignore[return-value]
+        results: list[Translation] = []
+        for start in range(0, len(lines), batch_size):
+            window = range(start, min(start + batch_size, len(lines)))
+            out = {i: Translation(lines[i], [], [], None) for i in window if not ids[i]}
+            todo = sorted((i for i in window if ids[i]), key=lambda i: len(ids[i]))  # similar lengths together
+            if todo:
+                src, src_lens = pad_ids([ids[i] for i in todo])
+                for i, hyps in zip(todo, self._search(src, src_lens, beam, nbest, ratio)):
+                    cands = [Candidate(self.tgt_tok.decode([h.tokens])[0], h.score, h.tokens) for h in hyps]
+                    out[i] = Translation(lines[i], cands, self.src_tok.pieces(ids[i]), hyps[0].attention)
+            results.extend(out[i] for i in window)
+        return results
 
     @torch.no_grad()
     def _search(self, src: Tensor, src_lens: Tensor, beam: int, nbest: int, ratio: float) -> list[list[Hypothesis]]:

@@ -32,7 +32,7 @@ def test_the_seed_decides_weights_dropout_and_sampling(tmp_path):
 
 def test_the_translate_tool_prints_what_was_scored(tmp_path):
     run_dir = tmp_path / "run"
-    results = toy_translation(run_dir, "train.precision=bf16", "train.max_steps=150")
+    results = toy_translation(run_dir, "train.precision=bf16", "train.max_steps=150", "search.batch_size=8")
     assert results["precision"] == results["eval_precision"] == "bf16"
     assert Translator.load(run_dir, device="cpu").amp_dtype == torch.bfloat16  # the precision it was scored at
     assert Translator.load(run_dir, device="cpu", precision="fp32").amp_dtype is None
