@@ -38,7 +38,7 @@ from seq2seq.experiment import log, spread
 from seq2seq.features import cached_grids, extract_grids
 from seq2seq.metrics import bleu
 from seq2seq.model import build_captioning_model
-from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything
+from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tokenizers import (
     BOS,
     EOS,
@@ -258,7 +258,9 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         tracker.finish()
         return {"interrupted": True, "train_steps": progress.step}
 
-    model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"), map_location=device)["model"])
+    ckpt = load_checkpoint(trainer.checkpoint_path("best"), map_location=device)
+    model.load_state_dict(ckpt["model"])
+    captioner.amp_dtype = serving_precision("model", ckpt.get("precision"), device)  # as the caption tool will
     test = corpus.test
     test_inputs = grids["test"] if grids["test"] is not None else [ex.image for ex in test]
     results: dict[str, Any] = {"corpus": corpus.name, "test_images": len(test)}
@@ -286,6 +288,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "valid_bleu4_best": progress.best_score, "best_step": progress.best_step,
         "images_per_second": progress.examples / max(progress.train_time, 1e-9),
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
+        "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
         "parameters": model.num_parameters(), "device": str(device),
         "precision": precision_name(amp), "eval_precision": precision_name(captioner.amp_dtype),

@@ -97,6 +97,8 @@ def load_tokenizer(ref: dict[str, str], checkpoint: Path) -> Tokenizer:
 
 
 class Trained(NamedTuple):
+    """A model rebuilt from its checkpoint, with what it needs to be used as it was trained."""
+
     model: nn.Module
     config: Config
     tokenizers: dict[str, Tokenizer]

@@ -29,9 +29,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    corpus: str = "tatoeba"  # tatoeba | libreoffice | files
+    corpus: str = "tatoeba"  # tatoeba | libreoffice | bible | files
     src_lang: str = "en"
-    tgt_lang: str = "fr"  # tatoeba: fr or es; libreoffice: de or fr
+    tgt_lang: str = "fr"  # tatoeba: fr or es; libreoffice: de or fr; bible: en, fr, de or es
     train: str | None = None  # corpus=files: a TSV (src<TAB>tgt) or "SRC_FILE,TGT_FILE"
     valid: str | None = None  # corpus=files: same form; refs of a repeated source are merged
     test: str | None = None
@@ -134,7 +134,8 @@ class SearchConfig:
 class TrackingConfig:
     enabled: bool = True
     project: str = "seq2seq"
-    name: str | None = None
+    name: str | None = None  # the W&B run name (default: the run folder's name)
+    group: str | None = None  # W&B group: the runs of one study share it
     mode: str | None = None  # online | offline | disabled; None: WANDB_MODE, else offline
     samples: int = 8  # sample translations logged at each validation
     attention_plots: int = 3  # fixed validation sentences whose attention is plotted
@@ -164,7 +165,7 @@ class Config:
         _choice("train.decay", t.decay, ("cosine", "linear", "inverse_sqrt"))
         _choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
         _choice("train.sampling_schedule", t.sampling_schedule, ("none", "linear", "inverse_sigmoid"))
-        _choice("data.corpus", d.corpus, ("tatoeba", "libreoffice", "files"))
+        _choice("data.corpus", d.corpus, ("tatoeba", "libreoffice", "bible", "files"))
         _choice("data.spm_model_type", d.spm_model_type, ("unigram", "bpe"))
         _choice("captions.corpus", self.captions.corpus, ("emoji", "shapes", "karpathy", "coco", "table"))
         _choice("captions.tokenizer", self.captions.tokenizer, ("word", "sentencepiece"))

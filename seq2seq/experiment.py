@@ -71,32 +71,52 @@ def prepare_run(args: argparse.Namespace, name: str, default_config: Path | None
             raise ConfigError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
         cfg.train.time_budget = args.time_budget
     run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    open_run_dir(cfg, run_dir)
+    return cfg, run_dir
+
+
+def open_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Make ``run_dir`` ready for ``cfg`` and write the resolved config there. Refuse a folder
+    holding a run with another config; raise RunFinished for a finished one, leaving it untouched."""
     saved = run_dir / "config.yaml"
     if saved.exists():
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         if _comparable(old) != _comparable(json.loads(json.dumps(cfg.to_dict()))):
             raise ConfigError(f"run folder {run_dir} holds a run with a different config; "
                               f"choose another --run-dir or the same config to resume it")
-        reason = finished_reason(run_dir, cfg)
+        reason = finished_run_reason(run_dir, cfg)
         if reason:
             raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
-                              f"{run_dir / 'results.json'}. To train it further, raise --time-budget, "
-                              f"train.max_steps, train.max_epochs or train.patience")
+                              f"{run_dir / 'results.json'}. To train it further, raise {_limit_option(reason)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(saved, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
-    return cfg, run_dir
 
 
-def finished_reason(run_dir: Path, cfg: Config) -> str:
-    """Why the run in ``run_dir`` is finished under ``cfg`` (its results written, its limits
-    reached), or "" when it is new, unfinished, or asked to go further."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if not (run_dir / "results.json").is_file() or not last.is_file():
+def finished_run_reason(run_dir: Path, cfg: Config) -> str:
+    """Why the run in ``run_dir`` is finished under ``cfg`` (its limits reached, its results
+    written for its last step), or "" when it is new, unfinished, or asked to go further."""
+    last, results = run_dir / "checkpoints" / "last.pt", run_dir / "results.json"
+    if not results.is_file() or not last.is_file():
         return ""
     progress = Progress(**load_checkpoint(last)["progress"])
     if progress.last_validation != progress.step:
         return ""
+    try:
+        scored_step = json.loads(results.read_text(encoding="utf-8")).get("train_steps")
+    except ValueError:
+        return ""
+    if scored_step != progress.step:  # trained further since those results: evaluate again
+        return ""
     return finish_reason(cfg.train, progress)
+
+
+def _limit_option(reason: str) -> str:
+    """The option that lifts the limit a finish reason names."""
+    for words, option in (("time budget", "--time-budget"), ("max_steps", "train.max_steps"),
+                          ("max_epochs", "train.max_epochs"), ("no better", "train.patience")):
+        if reason.startswith(words):
+            return option
+    return "the limit it reached"
 
 
 def write_text(path: Path, text: str) -> None:

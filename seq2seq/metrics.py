@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sacrebleu.metrics import BLEU, CHRF
+from torch import Tensor
 
 
 @dataclass
@@ -13,6 +14,7 @@ class Score:
     score: float
     signature: str
     detail: str  # sacreBLEU's one-line summary (n-gram precisions, brevity penalty)
+    brevity_penalty: float | None = None  # BLEU only
 
 
 def _ref_streams(refs: list[list[str]]) -> list[list[str | None]]:
@@ -37,7 +39,7 @@ def bleu(hyps: list[str], refs: list[list[str]], tokenize: str = "13a", max_ngra
     metric = BLEU(tokenize=tokenize, max_ngram_order=max_ngram_order, lowercase=lowercase)
     result = metric.corpus_score(hyps, _ref_streams(refs))
     return Score(f"BLEU-{max_ngram_order}" if max_ngram_order != 4 else "BLEU", result.score,
-                 str(metric.get_signature()), str(result))
+                 str(metric.get_signature()), str(result), result.bp)
 
 
 def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
@@ -63,3 +65,16 @@ def bleu_by_length(hyps: list[str], refs: list[list[str]], src_lens: list[int],
     order = {f"{lo + 1}-{hi}" if hi else f">{lo}": j for j, (lo, hi) in enumerate(zip(lows, edges + (None,)))}
     return {name: (bleu([hyps[i] for i in idx], [refs[i] for i in idx]).score, len(idx))
             for name, idx in sorted(buckets.items(), key=lambda kv: order[kv[0]])}
+
+
+def attention_entropy(weights: list[Tensor | None]) -> float | None:
+    """Mean entropy (nats) of the attention distributions of every output step of every
+    sentence: 0 when each step attends to one position, log(n) when it spreads evenly."""
+    total, steps = 0.0, 0
+    for w in weights:
+        if w is None or not w.numel():
+            continue
+        p = w.float().clamp_min(1e-12)  # (steps, mem_len); padded positions have weight 0 and add nothing
+        total += float(-(p * p.log()).sum())
+        steps += p.size(0)
+    return total / steps if steps else None

@@ -67,10 +67,15 @@ def attention_penalty(attention: Tensor, memory_mask: Tensor, tgt_out: Tensor) -
     return (((1.0 - coverage) ** 2) * memory_mask).sum(dim=1).mean()
 
 
-def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_dim: int) -> RNNDecoder:
+def check_attention_sizes(cfg: ModelConfig, memory_dim: int) -> None:
+    """Dot attention compares decoder states with memory vectors directly: their sizes must match."""
     if cfg.attention == "luong_dot" and cfg.dec_hidden != memory_dim:
         raise ConfigError(f"model.attention=luong_dot needs model.dec_hidden equal to the size of the encoder's "
                           f"memory vectors ({memory_dim}), got {cfg.dec_hidden}; use luong_general")
+
+
+def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_dim: int) -> RNNDecoder:
+    check_attention_sizes(cfg, memory_dim)
     return RNNDecoder(
         vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
         layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,

@@ -21,7 +21,7 @@ def attention_heatmap(weights: Tensor, src_labels: list[str], tgt_labels: list[s
     ax.set_yticks(range(len(tgt_labels)), tgt_labels, fontsize=8)
     if title:
         ax.set_title(title, fontsize=8)
-    return _to_image(fig)
+    return figure_image(fig)
 
 
 def attention_overlay(image: Image.Image, weights: Tensor, words: list[str], max_words: int = 12) -> Image.Image:
@@ -50,13 +50,26 @@ def attention_overlay(image: Image.Image, weights: Tensor, words: list[str], max
         ax.imshow(pixels)
         ax.imshow(maps[i] / max(maps[i].max(), 1e-8), cmap="jet", alpha=0.45)
         ax.set_title(words[i], fontsize=8)
-    return _to_image(fig)
+    return figure_image(fig)
 
 
-def _to_image(fig: plt.Figure) -> Image.Image:
+def figure_image(fig: plt.Figure) -> Image.Image:
+    """Render a matplotlib figure to an RGB image and close it."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
+
+
+def image_grid(rows: list[list[Image.Image]], pad: int = 8) -> Image.Image:
+    """Images laid out in rows (cells as wide and tall as the largest), on white."""
+    width = max(img.width for row in rows for img in row)
+    height = max(img.height for row in rows for img in row)
+    cols = max(len(row) for row in rows)
+    grid = Image.new("RGB", (cols * (width + pad) + pad, len(rows) * (height + pad) + pad), "white")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            grid.paste(img.convert("RGB"), (pad + c * (width + pad), pad + r * (height + pad)))
+    return grid

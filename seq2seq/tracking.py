@@ -68,7 +68,7 @@ class WandbTracker(Tracker):
             kwargs["mode"] = cfg.mode  # an explicit mode beats WANDB_MODE
         elif "WANDB_MODE" not in os.environ:
             kwargs["mode"] = "offline"
-        self.run = wandb.init(project=cfg.project, name=cfg.name or run_dir.name, dir=str(run_dir),
+        self.run = wandb.init(project=cfg.project, name=cfg.name or run_dir.name, group=cfg.group, dir=str(run_dir),
                               config=config, job_type=job_type, id=run_id, resume="allow", **kwargs)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -78,7 +78,8 @@ class WandbTracker(Tracker):
         self.run.log({name: self.wandb.Table(columns=columns, data=rows)}, step=step)
 
     def images(self, name: str, images: list[tuple[Image.Image, str]], step: int) -> None:
-        self.run.log({name: [self.wandb.Image(img, caption=cap) for img, cap in images]}, step=step)
+        padded = same_size([img for img, _ in images])  # W&B wants one size per logged list
+        self.run.log({name: [self.wandb.Image(img, caption=cap) for img, (_, cap) in zip(padded, images)]}, step=step)
 
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
@@ -112,6 +113,19 @@ class Trackers(Tracker):
     def finish(self) -> None:
         for t in self.trackers:
             t.finish()
+
+
+def same_size(images: list[Image.Image]) -> list[Image.Image]:
+    """The images on white canvases of the largest width and height among them, top-left aligned."""
+    if len({img.size for img in images}) <= 1:
+        return images
+    width, height = max(img.width for img in images), max(img.height for img in images)
+    out = []
+    for img in images:
+        canvas = Image.new("RGB", (width, height), "white")
+        canvas.paste(img.convert("RGB"), (0, 0))
+        out.append(canvas)
+    return out
 
 
 def wandb_mode(cfg: TrackingConfig) -> str:

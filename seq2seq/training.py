@@ -3,12 +3,13 @@
 A :class:`Trainer` takes a model, its training data (anything with ``epoch(n)`` returning
 batches of indices and ``batch(indices)`` building a batch) and a ``validate`` function
 returning metrics with a ``score`` to maximise. It handles teacher forcing and scheduled
-sampling, Adam with gradient clipping, the learning-rate schedule, periodic validation,
+sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.schedules`, periodic validation,
 early stopping, a time budget, atomic checkpoints and exact resumption.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -28,6 +29,7 @@ from seq2seq.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.config import TrainConfig
 from seq2seq.model import attention_penalty, sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
+from seq2seq.schedules import LRSchedule, teacher_forcing_ratio
 from seq2seq.tracking import Tracker
 
 
@@ -67,61 +69,30 @@ class Progress:
     best_step: int = 0
     bad_validations: int = 0  # validations since the best score
     last_validation: int = -1  # step of the last validation
+    clipped_steps: int = 0  # steps whose gradient norm was above train.clip_norm
     stop_reason: str = ""
 
 
-class LRSchedule:
-    """Warm-up then decay over the run's horizon (steps or time budget), plateau, or constant."""
+@dataclass
+class Window:
+    """Training statistics since the last log line."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-        self.optimizer, self.cfg = optimizer, cfg
-        self.factor = 1.0  # plateau: current multiplier
-        self.best = float("-inf")
-        self.bad = 0
+    steps: int = 0
+    loss: float = 0.0
+    grad_norm: float = 0.0  # summed global gradient norms before clipping
+    clipped: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
 
-    def progress(self, step: int, elapsed: float) -> float | None:
-        """Fraction of the run done, from max_steps or the time budget, whichever is nearer."""
-        parts = []
-        if self.cfg.max_steps:
-            parts.append(step / self.cfg.max_steps)
-        if self.cfg.time_budget:
-            parts.append(elapsed / (self.cfg.time_budget * 60))
-        return min(1.0, max(parts)) if parts else None
+    def add(self, loss: float, grad_norm: float, clipped: bool, tokens: int, seconds: float) -> None:
+        self.steps, self.loss, self.grad_norm = self.steps + 1, self.loss + loss, self.grad_norm + grad_norm
+        self.clipped, self.tokens, self.seconds = self.clipped + clipped, self.tokens + tokens, self.seconds + seconds
 
-    def lr(self, step: int, elapsed: float) -> float:
-        cfg = self.cfg
-        if cfg.schedule == "constant":
-            return cfg.lr
-        if cfg.schedule == "plateau":
-            return cfg.lr * self.factor
-        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        progress = self.progress(step, elapsed)
-        if cfg.decay == "inverse_sqrt" or progress is None:
-            return cfg.lr * warm * min(1.0, math.sqrt(max(1, cfg.warmup_steps) / (step + 1)))
-        floor = cfg.min_lr_ratio
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.decay == "cosine" else 1 - progress
-        return cfg.lr * warm * (floor + (1 - floor) * shape)
-
-    def update(self, step: int, elapsed: float) -> float:
-        lr = self.lr(step, elapsed)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        return lr
-
-    def on_validation(self, score: float) -> None:
-        if score > self.best:
-            self.best, self.bad = score, 0
-        else:
-            self.bad += 1
-            if self.bad >= self.cfg.plateau_patience:
-                self.factor *= self.cfg.plateau_factor
-                self.bad = 0
-
-    def state_dict(self) -> dict[str, float]:
-        return {"factor": self.factor, "best": self.best, "bad": self.bad}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.factor, self.best, self.bad = state["factor"], state["best"], int(state["bad"])
+    def stats(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {"train/loss": self.loss / n, "train/grad_norm": self.grad_norm / n,
+                "train/clipped_fraction": self.clipped / n,
+                "train/tokens_per_second": self.tokens / max(self.seconds, 1e-9)}
 
 
 def finish_reason(cfg: TrainConfig, p: Progress) -> str:
@@ -139,16 +110,6 @@ def finish_reason(cfg: TrainConfig, p: Progress) -> str:
 
 class StopNow(KeyboardInterrupt):
     """A second Ctrl-C: leave at once, wherever the step is, without saving."""
-
-
-def teacher_forcing_ratio(cfg: TrainConfig, step: int) -> float:
-    """Probability of feeding the reference token at ``step`` (scheduled sampling decays it)."""
-    if cfg.sampling_schedule == "linear":
-        return max(cfg.teacher_forcing, 1.0 - (1.0 - cfg.teacher_forcing) * step / cfg.sampling_k)
-    if cfg.sampling_schedule == "inverse_sigmoid":
-        k = cfg.sampling_k
-        return max(cfg.teacher_forcing, k / (k + math.exp(min(step / k, 700.0))))
-    return cfg.teacher_forcing
 
 
 class Trainer:
@@ -206,7 +167,8 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return autocast(self.device, self.amp_dtype)
 
-    def train_step(self, batch: Batch) -> float:
+    def train_step(self, batch: Batch) -> tuple[float, float]:
+        """One update; the loss and the global gradient norm before clipping."""
         self.model.train()
         ratio = teacher_forcing_ratio(self.cfg, self.progress.step)
         with self.autocast():
@@ -217,10 +179,10 @@ class Trainer:
                                                                       batch.tgt_out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.clip_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        limit = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")  # inf: measure, do not clip
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), limit)
         self.optimizer.step()
-        return loss.item()
+        return loss.item(), float(grad_norm)
 
     def _tick(self) -> None:
         """Add the wall time since the last tick to ``progress.elapsed``."""
@@ -272,7 +234,7 @@ class Trainer:
             return p
         self._bar = _progress_bar(cfg)
         restore = self._catch_signals()
-        window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
+        window = Window()
         self._clock = time.monotonic()
         try:
             while self._budget_left():
@@ -281,45 +243,50 @@ class Trainer:
                     t0 = time.monotonic()
                     lr = self.schedule.update(p.step, p.elapsed)
                     batch = self.data.batch(batches[p.batch_in_epoch]).to(self.device)
-                    loss = self.train_step(batch)
+                    loss, grad_norm = self.train_step(batch)
                     n = batch.num_tokens()
                     dt = time.monotonic() - t0
+                    clipped = 0 < cfg.clip_norm < grad_norm
                     p.step += 1
                     p.batch_in_epoch += 1
                     p.tokens += n
                     p.examples += batch.size
                     p.train_time += dt
-                    window_tokens, window_time = window_tokens + n, window_time + dt
-                    window_loss, window_steps = window_loss + loss, window_steps + 1
+                    p.clipped_steps += clipped
+                    window.add(loss, grad_norm, clipped, n, dt)
                     self._tick()
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss} at step {p.step}; "
                                                  f"lower train.lr or raise train.clip_norm")
                     if p.step % cfg.log_every == 0:
-                        stats = {"train/loss": window_loss / window_steps, "train/lr": lr,
-                                 "train/tokens_per_second": window_tokens / max(window_time, 1e-9),
+                        stats = {**window.stats(), "train/lr": lr,
                                  "train/teacher_forcing": teacher_forcing_ratio(cfg, p.step),
                                  "train/epoch": p.epoch + p.batch_in_epoch / len(batches)}
                         self.tracker.log(stats, step=p.step)
                         self._report(stats)
-                        window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
+                        window = Window()
+                    if p.step % cfg.valid_every == 0:
+                        self.validate()
                     if self._stop_signal:
                         self.log(f"stopping at step {p.step} (signal received)")
                         raise KeyboardInterrupt
-                    if p.step % cfg.valid_every == 0:
-                        self.validate()
                 if p.batch_in_epoch >= len(batches):
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             if p.last_validation != p.step:
                 self.validate()
             self._budget_left()  # the final validation may have started early stopping
             self.save("last")
+            if self._stop_signal:  # Ctrl-C during the final validation: stop before the test evaluation
+                p.stop_reason = "interrupted"
         except StopNow:
             p.stop_reason = "interrupted"  # mid-step: the last checkpoint on disk is the consistent state
             self.log(f"stopped at once; the run resumes from {self.checkpoint_path('last')}, not from step {p.step}")
         except KeyboardInterrupt:
             p.stop_reason = "interrupted"
-            self.save("last")  # raised at a step boundary: the state after the last complete step
+            try:
+                self.save("last")  # raised at a step boundary: the state after the last complete step
+            except StopNow:  # a second Ctrl-C during that save: the atomic write left a whole checkpoint
+                self.log(f"stopped during the save; the run resumes from {self.checkpoint_path('last')}")
         finally:
             restore()
             if self._bar is not None:
@@ -340,8 +307,9 @@ class Trainer:
                 raise StopNow
             self._stop_signal = True
             # os.write, not print: a handler may interrupt a print, and buffered writes are not re-entrant
-            os.write(2, b"\nstopping after this step; the run can be resumed (Ctrl-C again to stop at once, "
-                        b"losing the steps since the last checkpoint)\n")
+            with contextlib.suppress(OSError):  # stderr may be closed
+                os.write(2, b"\nstopping after this step; the run can be resumed (Ctrl-C again to stop at once, "
+                            b"losing the steps since the last checkpoint)\n")
 
         for sig in previous:
             signal.signal(sig, handler)

@@ -12,10 +12,10 @@ from seq2seq.config import Config
 from seq2seq.data.batching import ParallelData, collate, token_batches
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
 from seq2seq.experiment import log, spread
-from seq2seq.metrics import bleu, bleu_by_length, chrf
-from seq2seq.model import build_translation_model
+from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, chrf
+from seq2seq.model import build_translation_model, check_attention_sizes
 from seq2seq.plotting import attention_heatmap
-from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything
+from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.training import Trainer, teacher_forced_nll
@@ -70,10 +70,11 @@ def evaluate(translator: Translator, examples: list[Example], beam: int) -> dict
     seconds = time.monotonic() - start
     hyps, refs = [t.text for t in out], [ex.refs for ex in examples]
     b, c = bleu(hyps, refs), chrf(hyps, refs)
-    return {"bleu": b.score, "bleu_detail": b.detail, "chrf": c.score, "bleu_signature": b.signature,
-            "chrf_signature": c.signature, "hypotheses": hyps, "translations": out,
+    return {"bleu": b.score, "bleu_detail": b.detail, "brevity_penalty": b.brevity_penalty, "chrf": c.score,
+            "bleu_signature": b.signature, "chrf_signature": c.signature, "hypotheses": hyps, "translations": out,
             "sentences_per_second": len(examples) / max(seconds, 1e-9),
-            "by_length": bleu_by_length(hyps, refs, [len(ex.src.split()) for ex in examples])}
+            "by_length": bleu_by_length(hyps, refs, [len(ex.src.split()) for ex in examples]),
+            "attention_entropy": attention_entropy([t.attention for t in out])}
 
 
 class Validator:
@@ -113,6 +114,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Fetch data, train tokenizers and the model within the budget, evaluate on test."""
     t0 = time.monotonic()
     seed_everything(cfg.train.seed)
+    check_attention_sizes(cfg.model, cfg.model.enc_hidden * (2 if cfg.model.bidirectional else 1))  # before fetching
     corpus = load_data(cfg)
     log(corpus.describe())
     src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
@@ -143,7 +145,9 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return {"interrupted": True, "train_steps": progress.step}
 
     best = trainer.checkpoint_path("best")
-    model.load_state_dict(load_checkpoint(best, map_location=trainer.device)["model"])
+    ckpt = load_checkpoint(best, map_location=trainer.device)
+    model.load_state_dict(ckpt["model"])
+    translator.amp_dtype = serving_precision("model", ckpt.get("precision"), trainer.device)  # as the tools will
     results: dict[str, Any] = {"corpus": corpus.name, "test_sentences": len(corpus.test)}
     if corpus.test:
         greedy = evaluate(translator, corpus.test, beam=1)
@@ -153,7 +157,9 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         write_lines(run_dir / "test.src.txt", [ex.src for ex in corpus.test])
         results.update({
             "test_bleu_greedy": greedy["bleu"], "test_bleu_beam": beam["bleu"], "test_chrf_beam": beam["chrf"],
-            "test_bleu_beam_detail": beam["bleu_detail"], "sacrebleu_signature": beam["bleu_signature"],
+            "test_bleu_beam_detail": beam["bleu_detail"], "test_brevity_penalty_beam": beam["brevity_penalty"],
+            "test_attention_entropy_beam": beam["attention_entropy"],
+            "sacrebleu_signature": beam["bleu_signature"],
             "chrf_signature": beam["chrf_signature"], "beam": cfg.search.beam,
             "test_bleu_by_source_length": {k: {"bleu": v[0], "sentences": v[1]} for k, v in beam["by_length"].items()},
             "greedy_sentences_per_second": greedy["sentences_per_second"],
@@ -163,6 +169,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "valid_bleu_best": progress.best_score, "best_step": progress.best_step,
         "train_tokens_per_second": progress.tokens / max(progress.train_time, 1e-9),
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
+        "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
         "parameters": model.num_parameters(), "device": str(trainer.device),
         "precision": precision_name(trainer.amp_dtype), "eval_precision": precision_name(translator.amp_dtype),

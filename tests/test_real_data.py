@@ -34,3 +34,22 @@ def test_libreoffice_ui_strings_are_aligned():
     pairs = libreoffice_pairs("de", help_pages=False)
     assert len(pairs) > 15_000
     assert ("Cancel", "Abbrechen") in pairs
+
+
+def test_bible_is_split_by_chapter_and_scored_against_every_version():
+    from seq2seq.data.bible import VERSES, bible_corpus, chapter_split
+
+    corpus = bible_corpus("en", "fr")
+    sizes = (len(corpus.train), len(corpus.valid), len(corpus.test))
+    assert sum(sizes) == VERSES and 0.03 < sizes[2] / VERSES < 0.08 and 0.03 < sizes[1] / VERSES < 0.08, sizes
+    assert all(1 <= len(ex.refs) <= 3 for ex in corpus.test) and sum(len(ex.refs) == 3 for ex in corpus.test) > 1000
+    genesis_1_3 = "And God said, Let there be light: and there was light."
+    split = chapter_split(1, 1)
+    if split == "train":
+        assert (genesis_1_3, "Dieu dit: Que la lumière soit! Et la lumière fut.") in corpus.train
+    else:
+        ex = next(ex for ex in getattr(corpus, split) if ex.src == genesis_1_3)
+        assert "Et Dieu dit: Que la lumière soit; et la lumière fut." in ex.refs
+    assert not any("[" in ref for ex in corpus.test for ref in ex.refs)  # Darby's supplied-word brackets
+    long = [ex for ex in corpus.test if len(ex.src.split()) > 30]
+    assert len(long) >= 50  # long sentences for the source-length curves

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from seq2seq.captioner import Captioner
+from seq2seq.cli import add_model_options
 from seq2seq.data.images import list_files
 from seq2seq.experiment import run_cli
 from seq2seq.search import beam_for_nbest
@@ -37,9 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", type=Path, help="write JSON lines here instead of stdout")
     parser.add_argument("--sidecar", action="store_true", help="also write IMAGE.txt beside each image")
     parser.add_argument("--overlays", type=Path, metavar="DIR", help="save attention overlays (PNG) here")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=("model", "fp32", "bf16"), default="model",
-                        help="model: the precision the model was trained and scored at (default)")
+    add_model_options(parser)
     args = parser.parse_args(argv)
     for name in ("batch_size", "beam", "nbest"):
         value = getattr(args, name)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from seq2seq.cli import add_model_options
 from seq2seq.experiment import run_cli
 from seq2seq.search import beam_for_nbest
 from seq2seq.translator import Translation, Translator
@@ -36,9 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("text", "jsonl"), default="text", help="batch-mode output format")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sentences searched together in batch mode (default: the model's search.batch_size)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--precision", choices=("model", "fp32", "bf16"), default="model",
-                        help="model: the precision the model was trained and scored at (default)")
+    add_model_options(parser)
     args = parser.parse_args(argv)
     for name in ("nbest", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -11,7 +11,9 @@ import csv
 import hashlib
 import io
 import json
+import os
 import random
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,9 +207,10 @@ def _write_if_changed(path: Path, image: Image.Image) -> None:
     data = buffer.getvalue()
     if path.is_file() and path.read_bytes() == data:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # two runs may render at once
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def shapes_corpus(root: str | Path, n: int = 1000, seed: int = 0, size: int = 64) -> CaptionCorpus:

@@ -1,4 +1,5 @@
-"""Parallel corpora: Tatoeba and LibreOffice (fetched and cached), or the user's own files.
+"""Parallel corpora: Tatoeba and LibreOffice (fetched and cached), or the user's own files
+(the Bible, split by chapter, is in :mod:`seq2seq.data.bible`).
 
 Every corpus is split the same way: sources are normalised (NFC, stripped), grouped so that
 one source sentence keeps all of its translations, and put in a split by the sha1 of the
@@ -240,14 +241,18 @@ def read_parallel(spec: str) -> list[tuple[str, str]]:
 
 def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: str | None = None,
                 valid: str | None = None, test: str | None = None) -> ParallelCorpus:
-    """Load (fetching on first use) and split a corpus by name: tatoeba, libreoffice or files."""
+    """Load (fetching on first use) and split a corpus by name: tatoeba, libreoffice, bible or files."""
+    if corpus == "bible":
+        from seq2seq.data.bible import bible_corpus  # it builds on this module
+
+        return bible_corpus(src_lang, tgt_lang)
     if corpus in ("tatoeba", "libreoffice"):
         if src_lang != "en":
             raise CorpusError(f"{corpus} corpora are English-to-X; data.src_lang must be 'en'")
         pairs = tatoeba_pairs(tgt_lang) if corpus == "tatoeba" else libreoffice_pairs(tgt_lang)
         return split_corpus(f"{corpus}-en-{tgt_lang}", pairs)
     if corpus != "files" or train is None:
-        raise CorpusError(f"unknown corpus {corpus!r}; use tatoeba, libreoffice or files with data.train")
+        raise CorpusError(f"unknown corpus {corpus!r}; use tatoeba, libreoffice, bible or files with data.train")
     name = f"files-{src_lang}-{tgt_lang}"
     if valid is None and test is None:  # one file: the hash split decides
         return split_corpus(name, read_parallel(train))

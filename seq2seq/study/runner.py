@@ -1,0 +1,131 @@
+"""Run a study: its runs one after another, each an ordinary run folder under
+``<root>/<study>/<run>/``; finished runs are skipped and an interrupted one resumes, so running
+the same command again after Ctrl-C, a crash or a closed laptop carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seq2seq.config import Config, ConfigError
+from seq2seq.experiment import RunFinished, finished_run_reason, open_run_dir, write_results, write_text
+from seq2seq.runtime import precision_name
+from seq2seq.study.spec import RunSpec, Study
+from seq2seq.study.summary import write_summary
+
+STATES = ("pending", "partial", "finished", "failed")
+
+
+def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
+    """pending (never started), partial (started, resumable), finished, or failed (see error.txt)."""
+    if (run_dir / "error.txt").is_file():
+        return "failed"
+    if study.task == "decode":
+        return "finished" if (run_dir / "results.json").is_file() else "pending"
+    if finished_run_reason(run_dir, spec.config):
+        return "finished"
+    return "partial" if (run_dir / "checkpoints" / "last.pt").is_file() else "pending"
+
+
+def describe_runs(study: Study, root: Path) -> list[str]:
+    """One line per run: its name, state and overrides (``--list``)."""
+    folder = root / study.name
+    lines = [f"{study.name}: {study.description}".rstrip(": "), f"  {study.budget_line()}"]
+    for spec in study.run_specs():
+        state = run_state(study, spec, folder / spec.name)
+        own = ([f"--config {spec.config_file.name}"] if spec.config_file else []) + spec.overrides
+        lines.append(f"  {spec.name:<32} {state:<9} {' '.join(own)}")
+    return lines
+
+
+def dry_run(study: Study) -> str:
+    """The resolved config of every run, as YAML documents (``--dry-run``)."""
+    docs = [f"# {study.name}/{spec.name}\n" + yaml.safe_dump(json.loads(json.dumps(spec.config.to_dict())),
+                                                             sort_keys=False) for spec in study.run_specs()]
+    return "---\n".join(docs)
+
+
+def run_study(study: Study, root: Path, only: list[str] | None = None,
+              log: Callable[[str], None] = print) -> Path:
+    """Run what is not finished (or only the named runs), then write the summary; its folder."""
+    specs = study.run_specs()
+    names = [s.name for s in specs]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ConfigError(f"study {study.name} has no run named {', '.join(unknown)} (runs: {', '.join(names)})")
+    folder = root / study.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, spec in enumerate(specs, 1):
+        if only and spec.name not in only:
+            continue
+        run_dir = folder / spec.name
+        state = run_state(study, spec, run_dir)
+        if state == "failed" and only:  # named explicitly: try again
+            (run_dir / "error.txt").unlink()
+            state = run_state(study, spec, run_dir)
+        if state in ("finished", "failed"):
+            log(f"[{i}/{len(specs)}] {spec.name}: {state}, skipped" + (
+                f" ({(run_dir / 'error.txt').read_text().strip()}; --only {spec.name} retries it)"
+                if state == "failed" else ""))
+            continue
+        log(f"[{i}/{len(specs)}] {spec.name}: {'resuming' if state == 'partial' else 'starting'} "
+            f"({' '.join(spec.overrides) or 'the base config'})")
+        started = time.monotonic()
+        try:
+            results = _execute(study, spec, run_dir)
+        except RunFinished:
+            continue
+        except FloatingPointError as err:  # this run diverged: record it and go on with the others
+            write_text(run_dir / "error.txt", f"{err}\n")
+            log(f"[{i}/{len(specs)}] {spec.name}: failed: {err}")
+            continue
+        if results.get("interrupted"):
+            log(f"study {study.name} interrupted in run {spec.name}; the same command resumes it")
+            raise KeyboardInterrupt
+        results["study_run_minutes"] = (time.monotonic() - started) / 60
+        write_results(run_dir, results)
+        log(f"[{i}/{len(specs)}] {spec.name}: done in {(time.monotonic() - started) / 60:.1f} min")
+    write_summary(study, folder, specs, [run_state(study, s, folder / s.name) for s in specs])
+    return folder
+
+
+def _execute(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    if study.task == "decode":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(spec.config.to_dict())),
+                                                           sort_keys=False))
+        return decode(study, spec.config, run_dir)
+    open_run_dir(spec.config, run_dir)
+    if study.task == "captioning":
+        from seq2seq.captioning import run
+    else:
+        from seq2seq.translation import run
+    return run(spec.config, run_dir)
+
+
+def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Decode the test set of the study's trained model with the search options of ``cfg``."""
+    from seq2seq.checkpoints import load_checkpoint, resolve_checkpoint
+    from seq2seq.translation import evaluate, load_data, write_lines
+    from seq2seq.translator import Translator
+
+    if load_checkpoint(resolve_checkpoint(study.model)).get("task") != "translation":
+        raise ConfigError(f"study {study.name}: decode studies take a translation run folder, not {study.model}")
+    translator = Translator.load(study.model, device=cfg.train.device)
+    translator.cfg = cfg  # the trained model's config with this run's search options
+    test = load_data(cfg).test
+    if not test:
+        raise ConfigError(f"study {study.name}: the model's corpus has no test split to decode")
+    out = evaluate(translator, test, beam=cfg.search.beam)
+    write_lines(run_dir / "test.hyp.txt", out["hypotheses"])
+    words = sum(len(h.split()) for h in out["hypotheses"])
+    return {"model": str(study.model), "beam": cfg.search.beam, "length_penalty": cfg.search.length_penalty,
+            "test_bleu": out["bleu"], "brevity_penalty": out["brevity_penalty"], "test_chrf": out["chrf"],
+            "mean_output_words": words / len(test), "sentences_per_second": out["sentences_per_second"],
+            "sacrebleu_signature": out["bleu_signature"], "eval_precision": precision_name(translator.amp_dtype)}

@@ -1,0 +1,178 @@
+"""A study file: a base config, the runs that differ from it, the budget that makes them
+comparable, and what the summary shows.
+
+    description: Attention or not, by source length (Bahdanau et al. 2015, Figure 2)
+    task: translation                  # translation | captioning | decode
+    base: ../configs/default.yaml      # optional, relative to the study file
+    overrides: [data.corpus=tatoeba]   # every run
+    budget: {max_steps: 2000}          # or {time_budget: MINUTES} or {max_epochs: N}
+    runs:                              # name -> its overrides, or {config: FILE, overrides: [...]}
+      cho2014: [model.attention=none]
+      luong2015: {config: ../configs/luong2015.yaml, overrides: [train.lr=1e-3]}
+    grid:                              # and/or every combination of these values
+      model.dec_cell: [rnn, gru, lstm]
+    summary:
+      metrics: [test_bleu_beam, test_bleu_greedy]
+      plots: [bleu_by_length]
+
+A ``decode`` study trains nothing: it decodes the test set of a finished run (``model``, a
+run folder relative to the working directory) once per search setting of its runs and grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seq2seq.config import Config, ConfigError, load_config
+
+TASKS = ("translation", "captioning", "decode")
+BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
+PLOTS = ("bleu_by_length", "metrics", "search", "attention")
+
+
+@dataclass
+class RunSpec:
+    name: str
+    overrides: list[str]  # the run's own overrides (what makes it differ)
+    config: Config  # resolved: base, study overrides, run overrides, budget, tracking
+    config_file: Path | None = None  # the run's own config file, in place of the study's base
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    task: str
+    description: str = ""
+    base: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    budget: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, tuple[Path | None, list[str]]] = field(default_factory=dict)  # name -> (config file, overrides)
+    model: Path | None = None  # decode studies: the finished run they decode with
+    metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+    def budget_line(self) -> str:
+        """How the runs are made comparable, in words."""
+        if self.task == "decode":
+            return f"every run decodes the test set of the same trained model ({self.model})"
+        (key, value), = self.budget.items()
+        return f"every run trains for {value:g} {BUDGETS[key]}" + (
+            " (equal steps)" if key == "max_steps" else " (equal wall-clock time: CPU contention matters)"
+            if key == "time_budget" else "")
+
+    def with_budget(self, value: float) -> "Study":
+        """The same study with another budget value in the same unit (``--budget``)."""
+        if self.task == "decode":
+            raise ConfigError(f"study {self.name} decodes a trained model: it has no training budget")
+        (key, _), = self.budget.items()
+        return Study(**{**self.__dict__, "budget": {key: value}})
+
+    def run_specs(self) -> list[RunSpec]:
+        """Every run with its resolved config (one-line ConfigError naming the run when one is bad)."""
+        budget = [f"train.{k}={v}" for k, v in self.budget.items()]
+        if self.budget and "time_budget" not in self.budget:
+            budget.append("train.time_budget=null")
+        base = self.model / "config.yaml" if self.task == "decode" else self.base
+        specs = []
+        for name, (config_file, own) in self.runs.items():
+            tracking = [f"tracking.group={self.name}", f"tracking.name={self.name}/{name}"]
+            try:
+                cfg = load_config(config_file or base, [*self.overrides, *own, *budget, *tracking])
+            except ConfigError as err:
+                raise ConfigError(f"study {self.name}, run {name}: {err}") from None
+            specs.append(RunSpec(name, own, cfg, config_file))
+        return specs
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file; any problem is a one-line ConfigError naming the file."""
+    path = Path(path)
+    if not path.suffix and not path.exists():  # a bare name means experiments/studies/NAME.yaml
+        path = Path(__file__).resolve().parents[2] / "experiments" / "studies" / f"{path}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read study file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"study file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study file {path} must hold a mapping (task, runs, ...)")
+    known = {"description", "task", "base", "overrides", "budget", "runs", "grid", "model", "summary"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"study file {path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    task = raw.get("task", "translation")
+    if task not in TASKS:
+        raise ConfigError(f"study file {path}: task={task!r} is not one of: {', '.join(TASKS)}")
+    summary = raw.get("summary") or {}
+    study = Study(
+        name=path.stem, path=path, task=task, description=str(raw.get("description", "")),
+        base=path.parent / raw["base"] if raw.get("base") else None,
+        overrides=_strings(path, "overrides", raw.get("overrides") or []),
+        budget=_budget(path, raw.get("budget"), task),
+        runs=_runs(path, raw.get("runs") or {}, raw.get("grid") or {}),
+        model=Path(raw["model"]) if raw.get("model") else None,
+        metrics=_strings(path, "summary.metrics", summary.get("metrics") or []),
+        plots=_strings(path, "summary.plots", summary.get("plots") or []),
+    )
+    if task == "decode" and study.model is None:
+        raise ConfigError(f"study file {path}: a decode study needs 'model', the run folder it decodes with")
+    bad_plots = [p for p in study.plots if p not in PLOTS]
+    if bad_plots:
+        raise ConfigError(f"study file {path}: unknown plot(s) {', '.join(bad_plots)} (known: {', '.join(PLOTS)})")
+    return study
+
+
+def _strings(path: Path, key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ConfigError(f"study file {path}: '{key}' must be a list of strings")
+    return [str(v) for v in value]
+
+
+def _budget(path: Path, value: Any, task: str) -> dict[str, float]:
+    if task == "decode":
+        return {}
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in BUDGETS:
+        raise ConfigError(f"study file {path}: 'budget' must name one of {', '.join(BUDGETS)} "
+                          f"(e.g. budget: {{max_steps: 2000}}), got {value!r}")
+    (key, amount), = value.items()
+    if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount <= 0:
+        raise ConfigError(f"study file {path}: budget {key} must be a positive number, got {amount!r}")
+    return {key: amount}
+
+
+def _runs(path: Path, runs: Any, grid: Any) -> dict[str, tuple[Path | None, list[str]]]:
+    """Named runs, then the grid's combinations (named ``key=value,key=value`` by their values)."""
+    if not isinstance(runs, dict) or not isinstance(grid, dict):
+        raise ConfigError(f"study file {path}: 'runs' and 'grid' must be mappings")
+    out: dict[str, tuple[Path | None, list[str]]] = {}
+    for name, entry in runs.items():
+        if isinstance(entry, dict):
+            extra = sorted(set(entry) - {"config", "overrides"})
+            if extra or "config" not in entry:
+                raise ConfigError(f"study file {path}: run {name} must be a list of overrides or "
+                                  f"{{config: FILE, overrides: [...]}}")
+            own = _strings(path, f"runs.{name}", entry.get("overrides") or [])
+            out[str(name)] = (path.parent / entry["config"], own)
+        else:
+            out[str(name)] = (None, _strings(path, f"runs.{name}", entry or []))
+    if grid:
+        keys = list(grid)
+        for key in keys:
+            if not isinstance(grid[key], list) or not grid[key]:
+                raise ConfigError(f"study file {path}: grid.{key} must be a non-empty list of values")
+        for values in itertools.product(*(grid[k] for k in keys)):
+            name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
+            out[name] = (None, [f"{k}={v}" for k, v in zip(keys, values)])
+    if not out:
+        raise ConfigError(f"study file {path}: no runs (give 'runs' or 'grid')")
+    for name in out:
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"study file {path}: run name {name!r} cannot be a folder name")
+    return out
