@@ -281,6 +281,19 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return nested
 
 
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is an empty one); a one-line ConfigError otherwise."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must hold {expected}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     """Defaults, then ``base`` (a dict), then the YAML file, then the overrides; validated."""
@@ -288,16 +301,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if base:
         _update(cfg, base, "")
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        _update(cfg, loaded, "")
+        _update(cfg, read_yaml_mapping(Path(path), "config file", "a mapping of sections"), "")
     if overrides:
         _update(cfg, parse_overrides(overrides), "")
     return cfg.validate()

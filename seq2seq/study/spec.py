@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from seq2seq.config import Config, ConfigError, load_config
+from seq2seq.config import Config, ConfigError, load_config, read_yaml_mapping
 
 TASKS = ("translation", "captioning", "decode")
 BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
@@ -95,14 +93,7 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     if not path.suffix and not path.exists():  # a bare name means experiments/studies/NAME.yaml
         path = Path(__file__).resolve().parents[2] / "experiments" / "studies" / f"{path}.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"cannot read study file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"study file {path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"study file {path} must hold a mapping (task, runs, ...)")
+    raw = read_yaml_mapping(path, "study file", "a mapping (task, runs, ...)")
     known = {"description", "task", "base", "overrides", "budget", "runs", "grid", "model", "summary"}
     unknown = sorted(set(raw) - known)
     if unknown:
