@@ -26,12 +26,12 @@ from seq2seq.data.captions import (
     CaptionExample,
     captions_table,
     coco_json,
-    emoji_corpus,
     karpathy_json,
     shapes_corpus,
     split_examples,
 )
 from seq2seq.data.corpora import CorpusError
+from seq2seq.data.emoji import emoji_corpus, twemoji_examples
 from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import load_image
 from seq2seq.experiment import log, spread
@@ -284,6 +284,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             + ("pycocoevalcap (x100)" if importlib.util.find_spec("pycocoevalcap") else "not installed"),
         })
         _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
+        if cfg.captions.corpus == "emoji" and cfg.captions.twemoji_test:
+            results.update(_twemoji_scores(cfg, captioner, test, beam["hypotheses"], grids["test"] is not None))
     results.update({
         "valid_bleu4_best": progress.best_score, "best_step": progress.best_step,
         "images_per_second": progress.examples / max(progress.train_time, 1e-9),
@@ -297,6 +299,20 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})
     tracker.finish()
     return results
+
+
+def _twemoji_scores(cfg: Config, captioner: Captioner, test: list[CaptionExample], hyps: list[str],
+                    cached: bool) -> dict[str, Any]:
+    """BLEU-4 on the test emoji drawn by Twemoji's artists, beside the Noto score of the same emoji."""
+    drawn = twemoji_examples(test)
+    paths = [ex.image for ex in drawn]
+    inputs = cached_grids(captioner.model.encoder, paths, captioner.transform, captioner.device,
+                          captioner.amp_dtype) if cached else paths
+    twemoji = evaluate(captioner, drawn, inputs, cfg.search.beam)
+    keys = {ex.key for ex in drawn}
+    noto = [(h, ex.captions) for h, ex in zip(hyps, test) if ex.key in keys]
+    return {"test_twemoji_images": len(drawn), "test_bleu4_twemoji": twemoji["bleu4"],
+            "test_bleu4_noto_same_images": bleu_scores([h for h, _ in noto], [r for _, r in noto])["bleu4"]}
 
 
 def _pooled(captioner: Captioner, grids: Tensor | None, examples: list[CaptionExample]) -> Tensor:

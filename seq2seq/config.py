@@ -48,6 +48,7 @@ class DataConfig:
 class CaptionsConfig:
     corpus: str = "emoji"  # emoji | shapes | karpathy | coco | table
     lang: str = "en"  # emoji: caption language, en | de | fr
+    twemoji_test: bool = False  # emoji: also score the test split drawn by Twemoji's artists (style change)
     captions: str | None = None  # karpathy/table: one file; coco: "TRAIN.json,VALID.json[,TEST.json]"
     images: str | None = None  # folder the image paths are relative to (default: the captions file's)
     shapes: int = 2000  # shapes: how many images to generate

