@@ -57,6 +57,7 @@ class Captioner:
     @torch.no_grad()
     def caption_tensors(self, images: Tensor, beam: int = 1, nbest: int = 1) -> list[Caption]:
         """images: pixels (batch, 3, H, W) or cached grids (batch, cells, channels)."""
+        self.model.eval()  # the model may be shared with a trainer that left it in training mode
         with self.autocast():
             memory = self.model.encode(images.to(self.device))
             hyps = search(self.model.decoder, memory, beam, self.cfg.captions.max_len + 1,

@@ -81,6 +81,7 @@ class Translator:
     @torch.no_grad()
     def _search(self, src: Tensor, src_lens: Tensor, beam: int, nbest: int, ratio: float) -> list[list[Hypothesis]]:
         limits = max_lengths(src_lens, ratio, self.cfg.search.max_len_offset)
+        self.model.eval()  # the model may be shared with a trainer that left it in training mode
         with autocast(self.device, self.amp_dtype):
             memory = self.model.encode(src.to(self.device), src_lens)
             return search(self.model.decoder, memory, beam, limits, self.cfg.search.length_penalty, nbest)
