@@ -1,4 +1,4 @@
-"""A model learns: reversing random sequences, greedy exact match >= 95 % within a minute on CPU."""
+"""A model learns: reversing random sequences, greedy exact match >= 95 % within 400 steps (a minute on CPU)."""
 
 import random
 
@@ -32,7 +32,7 @@ def test_reverse_task_is_learned(tmp_path):
     train_src, train_tgt = _reverse_task(8000, seed=1)
     test_src, test_tgt = _reverse_task(300, seed=2)
     data = ParallelData(train_src, train_tgt, budget=2000, seed=1)
-    train_cfg = TrainConfig(lr=3e-3, warmup_steps=20, max_steps=400, time_budget=1.0, valid_every=100, patience=100,
+    train_cfg = TrainConfig(lr=3e-3, warmup_steps=20, max_steps=400, time_budget=None, valid_every=100, patience=100,
                             label_smoothing=0.0, log_every=100, device="cpu")
 
     def validate(trainer):
