@@ -14,7 +14,7 @@ import yaml
 
 from seq2seq.backbones import BackboneError
 from seq2seq.checkpoints import CheckpointError, load_checkpoint
-from seq2seq.config import Config, ConfigError, load_config
+from seq2seq.config import Config, ConfigError, config_from_dict, load_config
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError
 from seq2seq.data.images import ImageError
@@ -80,8 +80,7 @@ def open_run_dir(cfg: Config, run_dir: Path) -> None:
     holding a run with another config; raise RunFinished for a finished one, leaving it untouched."""
     saved = run_dir / "config.yaml"
     if saved.exists():
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-        if _comparable(old) != _comparable(json.loads(json.dumps(cfg.to_dict()))):
+        if not same_run_config(run_dir, cfg):
             raise ConfigError(f"run folder {run_dir} holds a run with a different config; "
                               f"choose another --run-dir or the same config to resume it")
         reason = finished_run_reason(run_dir, cfg)
@@ -89,7 +88,24 @@ def open_run_dir(cfg: Config, run_dir: Path) -> None:
             raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
                               f"{run_dir / 'results.json'}. To train it further, raise {_limit_option(reason)}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(saved, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+    write_text(saved, config_yaml(cfg))
+
+
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as the YAML a run folder keeps."""
+    return yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False)
+
+
+def same_run_config(run_dir: Path, cfg: Config) -> bool:
+    """Whether ``run_dir`` (if it holds a config) was made with ``cfg``, limits and tracking aside."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return True
+    try:  # through the current defaults: options added since the run was made take their defaults
+        old = config_from_dict(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+    except ConfigError:  # an option the run used no longer exists
+        return False
+    return _comparable(json.loads(json.dumps(old.to_dict()))) == _comparable(json.loads(json.dumps(cfg.to_dict())))
 
 
 def finished_run_reason(run_dir: Path, cfg: Config) -> str:

@@ -108,3 +108,15 @@ def test_shipped_studies_resolve():
         study = load_study(path)
         if study.task != "decode":
             assert study.run_specs() and study.budget, path
+
+
+def test_a_run_made_before_an_option_existed_keeps_its_config(tmp_path):
+    from seq2seq.config import load_config
+    from seq2seq.experiment import config_yaml, same_run_config
+
+    cfg = load_config(overrides=["model.attention=bahdanau"])
+    saved = yaml.safe_load(config_yaml(cfg))
+    del saved["captions"]["twemoji_test"]  # as a run folder written before that option was added
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    assert same_run_config(tmp_path, cfg)
+    assert not same_run_config(tmp_path, load_config(overrides=["model.attention=none"]))

@@ -10,6 +10,7 @@ names and phrases, never straddle train and test.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import zipfile
@@ -75,12 +76,12 @@ def bible_corpus(src_lang: str = "en", tgt_lang: str = "fr") -> ParallelCorpus:
             raise CorpusError(f"bible: no versions for language {lang!r} (have: {', '.join(VERSIONS)})")
     if src_lang == tgt_lang:
         raise CorpusError("bible: data.src_lang and data.tgt_lang must differ")
-    with sqlite3.connect(bible_db()) as db:
+    with contextlib.closing(sqlite3.connect(bible_db())) as db:
         src = _verses(db, VERSIONS[src_lang][0])
         targets = [_verses(db, code) for code in VERSIONS[tgt_lang]]
     corpus = ParallelCorpus(f"bible-{src_lang}-{tgt_lang}", [], [], [])
     for key in sorted(src):
-        refs = list(dict.fromkeys(t[key] for t in targets if t[key]))  # every version, duplicates once
+        refs = list(dict.fromkeys(t[key] for t in targets if t.get(key)))  # every version, duplicates once
         if not src[key] or not refs:
             continue
         split = chapter_split(key[0], key[1])

@@ -5,16 +5,22 @@ the same command again after Ctrl-C, a crash or a closed laptop carries on where
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from seq2seq.config import Config, ConfigError
-from seq2seq.experiment import RunFinished, finished_run_reason, open_run_dir, write_results, write_text
+from seq2seq.experiment import (
+    USER_ERRORS,
+    RunFinished,
+    config_yaml,
+    finished_run_reason,
+    open_run_dir,
+    same_run_config,
+    write_results,
+    write_text,
+)
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
 from seq2seq.study.summary import write_summary
@@ -23,7 +29,10 @@ STATES = ("pending", "partial", "finished", "failed")
 
 
 def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
-    """pending (never started), partial (started, resumable), finished, or failed (see error.txt)."""
+    """pending (never started), partial (started, resumable), finished, failed (see error.txt), or
+    changed (the folder holds a run made with other options than the study now gives it)."""
+    if not same_run_config(run_dir, spec.config):
+        return "changed"
     if (run_dir / "error.txt").is_file():
         return "failed"
     if study.task == "decode":
@@ -36,7 +45,7 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
 def describe_runs(study: Study, root: Path) -> list[str]:
     """One line per run: its name, state and overrides (``--list``)."""
     folder = root / study.name
-    lines = [f"{study.name}: {study.description}".rstrip(": "), f"  {study.budget_line()}"]
+    lines = [f"{study.name}: {study.description}" if study.description else study.name, f"  {study.budget_line()}"]
     for spec in study.run_specs():
         state = run_state(study, spec, folder / spec.name)
         own = ([f"--config {spec.config_file.name}"] if spec.config_file else []) + spec.overrides
@@ -46,8 +55,7 @@ def describe_runs(study: Study, root: Path) -> list[str]:
 
 def dry_run(study: Study) -> str:
     """The resolved config of every run, as YAML documents (``--dry-run``)."""
-    docs = [f"# {study.name}/{spec.name}\n" + yaml.safe_dump(json.loads(json.dumps(spec.config.to_dict())),
-                                                             sort_keys=False) for spec in study.run_specs()]
+    docs = [f"# {study.name}/{spec.name}\n" + config_yaml(spec.config) for spec in study.run_specs()]
     return "---\n".join(docs)
 
 
@@ -69,6 +77,10 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
         if state == "failed" and only:  # named explicitly: try again
             (run_dir / "error.txt").unlink()
             state = run_state(study, spec, run_dir)
+        if state == "changed":
+            log(f"[{i}/{len(specs)}] {spec.name}: skipped: {run_dir} holds this run with other options; "
+                f"move that folder away to train the run as the study now defines it")
+            continue
         if state in ("finished", "failed"):
             log(f"[{i}/{len(specs)}] {spec.name}: {state}, skipped" + (
                 f" ({(run_dir / 'error.txt').read_text().strip()}; --only {spec.name} retries it)"
@@ -80,8 +92,10 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
         try:
             results = _execute(study, spec, run_dir)
         except RunFinished:
+            log(f"[{i}/{len(specs)}] {spec.name}: finished, skipped")
             continue
-        except FloatingPointError as err:  # this run diverged: record it and go on with the others
+        except USER_ERRORS as err:  # this run diverged or its data failed: record it, go on with the others
+            run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "error.txt", f"{err}\n")
             log(f"[{i}/{len(specs)}] {spec.name}: failed: {err}")
             continue
@@ -98,8 +112,7 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
 def _execute(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     if study.task == "decode":
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(spec.config.to_dict())),
-                                                           sort_keys=False))
+        write_text(run_dir / "config.yaml", config_yaml(spec.config))
         return decode(study, spec.config, run_dir)
     open_run_dir(spec.config, run_dir)
     if study.task == "captioning":

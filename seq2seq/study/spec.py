@@ -114,6 +114,8 @@ def load_study(path: str | Path) -> Study:
     )
     if task == "decode" and study.model is None:
         raise ConfigError(f"study file {path}: a decode study needs 'model', the run folder it decodes with")
+    if task == "decode" and not (study.model / "config.yaml").is_file():
+        raise ConfigError(f"study file {path}: model {study.model} is not a run folder (train it first)")
     bad_plots = [p for p in study.plots if p not in PLOTS]
     if bad_plots:
         raise ConfigError(f"study file {path}: unknown plot(s) {', '.join(bad_plots)} (known: {', '.join(PLOTS)})")
@@ -160,6 +162,8 @@ def _runs(path: Path, runs: Any, grid: Any) -> dict[str, tuple[Path | None, list
                 raise ConfigError(f"study file {path}: grid.{key} must be a non-empty list of values")
         for values in itertools.product(*(grid[k] for k in keys)):
             name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
+            if name in out:
+                raise ConfigError(f"study file {path}: two runs would be named {name!r}; rename a run")
             out[name] = (None, [f"{k}={v}" for k, v in zip(keys, values)])
     if not out:
         raise ConfigError(f"study file {path}: no runs (give 'runs' or 'grid')")

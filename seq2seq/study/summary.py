@@ -167,6 +167,8 @@ def _attention(study: Study, folder: Path, specs: list[RunSpec], results: dict[s
         return None
     sources = (folder / runs[0].name / "test.src.txt").read_text(encoding="utf-8").splitlines()
     chosen = spread([s for s in sources if 6 <= len(s.split()) <= 10], 2)
+    if not chosen:
+        return None
     columns = []
     for spec in runs:
         translator = Translator.load(folder / spec.name, device=spec.config.train.device)
@@ -176,7 +178,8 @@ def _attention(study: Study, folder: Path, specs: list[RunSpec], results: dict[s
                 tgt = translator.tgt_tok.pieces(tr.candidates[0].tokens) + ["</s>"]
                 column.append(attention_heatmap(tr.attention, tr.src_pieces, tgt, spec.name))
         columns.append(column)
-    return image_grid([list(row) for row in zip(*columns)])
+    rows = [list(row) for row in zip(*columns)]
+    return image_grid(rows) if rows and rows[0] else None
 
 
 PLOTTERS = {"bleu_by_length": _bleu_by_length, "metrics": _metrics, "search": _search, "attention": _attention}
