@@ -48,9 +48,13 @@ def describe_runs(study: Study, root: Path) -> list[str]:
     lines = [f"{study.name}: {study.description}" if study.description else study.name, f"  {study.budget_line()}"]
     for spec in study.run_specs():
         state = run_state(study, spec, folder / spec.name)
-        own = ([f"--config {spec.config_file.name}"] if spec.config_file else []) + spec.overrides
-        lines.append(f"  {spec.name:<32} {state:<9} {' '.join(own)}")
+        lines.append(f"  {spec.name:<32} {state:<9} {_differences(spec)}")
     return lines
+
+
+def _differences(spec: RunSpec) -> str:
+    """What sets a run apart: its config file and its overrides."""
+    return " ".join(([f"--config {spec.config_file.name}"] if spec.config_file else []) + spec.overrides)
 
 
 def dry_run(study: Study) -> str:
@@ -87,7 +91,7 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
                 if state == "failed" else ""))
             continue
         log(f"[{i}/{len(specs)}] {spec.name}: {'resuming' if state == 'partial' else 'starting'} "
-            f"({' '.join(spec.overrides) or 'the base config'})")
+            f"({_differences(spec) or 'the base config'})")
         started = time.monotonic()
         try:
             results = _execute(study, spec, run_dir)
