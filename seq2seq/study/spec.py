@@ -77,6 +77,8 @@ class Study:
         if self.budget and "time_budget" not in self.budget:
             budget.append("train.time_budget=null")
         base = self.model / "config.yaml" if self.task == "decode" else self.base
+        if self.task == "decode" and not base.is_file():
+            raise ConfigError(f"study {self.name}: model {self.model} is not a run folder (train it first)")
         specs = []
         for name, (config_file, own) in self.runs.items():
             tracking = [f"tracking.group={self.name}", f"tracking.name={self.name}/{name}"]
@@ -114,8 +116,6 @@ def load_study(path: str | Path) -> Study:
     )
     if task == "decode" and study.model is None:
         raise ConfigError(f"study file {path}: a decode study needs 'model', the run folder it decodes with")
-    if task == "decode" and not (study.model / "config.yaml").is_file():
-        raise ConfigError(f"study file {path}: model {study.model} is not a run folder (train it first)")
     bad_plots = [p for p in study.plots if p not in PLOTS]
     if bad_plots:
         raise ConfigError(f"study file {path}: unknown plot(s) {', '.join(bad_plots)} (known: {', '.join(PLOTS)})")
