@@ -120,6 +120,7 @@ class TrainConfig:
     valid_sentences: int = 400  # greedy BLEU on at most this many validation sentences
     patience: int = 8  # validations without a better BLEU before stopping early
     log_every: int = 50  # steps between training log lines
+    gradient_flow_every: int = 0  # steps between gradient-flow probes (seq2seq.gradients), from step 0; 0 = off
 
 
 @dataclass
@@ -184,6 +185,8 @@ class Config:
                             ("train.patience", t.patience), ("search.batch_size", self.search.batch_size)]:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if t.gradient_flow_every < 0:
+            raise ConfigError(f"train.gradient_flow_every must be 0 (off) or a number of steps, got {t.gradient_flow_every}")
         if not 0.0 <= m.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
         if not 0.0 <= t.teacher_forcing <= 1.0:

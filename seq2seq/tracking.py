@@ -30,6 +30,9 @@ class Tracker:
     def images(self, name: str, images: list[tuple[Image.Image, str]], step: int) -> None:
         pass
 
+    def lines(self, name: str, series: dict[str, list[float]], xname: str, step: int) -> None:
+        """One line plot: each series' values at x = 0, 1, 2, ..."""
+
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
@@ -50,6 +53,9 @@ class JsonlTracker(Tracker):
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._write({"step": step, "time": round(time.time(), 3), **metrics})
+
+    def lines(self, name: str, series: dict[str, list[float]], xname: str, step: int) -> None:
+        self._write({"step": step, "time": round(time.time(), 3), name: series})
 
     def summary(self, values: dict[str, Any]) -> None:
         self._write({"summary": values})
@@ -81,6 +87,12 @@ class WandbTracker(Tracker):
         padded = same_size([img for img, _ in images])  # W&B wants one size per logged list
         self.run.log({name: [self.wandb.Image(img, caption=cap) for img, (_, cap) in zip(padded, images)]}, step=step)
 
+    def lines(self, name: str, series: dict[str, list[float]], xname: str, step: int) -> None:
+        xs = [list(range(len(values))) for values in series.values()]
+        chart = self.wandb.plot.line_series(xs, list(series.values()), list(series), title=f"{name} at step {step}",
+                                            xname=xname)
+        self.run.log({name: chart}, step=step)
+
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
 
@@ -105,6 +117,10 @@ class Trackers(Tracker):
     def images(self, name: str, images: list[tuple[Image.Image, str]], step: int) -> None:
         for t in self.trackers:
             t.images(name, images, step)
+
+    def lines(self, name: str, series: dict[str, list[float]], xname: str, step: int) -> None:
+        for t in self.trackers:
+            t.lines(name, series, xname, step)
 
     def summary(self, values: dict[str, Any]) -> None:
         for t in self.trackers:

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from seq2seq.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.config import TrainConfig
-from seq2seq.model import attention_penalty, sequence_loss
+from seq2seq.gradients import gradient_flow
+from seq2seq.model import Output, attention_penalty, sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.schedules import LRSchedule, teacher_forcing_ratio
 from seq2seq.tracking import Tracker
@@ -167,22 +168,35 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return autocast(self.device, self.amp_dtype)
 
+    def loss(self, out: Output, batch: Batch) -> Tensor:
+        """The training loss: label-smoothed cross-entropy, plus the attention penalty if any."""
+        loss, _, _ = sequence_loss(out.logits, batch.tgt_out, self.cfg.label_smoothing)
+        if self.cfg.attention_reg > 0 and out.attention is not None:
+            loss = loss + self.cfg.attention_reg * attention_penalty(out.attention.float(), out.memory_mask,
+                                                                      batch.tgt_out)
+        return loss
+
     def train_step(self, batch: Batch) -> tuple[float, float]:
         """One update; the loss and the global gradient norm before clipping."""
         self.model.train()
         ratio = teacher_forcing_ratio(self.cfg, self.progress.step)
         with self.autocast():
             out = self.model(batch.inputs, batch.tgt_in, ratio)
-        loss, _, _ = sequence_loss(out.logits, batch.tgt_out, self.cfg.label_smoothing)
-        if self.cfg.attention_reg > 0 and out.attention is not None:
-            loss = loss + self.cfg.attention_reg * attention_penalty(out.attention.float(), out.memory_mask,
-                                                                      batch.tgt_out)
+        loss = self.loss(out, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         limit = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")  # inf: measure, do not clip
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), limit)
         self.optimizer.step()
         return loss.item(), float(grad_norm)
+
+    def probe_gradient_flow(self, batch: Batch) -> None:
+        """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.gradients)."""
+        flow = gradient_flow(self.model, batch.inputs, batch.tgt_in, lambda out: self.loss(out, batch))
+        step = self.progress.step
+        self.tracker.log(flow.scalars(), step=step)
+        if flow.by_distance:
+            self.tracker.lines("gradient_flow/by_distance", flow.by_distance, "distance from the last token", step)
 
     def _tick(self) -> None:
         """Add the wall time since the last tick to ``progress.elapsed``."""
@@ -237,6 +251,8 @@ class Trainer:
         window = Window()
         self._clock = time.monotonic()
         try:
+            if cfg.gradient_flow_every and p.step == 0:  # at initialisation
+                self.probe_gradient_flow(self.data.batch(self.data.epoch(0)[0]).to(self.device))
             while self._budget_left():
                 batches = self.data.epoch(p.epoch)
                 while p.batch_in_epoch < len(batches) and self._budget_left():
@@ -258,6 +274,8 @@ class Trainer:
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss} at step {p.step}; "
                                                  f"lower train.lr or raise train.clip_norm")
+                    if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0:
+                        self.probe_gradient_flow(batch)  # after this step's update
                     if p.step % cfg.log_every == 0:
                         stats = {**window.stats(), "train/lr": lr,
                                  "train/teacher_forcing": teacher_forcing_ratio(cfg, p.step),

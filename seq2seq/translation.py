@@ -9,7 +9,7 @@ from typing import Any
 
 from seq2seq.checkpoints import load_checkpoint, tokenizer_refs
 from seq2seq.config import Config
-from seq2seq.data.batching import ParallelData, collate, token_batches
+from seq2seq.data.batching import ParallelData, TextBatch, collate, token_batches
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
 from seq2seq.experiment import log, spread
 from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, chrf
@@ -77,24 +77,35 @@ def evaluate(translator: Translator, examples: list[Example], beam: int) -> dict
             "attention_entropy": attention_entropy([t.attention for t in out])}
 
 
+def reference_batches(translator: Translator, examples: list[Example], batch_tokens: int) -> list[TextBatch]:
+    """Teacher-forcing batches of the examples against their first reference (for perplexity)."""
+    src = translator.src_tok.encode([ex.src for ex in examples])
+    tgt = translator.tgt_tok.encode([ex.refs[0] for ex in examples])
+    keep = [i for i in range(len(src)) if src[i]]
+    lens_s, lens_t = [len(src[i]) for i in keep], [len(tgt[i]) for i in keep]
+    return [collate([src[keep[j]] for j in b], [tgt[keep[j]] for j in b])
+            for b in token_batches(lens_s, lens_t, batch_tokens, seed=0, epoch=0)]
+
+
+def perplexity(trainer: Trainer, batches: list[TextBatch]) -> float:
+    """Teacher-forced perplexity of the trainer's model on ``batches``."""
+    nll, n = teacher_forced_nll(trainer.model, batches, trainer.device, trainer.autocast)
+    return math.exp(min(nll / max(n, 1), 50.0))
+
+
 class Validator:
     """Validation for the trainer: teacher-forced perplexity, greedy BLEU, samples and attention plots."""
 
     def __init__(self, cfg: Config, translator: Translator, valid: list[Example], tracker: Tracker):
         self.translator, self.tracker = translator, tracker
         self.examples = spread(valid, cfg.train.valid_sentences)
-        src = translator.src_tok.encode([ex.src for ex in self.examples])
-        tgt = translator.tgt_tok.encode([ex.refs[0] for ex in self.examples])
-        keep = [i for i in range(len(src)) if src[i]]
-        lens_s, lens_t = [len(src[i]) for i in keep], [len(tgt[i]) for i in keep]
-        self.batches = [collate([src[keep[j]] for j in b], [tgt[keep[j]] for j in b])
-                        for b in token_batches(lens_s, lens_t, cfg.data.batch_tokens, seed=0, epoch=0)]
+        self.batches = reference_batches(translator, self.examples, cfg.data.batch_tokens)
         self.samples = spread(self.examples, cfg.tracking.samples)
         plotted = [i for i, ex in enumerate(self.examples) if 4 <= len(ex.src.split()) <= 12]
         self.plotted = spread(plotted, cfg.tracking.attention_plots)  # indices into self.examples
 
     def __call__(self, trainer: Trainer) -> dict[str, float]:
-        nll, n = teacher_forced_nll(trainer.model, self.batches, trainer.device, trainer.autocast)
+        ppl = perplexity(trainer, self.batches)
         result = evaluate(self.translator, self.examples, beam=1)
         step = trainer.progress.step
         by_src = {ex.src: hyp for ex, hyp in zip(self.examples, result["hypotheses"])}
@@ -107,7 +118,7 @@ class Validator:
                 plots.append((attention_heatmap(tr.attention, tr.src_pieces, tgt, tr.source), tr.text))
         if plots:
             self.tracker.images("valid/attention", plots, step)
-        return {"bleu": result["bleu"], "ppl": math.exp(min(nll / max(n, 1), 50.0)), "score": result["bleu"]}
+        return {"bleu": result["bleu"], "ppl": ppl, "score": result["bleu"]}
 
 
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -159,6 +170,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "test_bleu_greedy": greedy["bleu"], "test_bleu_beam": beam["bleu"], "test_chrf_beam": beam["chrf"],
             "test_bleu_beam_detail": beam["bleu_detail"], "test_brevity_penalty_beam": beam["brevity_penalty"],
             "test_attention_entropy_beam": beam["attention_entropy"],
+            "test_perplexity": perplexity(trainer, reference_batches(translator, corpus.test, cfg.data.batch_tokens)),
             "sacrebleu_signature": beam["bleu_signature"],
             "chrf_signature": beam["chrf_signature"], "beam": cfg.search.beam,
             "test_bleu_by_source_length": {k: {"bleu": v[0], "sentences": v[1]} for k, v in beam["by_length"].items()},
@@ -168,6 +180,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     results.update({
         "valid_bleu_best": progress.best_score, "best_step": progress.best_step,
         "train_tokens_per_second": progress.tokens / max(progress.train_time, 1e-9),
+        "train_steps_per_second": progress.step / max(progress.train_time, 1e-9),
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,

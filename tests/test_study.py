@@ -22,10 +22,11 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
     from seq2seq.translation import run
 
     root = tmp_path / "studies"
-    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=5"),
+    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=5",
+                                                                                "train.gradient_flow_every=5"),
                    budget={"max_steps": 10},
                    runs={"gru": [], "lstm": ["model.enc_cell=lstm", "model.dec_cell=lstm"]},
-                   summary={"plots": ["bleu_by_length", "metrics", "attention"]})
+                   summary={"plots": ["bleu_by_length", "metrics", "attention", "gradient_flow"]})
     lstm = study.run_specs()[1]
     assert lstm.config.train.max_steps == 10 and lstm.config.train.time_budget is None
     assert lstm.config.tracking.group == "tiny" and lstm.config.tracking.name == "tiny/lstm"
@@ -44,6 +45,7 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
     assert "| gru | finished |" in md and "| lstm | finished |" in md and "every run trains for 10 training steps" in md
     assert "![bleu_by_length](bleu_by_length.png)" in md and (folder / "metrics.png").stat().st_size > 0
     assert (folder / "attention.png").stat().st_size > 0  # the same sentences, one column per run
+    assert (folder / "gradient_flow.png").stat().st_size > 0  # steps 0 and 10 of both runs
     assert len((folder / "summary.csv").read_text().splitlines()) == 3
 
     stamps = {p: p.stat().st_mtime_ns for name in ("gru", "lstm") for p in (folder / name).rglob("*") if p.is_file()}

@@ -28,6 +28,8 @@ def test_wandb_offline_run_writes_table_and_images(tmp_path, monkeypatch):
     tracker.log({"train/loss": 2.0}, step=1)
     tracker.table("valid/samples", ["source", "references", "hypothesis"], [["hi", "salut", "salut"]], step=1)
     tracker.images("valid/attention", [(Image.new("RGB", (20, 10), "white"), "salut")], step=1)
+    tracker.lines("gradient_flow/by_distance", {"len_1-9": [1.0, 0.5], "len_10-19": [2.0, 1.0, 0.1]},
+                  "distance", step=1)
     tracker.summary({"test_bleu_beam": 31.5})
     tracker.finish()
     runs = list((run_dir / "wandb").glob("offline-run-*"))
@@ -35,6 +37,10 @@ def test_wandb_offline_run_writes_table_and_images(tmp_path, monkeypatch):
     media = runs[0] / "files" / "media"
     assert list(media.glob("table/valid/samples_*.table.json"))
     assert list(media.glob("images/valid/attention_*.png"))
+    assert list(media.glob("table/gradient_flow/by_distance_table_*.table.json"))
     records = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))  # offline: the run's log
     assert b"test_bleu_beam" in records and b"train/loss" in records
     assert (run_dir / "wandb_id.txt").exists()
+    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 1, "gradient_flow/by_distance": {"len_1-9": [1.0, 0.5], "len_10-19": [2.0, 1.0, 0.1]}}.items() \
+        <= next(r for r in local if "gradient_flow/by_distance" in r).items()

@@ -30,7 +30,7 @@ from seq2seq.config import Config, ConfigError, load_config, read_yaml_mapping
 
 TASKS = ("translation", "captioning", "decode")
 BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
-PLOTS = ("bleu_by_length", "metrics", "search", "attention")
+PLOTS = ("bleu_by_length", "metrics", "search", "attention", "gradient_flow")
 
 
 @dataclass

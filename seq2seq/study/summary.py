@@ -182,5 +182,49 @@ def _attention(study: Study, folder: Path, specs: list[RunSpec], results: dict[s
     return image_grid(rows) if rows and rows[0] else None
 
 
-PLOTTERS = {"bleu_by_length": _bleu_by_length, "metrics": _metrics, "search": _search, "attention": _attention}
+def _flow_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The gradient-flow curves a run logged (train.gradient_flow_every) in step order, each with
+    the scalars of its probe (the sentences per bucket among them)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if "gradient_flow/" in line]
+    scalars = {r["step"]: r for r in records if "gradient_flow/seconds" in r}
+    return [{**scalars.get(r["step"], {}), **r} for r in records if "gradient_flow/by_distance" in r]
+
+
+def _gradient_flow(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+                   metrics: list[str]) -> Image.Image | None:
+    """|dL/dh_t| by distance from the last source token, at initialisation and after training,
+    one curve per run, in the longest length bucket every run measured with 10 or more sentences
+    (log scale)."""
+    flows = {s.name: _flow_records(folder / s.name) for s in specs}
+    flows = {name: (records[0], records[-1]) for name, records in flows.items() if len(records) > 1}
+    if not flows:
+        return None
+    shared = set.intersection(*(set(r["gradient_flow/by_distance"]) for pair in flows.values() for r in pair))
+    if not shared:
+        return None
+    enough = {b for b in shared if all(r.get(f"gradient_flow/{b}/sentences", 0) >= 10
+                                       for pair in flows.values() for r in pair)}
+    bucket = max(enough or shared, key=lambda label: int(label[4:].split("-")[0].rstrip("+")))
+    sentences = next(iter(flows.values()))[1].get(f"gradient_flow/{bucket}/sentences")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, which in zip(axes, (0, 1)):
+        for name, pair in flows.items():
+            norms = pair[which]["gradient_flow/by_distance"][bucket]
+            ax.plot(range(len(norms)), norms, marker=".", label=name)
+        ax.set_yscale("log")
+        ax.set_title(f"{'at initialisation' if which == 0 else 'after training'} "
+                     f"(step {next(iter(flows.values()))[which]['step']})", fontsize=10)
+        ax.set_xlabel(f"distance from the last source token ({sentences} sentences of {bucket[4:]} tokens)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("|dL/dh_t|, encoder top layer, forward direction")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{study.name}: gradient flow")
+    return figure_image(fig)
+
+
+PLOTTERS = {"bleu_by_length": _bleu_by_length, "metrics": _metrics, "search": _search, "attention": _attention,
+            "gradient_flow": _gradient_flow}
 
