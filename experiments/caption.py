@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from seq2seq.captioning import run
 from seq2seq.experiment import experiment_parser, log, prepare_run, report, run_cli
+from seq2seq.tasks.captioning import run
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "caption_emoji.yaml"
 

@@ -4,6 +4,7 @@
     python experiments/study.py attention --list          # the runs and their state
     python experiments/study.py attention --only luong_dot --budget 500
     python experiments/study.py my_study.yaml --dry-run   # print every run's resolved config
+    python experiments/study.py gradients exploding       # several studies, one after another
 
 Runs go to studies/<study>/<run>/ (ordinary run folders); running the same command again skips
 finished runs and resumes an interrupted one. The summary is studies/<study>/summary.md,
@@ -22,7 +23,8 @@ from seq2seq.study import describe_runs, dry_run, load_study, run_study
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", help="a study file, or the name of one in experiments/studies/")
+    parser.add_argument("studies", nargs="+", metavar="STUDY",
+                        help="a study file, or the name of one in experiments/studies/ (several: run in turn)")
     parser.add_argument("--root", type=Path, default=Path("studies"), help="where study folders go")
     parser.add_argument("--list", action="store_true", help="show the runs and their state, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config of every run")
@@ -31,18 +33,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.budget is not None and args.budget <= 0:
         parser.error("--budget must be positive")
-    study = load_study(args.study)
+    studies = [load_study(name) for name in args.studies]  # every file checked before anything runs
     if args.budget is not None:
-        study = study.with_budget(args.budget)
-    if args.list:
-        print("\n".join(describe_runs(study, args.root)))
-        return 0
-    if args.dry_run:
-        print(dry_run(study))
-        return 0
-    log(f"study {study.name}: {len(study.runs)} runs; {study.budget_line()}")
-    folder = run_study(study, args.root, args.only, log)
-    log(f"summary: {folder / 'summary.md'}")
+        studies = [study.with_budget(args.budget) for study in studies]
+    for study in studies:
+        if args.list:
+            print("\n".join(describe_runs(study, args.root)))
+        elif args.dry_run:
+            print(dry_run(study))
+        else:
+            log(f"study {study.name}: {len(study.runs)} runs; {study.budget_line()}")
+            folder = run_study(study, args.root, args.only, log)
+            log(f"summary: {folder / 'summary.md'}")
     return 0
 
 

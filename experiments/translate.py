@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from seq2seq.experiment import experiment_parser, log, prepare_run, report, run_cli
-from seq2seq.translation import run
+from seq2seq.tasks.translation import run
 
 
 def main() -> int:

@@ -17,12 +17,12 @@ import torch
 
 from seq2seq.config import Config
 from seq2seq.data.batching import ParallelData
-from seq2seq.decoder import RNNDecoder
-from seq2seq.encoders import TextEncoder
-from seq2seq.model import Seq2Seq
+from seq2seq.models.decoder import RNNDecoder
+from seq2seq.models.encoders import TextEncoder
+from seq2seq.models.model import Seq2Seq
+from seq2seq.tasks.translator import Translator
 from seq2seq.tracking import Tracker
-from seq2seq.training import Trainer
-from seq2seq.translator import Translator
+from seq2seq.train.trainer import Trainer
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 

@@ -62,6 +62,17 @@ class CaptionsConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    task: str = "copy"  # copy | adding: the long-dependency tasks (seq2seq.tasks.long_dependency)
+    length: int = 100  # T: blanks between the symbols and the delimiter (copy); pairs in a sequence (adding)
+    symbols: int = 10  # copy: symbols to remember
+    alphabet: int = 8  # copy: the symbols are drawn from this many
+    batch_size: int = 128  # sequences per training batch, generated on the fly
+    valid_examples: int = 500  # fixed validation sequences
+    test_examples: int = 2000  # fixed test sequences
+
+
+@dataclass
 class ImageConfig:
     backbone: str = "mobilenet_v2"  # mobilenet_v2 | resnet18/34/50/101 | efficientnet_b0 | vgg16
     weights: str = "imagenet"  # imagenet (fetched; mobilenet_v2 only) | none | /path/to/weights.pth
@@ -91,6 +102,7 @@ class ModelConfig:
     readout_dim: int = 256  # none/bahdanau: maxout output layer size (Bahdanau: 500)
     tied_embeddings: bool = False  # share target embedding and output matrix
     context_gate: bool = False  # scale the attention context by a learned scalar gate (Show, Attend and Tell)
+    recurrent_gain: float | None = None  # None: PyTorch's init; g: recurrent matrices orthogonal times g
 
 
 @dataclass
@@ -98,6 +110,7 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the device computes it fast)
+    optimizer: str = "adam"  # adam | sgd (plain SGD, as in the exploding-gradient papers)
     lr: float = 3e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -120,7 +133,7 @@ class TrainConfig:
     valid_sentences: int = 400  # greedy BLEU on at most this many validation sentences
     patience: int = 8  # validations without a better BLEU before stopping early
     log_every: int = 50  # steps between training log lines
-    gradient_flow_every: int = 0  # steps between gradient-flow probes (seq2seq.gradients), from step 0; 0 = off
+    gradient_flow_every: int = 0  # steps between gradient-flow probes (seq2seq.train.gradients), from step 0; 0 = off
 
 
 @dataclass
@@ -147,6 +160,7 @@ class TrackingConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)  # translation corpora
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)  # captioning corpora
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # copy memory and adding problem
     image: ImageConfig = field(default_factory=ImageConfig)  # the CNN of captioning models
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -185,8 +199,21 @@ class Config:
                             ("train.patience", t.patience), ("search.batch_size", self.search.batch_size)]:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        _choice("synthetic.task", self.synthetic.task, ("copy", "adding"))
+        _choice("train.optimizer", t.optimizer, ("adam", "sgd"))
+        for name, value in [("synthetic.length", self.synthetic.length), ("synthetic.symbols", self.synthetic.symbols),
+                            ("synthetic.alphabet", self.synthetic.alphabet),
+                            ("synthetic.batch_size", self.synthetic.batch_size),
+                            ("synthetic.valid_examples", self.synthetic.valid_examples),
+                            ("synthetic.test_examples", self.synthetic.test_examples)]:
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if m.recurrent_gain is not None and not m.recurrent_gain > 0:
+            raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
+                              f"got {m.recurrent_gain}")
         if t.gradient_flow_every < 0:
-            raise ConfigError(f"train.gradient_flow_every must be 0 (off) or a number of steps, got {t.gradient_flow_every}")
+            raise ConfigError(f"train.gradient_flow_every must be 0 (off) or a number of steps, "
+                              f"got {t.gradient_flow_every}")
         if not 0.0 <= m.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
         if not 0.0 <= t.teacher_forcing <= 1.0:

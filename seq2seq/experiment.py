@@ -12,14 +12,14 @@ from typing import Any, TypeVar
 
 import yaml
 
-from seq2seq.backbones import BackboneError
-from seq2seq.checkpoints import CheckpointError, load_checkpoint
 from seq2seq.config import Config, ConfigError, config_from_dict, load_config
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError
 from seq2seq.data.images import ImageError
+from seq2seq.models.backbones import BackboneError
 from seq2seq.tokenizers import TokenizerError
-from seq2seq.training import Progress, finish_reason
+from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
+from seq2seq.train.trainer import Progress, finish_reason
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,

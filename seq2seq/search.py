@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seq2seq.decoder import RNNDecoder
-from seq2seq.memory import Memory
+from seq2seq.models.decoder import RNNDecoder
+from seq2seq.models.memory import Memory
 from seq2seq.tokenizers import BOS, EOS
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seq2seq.config import ModelConfig
-from seq2seq.model import Seq2Seq, build_translation_model
+from seq2seq.models.model import Seq2Seq, build_translation_model
 
 CELLS = ["rnn", "gru", "lstm"]
 ATTENTIONS = ["none", "bahdanau", "luong_dot", "luong_general"]
@@ -77,7 +77,7 @@ def toy_overrides(root: Path, *extra: str) -> list[str]:
 def toy_translation(run_dir: Path, *extra: str) -> dict:
     """Train and test a tiny translation run in ``run_dir`` as the experiment script does; its results."""
     from seq2seq.experiment import experiment_parser, prepare_run, write_results
-    from seq2seq.translation import run
+    from seq2seq.tasks.translation import run
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     args = experiment_parser("toy").parse_args(["--run-dir", str(run_dir), *toy_overrides(run_dir.parent, *extra)])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seq2seq.attention import BahdanauAttention, LuongAttention, make_attention
+from seq2seq.models.attention import BahdanauAttention, LuongAttention, make_attention
 
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong_dot", "luong_general"])

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from seq2seq.backbones import BackboneError, build_backbone, load_weights
-from seq2seq.decoder import RNNDecoder
-from seq2seq.encoders import ImageEncoder
+from seq2seq.models.backbones import BackboneError, build_backbone, load_weights
+from seq2seq.models.decoder import RNNDecoder
+from seq2seq.models.encoders import ImageEncoder
 
 
 @pytest.mark.parametrize("backbone, grid_block, channels, side", [
@@ -60,7 +60,7 @@ def test_weights_load_from_a_local_file(tmp_path):
 
 def test_one_decoder_class_for_both_tasks():
     from seq2seq.config import ImageConfig, ModelConfig
-    from seq2seq.model import build_captioning_model, build_translation_model
+    from seq2seq.models.model import build_captioning_model, build_translation_model
 
     cfg = ModelConfig(emb_dim=8, enc_hidden=4, dec_hidden=8, attention="bahdanau")
     text = build_translation_model(cfg, 20, 20)
@@ -72,8 +72,8 @@ def test_one_decoder_class_for_both_tasks():
 def test_pretrained_mobilenet_recognises_a_cat():
     from importlib.resources import files
 
-    from seq2seq.backbones import imagenet_categories
     from seq2seq.data.images import ImageTransform, load_image
+    from seq2seq.models.backbones import imagenet_categories
 
     skimage_data = pytest.importorskip("skimage.data")
     photo = files(skimage_data.__name__) / "chelsea.png"
@@ -112,8 +112,8 @@ def test_building_the_encoder_keeps_the_loaded_batch_norm_statistics(tmp_path):
 def test_the_cat_is_still_a_cat_through_the_image_encoder():
     from importlib.resources import files
 
-    from seq2seq.backbones import imagenet_categories
     from seq2seq.data.images import ImageTransform, load_image
+    from seq2seq.models.backbones import imagenet_categories
 
     skimage_data = pytest.importorskip("skimage.data")
     pixels = ImageTransform()(load_image(files(skimage_data.__name__) / "chelsea.png")).unsqueeze(0)

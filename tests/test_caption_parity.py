@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory):
     """A tiny captioning run over a frozen random ResNet-18 (features cached): its folder and config."""
-    from seq2seq.captioning import run
     from seq2seq.experiment import experiment_parser, prepare_run, write_results
+    from seq2seq.tasks.captioning import run
 
     root = tmp_path_factory.mktemp("frozen")
     args = experiment_parser("frozen").parse_args(["--run-dir", str(root / "run"), *[
@@ -42,8 +42,8 @@ def test_shapes_are_not_rewritten(tmp_path):
 
 
 def test_feature_cache_keys_and_keeps_the_precision(tmp_path, monkeypatch):
-    from seq2seq.encoders import ImageEncoder
-    from seq2seq.features import cached_grids
+    from seq2seq.models.encoders import ImageEncoder
+    from seq2seq.tasks.features import cached_grids
 
     monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path / "cache"))
     corpus = shapes_corpus(tmp_path / "shapes", n=6, size=32)
@@ -64,8 +64,8 @@ def test_feature_cache_keys_and_keeps_the_precision(tmp_path, monkeypatch):
 
 
 def test_validation_is_capped_and_streamed(frozen_run, monkeypatch):
-    from seq2seq.captioner import Captioner
-    from seq2seq.captioning import CaptionData, Validator, load_captions
+    from seq2seq.tasks.captioner import Captioner
+    from seq2seq.tasks.captioning import CaptionData, Validator, load_captions
     from seq2seq.tracking import Tracker
 
     run_dir, cfg = frozen_run
@@ -88,7 +88,7 @@ def test_validation_is_capped_and_streamed(frozen_run, monkeypatch):
 
 
 def test_files_get_their_nbest(frozen_run, tmp_path):
-    from seq2seq.captioner import Captioner
+    from seq2seq.tasks.captioner import Captioner
 
     run_dir, cfg = frozen_run
     captioner = Captioner.load(run_dir, device="cpu")

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def shapes_run(tmp_path_factory):
-    from seq2seq.captioning import run
     from seq2seq.experiment import experiment_parser, prepare_run
+    from seq2seq.tasks.captioning import run
 
     root = tmp_path_factory.mktemp("shapes")
     overrides = [
@@ -138,8 +138,8 @@ def test_caption_tool_failures(shapes_run, tmp_path):
 @pytest.mark.parametrize("tokenizer", ["sentencepiece", "word"])
 def test_finetuning_a_cnn_from_scratch_on_pixels(tmp_path, tokenizer):
     """A CNN trained from block 3 on with its own learning rate reads pixels, not cached features."""
-    from seq2seq.captioning import run
     from seq2seq.config import load_config
+    from seq2seq.tasks.captioning import run
 
     cfg = load_config(overrides=[
         "captions.corpus=shapes", "captions.shapes=300", "captions.shapes_size=32", "captions.batch_tokens=300",
@@ -151,7 +151,7 @@ def test_finetuning_a_cnn_from_scratch_on_pixels(tmp_path, tokenizer):
     results = run(cfg, tmp_path)
     assert results["train_steps"] == 6 and 0 <= results["test_bleu4"] <= 100
     assert (tmp_path / "tokenizers" / ("tgt.model" if tokenizer == "sentencepiece" else "words.json")).exists()
-    from seq2seq.checkpoints import load_checkpoint
+    from seq2seq.train.checkpoints import load_checkpoint
 
     groups = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 0.5]
@@ -159,7 +159,7 @@ def test_finetuning_a_cnn_from_scratch_on_pixels(tmp_path, tokenizer):
 
 def test_cider_d_rewards_the_right_caption():
     pytest.importorskip("pycocoevalcap")
-    from seq2seq.captioning import cider_d
+    from seq2seq.tasks.captioning import cider_d
 
     refs = [["man running: dark skin tone"], ["grinning face"], ["red apple"]]
     right = cider_d(["man running: dark skin tone", "grinning face", "red apple"], refs)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seq2seq.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from seq2seq.train.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 
 def test_round_trip_and_atomic_write(tmp_path):

@@ -66,7 +66,7 @@ def test_parse_overrides_nests():
 def test_shipped_configs_load_and_build(name):
     from pathlib import Path
 
-    from seq2seq.model import build_captioning_model, build_translation_model
+    from seq2seq.models.model import build_captioning_model, build_translation_model
 
     cfg = load_config(Path(__file__).parent.parent / "experiments" / "configs" / f"{name}.yaml")
     if name.startswith(("caption", "show")):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
 
-from seq2seq.decoder import RNNDecoder
-from seq2seq.memory import Memory
+from seq2seq.models.decoder import RNNDecoder
+from seq2seq.models.memory import Memory
 
 COMBOS = [(c, a, f) for c in CELLS for a in ATTENTIONS for f in (False, True) if not f or a.startswith("luong")]
 COMBOS += [("lstm", "bahdanau", "gate"), ("gru", "luong_general", "gate")]  # Show, Attend and Tell's beta

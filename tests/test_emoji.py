@@ -31,8 +31,8 @@ def test_twemoji_draw_the_same_test_emoji():
 
 
 def test_a_short_emoji_run_scores_the_twemoji_test_set(tmp_path):
-    from seq2seq.captioning import run
     from seq2seq.config import load_config
+    from seq2seq.tasks.captioning import run
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "experiments/configs/caption_emoji.yaml", [
         "captions.twemoji_test=true", "model.emb_dim=32", "model.dec_hidden=64", "model.attention_dim=32",

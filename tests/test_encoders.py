@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import CELLS, padded_batch
 
-from seq2seq.encoders import TextEncoder
+from seq2seq.models.encoders import TextEncoder
 
 
 @pytest.mark.parametrize("cell", CELLS)

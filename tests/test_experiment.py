@@ -1,9 +1,9 @@
 import pytest
 import yaml
 
-from seq2seq.checkpoints import CheckpointError
 from seq2seq.config import ConfigError
 from seq2seq.experiment import experiment_parser, prepare_run, run_cli, spread, write_results
+from seq2seq.train.checkpoints import CheckpointError
 
 
 def _args(*argv):

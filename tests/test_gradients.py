@@ -5,10 +5,10 @@ import torch
 from conftest import padded_batch, tiny_model
 from test_training import _trainer
 
-from seq2seq.gradients import gradient_flow, layer_name, unrolled_encoder
-from seq2seq.memory import Memory
-from seq2seq.model import sequence_loss
+from seq2seq.models.memory import Memory
+from seq2seq.models.model import sequence_loss
 from seq2seq.tracking import JsonlTracker
+from seq2seq.train.gradients import gradient_flow, layer_name, unrolled_encoder
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

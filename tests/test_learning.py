@@ -6,10 +6,10 @@ import torch
 
 from seq2seq.config import ModelConfig, TrainConfig
 from seq2seq.data.batching import ParallelData, pad_ids
-from seq2seq.model import build_translation_model
+from seq2seq.models.model import build_translation_model
 from seq2seq.search import greedy_search
 from seq2seq.tracking import Tracker
-from seq2seq.training import Trainer
+from seq2seq.train.trainer import Trainer
 
 
 def _reverse_task(n, seed):

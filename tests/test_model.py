@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from seq2seq.config import ConfigError, ImageConfig, ModelConfig
-from seq2seq.model import build_captioning_model, build_translation_model, sequence_loss
+from seq2seq.models.model import build_captioning_model, build_translation_model, sequence_loss
 from seq2seq.tokenizers import PAD
 
 
@@ -33,7 +33,7 @@ def test_build_translation_model_from_config():
 
 
 def test_attention_penalty_is_zero_when_every_position_gets_one_unit():
-    from seq2seq.model import attention_penalty
+    from seq2seq.models.model import attention_penalty
 
     mask = torch.tensor([[True, True, False]])
     tgt = torch.tensor([[5, 6, 0]])  # two real steps, one padding step

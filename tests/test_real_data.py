@@ -4,7 +4,7 @@ import pytest
 
 from seq2seq.config import load_config
 from seq2seq.data.corpora import libreoffice_pairs, load_corpus
-from seq2seq.translation import run
+from seq2seq.tasks.translation import run
 
 pytestmark = pytest.mark.network
 

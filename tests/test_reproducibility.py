@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import toy_overrides, toy_translation
 
-from seq2seq.checkpoints import load_checkpoint
 from seq2seq.experiment import RunFinished
-from seq2seq.translator import Translator
+from seq2seq.tasks.translator import Translator
+from seq2seq.train.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = ("train.max_steps=20", "train.valid_every=10", "model.dropout=0.3", "train.teacher_forcing=0.8")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seq2seq.rnn import Dropout, make_rnn, select_state, top_hidden
+from seq2seq.models.rnn import Dropout, make_rnn, select_state, top_hidden
 
 
 @pytest.mark.parametrize("cell, mode", [("rnn", "RNN_TANH"), ("gru", "GRU"), ("lstm", "LSTM")])

@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
 
-from seq2seq.memory import Memory
+from seq2seq.models.memory import Memory
 from seq2seq.search import beam_search, greedy_search, max_lengths
 from seq2seq.tokenizers import BOS, EOS
 

@@ -19,7 +19,7 @@ def _study(tmp_path, name="tiny", **fields):
 
 
 def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
-    from seq2seq.translation import run
+    from seq2seq.tasks.translation import run
 
     root = tmp_path / "studies"
     study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=5",
@@ -56,7 +56,7 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
 
 
 def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
-    import seq2seq.translation as translation
+    import seq2seq.tasks.translation as translation
 
     real = translation.run
 

@@ -6,9 +6,9 @@ from conftest import tiny_model
 
 from seq2seq.config import TrainConfig
 from seq2seq.data.batching import ParallelData
-from seq2seq.schedules import LRSchedule, teacher_forcing_ratio
 from seq2seq.tracking import Tracker
-from seq2seq.training import Trainer
+from seq2seq.train.schedules import LRSchedule, teacher_forcing_ratio
+from seq2seq.train.trainer import Trainer
 
 
 def _data(n=200, seed=0):
@@ -111,7 +111,7 @@ def test_scheduled_sampling_ratios():
 
 
 def _last_progress(run_dir):
-    from seq2seq.checkpoints import load_checkpoint
+    from seq2seq.train.checkpoints import load_checkpoint
 
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
 
@@ -154,7 +154,7 @@ def test_a_finished_run_is_left_untouched(tmp_path):
 
 
 def test_resume_reads_the_checkpoint_on_the_cpu(tmp_path, monkeypatch):
-    import seq2seq.training as training
+    import seq2seq.train.trainer as training
 
     _trainer(tmp_path).train()
     seen = []

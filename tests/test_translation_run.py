@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq.checkpoints import CheckpointError
-from seq2seq.translator import Translator
+from seq2seq.tasks.translator import Translator
+from seq2seq.train.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def test_batch_size_sets_the_search_batches(toy_run):
 
 def test_bleu_by_source_length_counts_words(toy_run):
     from seq2seq.data.corpora import Example
-    from seq2seq.translation import evaluate
+    from seq2seq.tasks.translation import evaluate
 
     translator = Translator.load(toy_run, device="cpu")
     examples = [Example("the bigger cats", ["les plus grands chats"]), Example("a dog sleeps", ["un chien dort"])]
@@ -142,7 +142,7 @@ def test_joint_vocabulary_is_shared(tmp_path):
 
     from seq2seq.config import load_config
     from seq2seq.data.corpora import split_corpus
-    from seq2seq.translation import build_tokenizers
+    from seq2seq.tasks.translation import build_tokenizers
 
     cfg = load_config(overrides=["data.joint_vocab=true", "data.vocab_size=60"])
     corpus = split_corpus("toy", toy_pairs(500, 4))

@@ -22,9 +22,9 @@ from seq2seq.benchmark import benchmark_translation  # noqa: E402
 from seq2seq.config import load_config  # noqa: E402
 from seq2seq.data.batching import ParallelData  # noqa: E402
 from seq2seq.experiment import log, run_cli, spread  # noqa: E402
-from seq2seq.model import build_translation_model  # noqa: E402
-from seq2seq.translation import build_tokenizers, encode_pairs, load_data  # noqa: E402
-from seq2seq.translator import Translator  # noqa: E402
+from seq2seq.models.model import build_translation_model  # noqa: E402
+from seq2seq.tasks.translation import build_tokenizers, encode_pairs, load_data  # noqa: E402
+from seq2seq.tasks.translator import Translator  # noqa: E402
 
 
 def main() -> int:

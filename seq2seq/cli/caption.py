@@ -18,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from seq2seq.captioner import Captioner
 from seq2seq.cli import add_model_options
 from seq2seq.data.images import list_files
 from seq2seq.experiment import run_cli
 from seq2seq.search import beam_for_nbest
+from seq2seq.tasks.captioner import Captioner
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from typing import TextIO
 from seq2seq.cli import add_model_options
 from seq2seq.experiment import run_cli
 from seq2seq.search import beam_for_nbest
-from seq2seq.translator import Translation, Translator
+from seq2seq.tasks.translator import Translation, Translator
 
 HELP = """commands:
   :beam N     beam size (1 = greedy)

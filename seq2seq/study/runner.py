@@ -120,17 +120,19 @@ def _execute(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         return decode(study, spec.config, run_dir)
     open_run_dir(spec.config, run_dir)
     if study.task == "captioning":
-        from seq2seq.captioning import run
+        from seq2seq.tasks.captioning import run
+    elif study.task == "long_dependency":
+        from seq2seq.tasks.long_dependency import run
     else:
-        from seq2seq.translation import run
+        from seq2seq.tasks.translation import run
     return run(spec.config, run_dir)
 
 
 def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Decode the test set of the study's trained model with the search options of ``cfg``."""
-    from seq2seq.checkpoints import load_checkpoint, resolve_checkpoint
-    from seq2seq.translation import evaluate, load_data, write_lines
-    from seq2seq.translator import Translator
+    from seq2seq.tasks.translation import evaluate, load_data, write_lines
+    from seq2seq.tasks.translator import Translator
+    from seq2seq.train.checkpoints import load_checkpoint, resolve_checkpoint
 
     if load_checkpoint(resolve_checkpoint(study.model)).get("task") != "translation":
         raise ConfigError(f"study {study.name}: decode studies take a translation run folder, not {study.model}")

@@ -2,14 +2,14 @@
 comparable, and what the summary shows.
 
     description: Attention or not, by source length (Bahdanau et al. 2015, Figure 2)
-    task: translation                  # translation | captioning | decode
+    task: translation                  # translation | captioning | long_dependency | decode
     base: ../configs/default.yaml      # optional, relative to the study file
     overrides: [data.corpus=tatoeba]   # every run
     budget: {max_steps: 2000}          # or {time_budget: MINUTES} or {max_epochs: N}
     runs:                              # name -> its overrides, or {config: FILE, overrides: [...]}
       cho2014: [model.attention=none]
       luong2015: {config: ../configs/luong2015.yaml, overrides: [train.lr=1e-3]}
-    grid:                              # and/or every combination of these values
+    grid:                              # every combination of these values (with runs: for each run)
       model.dec_cell: [rnn, gru, lstm]
     summary:
       metrics: [test_bleu_beam, test_bleu_greedy]
@@ -28,9 +28,8 @@ from typing import Any
 
 from seq2seq.config import Config, ConfigError, load_config, read_yaml_mapping
 
-TASKS = ("translation", "captioning", "decode")
+TASKS = ("translation", "captioning", "long_dependency", "decode")
 BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
-PLOTS = ("bleu_by_length", "metrics", "search", "attention", "gradient_flow")
 
 
 @dataclass
@@ -116,9 +115,11 @@ def load_study(path: str | Path) -> Study:
     )
     if task == "decode" and study.model is None:
         raise ConfigError(f"study file {path}: a decode study needs 'model', the run folder it decodes with")
-    bad_plots = [p for p in study.plots if p not in PLOTS]
+    from seq2seq.study.plots import PLOTTERS  # here: the plots module reads this one's types
+
+    bad_plots = [p for p in study.plots if p not in PLOTTERS]
     if bad_plots:
-        raise ConfigError(f"study file {path}: unknown plot(s) {', '.join(bad_plots)} (known: {', '.join(PLOTS)})")
+        raise ConfigError(f"study file {path}: unknown plot(s) {', '.join(bad_plots)} (known: {', '.join(PLOTTERS)})")
     return study
 
 
@@ -141,7 +142,8 @@ def _budget(path: Path, value: Any, task: str) -> dict[str, float]:
 
 
 def _runs(path: Path, runs: Any, grid: Any) -> dict[str, tuple[Path | None, list[str]]]:
-    """Named runs, then the grid's combinations (named ``key=value,key=value`` by their values)."""
+    """Named runs, or the grid's combinations (named ``key=value,key=value`` by their values), or,
+    given both, every named run at every combination (named ``run,key=value,...``)."""
     if not isinstance(runs, dict) or not isinstance(grid, dict):
         raise ConfigError(f"study file {path}: 'runs' and 'grid' must be mappings")
     out: dict[str, tuple[Path | None, list[str]]] = {}
@@ -160,11 +162,13 @@ def _runs(path: Path, runs: Any, grid: Any) -> dict[str, tuple[Path | None, list
         for key in keys:
             if not isinstance(grid[key], list) or not grid[key]:
                 raise ConfigError(f"study file {path}: grid.{key} must be a non-empty list of values")
-        for values in itertools.product(*(grid[k] for k in keys)):
-            name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
-            if name in out:
-                raise ConfigError(f"study file {path}: two runs would be named {name!r}; rename a run")
-            out[name] = (None, [f"{k}={v}" for k, v in zip(keys, values)])
+        named, out = out or {"": (None, [])}, {}
+        for run, (config_file, own) in named.items():
+            for values in itertools.product(*(grid[k] for k in keys)):
+                name = ",".join([run] * bool(run) + [f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values)])
+                if name in out:
+                    raise ConfigError(f"study file {path}: two runs would be named {name!r}; rename a run")
+                out[name] = (config_file, [*own, *(f"{k}={v}" for k, v in zip(keys, values))])
     if not out:
         raise ConfigError(f"study file {path}: no runs (give 'runs' or 'grid')")
     for name in out:

@@ -1,7 +1,7 @@
 """The captioning task: corpora and vocabulary, cached CNN features, validation, evaluation
 (BLEU-1..4, CIDEr-D where available, a nearest-neighbour baseline) and the full run.
 
-The model is the shared decoder over an :class:`~seq2seq.encoders.ImageEncoder`; training,
+The model is the shared decoder over an :class:`~seq2seq.models.encoders.ImageEncoder`; training,
 search, metrics and tracking are the translation task's, unchanged.
 """
 
@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from seq2seq.captioner import Captioner, image_transform
-from seq2seq.checkpoints import load_checkpoint, tokenizer_refs
 from seq2seq.config import Config
 from seq2seq.data.batching import pad_ids, token_batches
 from seq2seq.data.captions import (
@@ -35,10 +33,11 @@ from seq2seq.data.emoji import emoji_corpus, twemoji_examples
 from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import load_image
 from seq2seq.experiment import log, spread
-from seq2seq.features import cached_grids, extract_grids
 from seq2seq.metrics import bleu
-from seq2seq.model import build_captioning_model
+from seq2seq.models.model import build_captioning_model
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
+from seq2seq.tasks.captioner import Captioner, image_transform
+from seq2seq.tasks.features import cached_grids, extract_grids
 from seq2seq.tokenizers import (
     BOS,
     EOS,
@@ -49,7 +48,8 @@ from seq2seq.tokenizers import (
     train_word_vocab,
 )
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.training import Trainer, teacher_forced_nll
+from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
+from seq2seq.train.trainer import Trainer, teacher_forced_nll
 
 SCORER = "sacreBLEU {version} corpus BLEU-n, tokenize=13a, lowercased, all references of each image"
 

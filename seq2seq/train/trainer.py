@@ -3,7 +3,7 @@
 A :class:`Trainer` takes a model, its training data (anything with ``epoch(n)`` returning
 batches of indices and ``batch(indices)`` building a batch) and a ``validate`` function
 returning metrics with a ``score`` to maximise. It handles teacher forcing and scheduled
-sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.schedules`, periodic validation,
+sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.train.schedules`, periodic validation,
 early stopping, a time budget, atomic checkpoints and exact resumption.
 """
 
@@ -25,13 +25,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from seq2seq.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.config import TrainConfig
-from seq2seq.gradients import gradient_flow
-from seq2seq.model import Output, attention_penalty, sequence_loss
+from seq2seq.models.model import Output, attention_penalty, sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
-from seq2seq.schedules import LRSchedule, teacher_forcing_ratio
 from seq2seq.tracking import Tracker
+from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+from seq2seq.train.gradients import gradient_flow
+from seq2seq.train.schedules import LRSchedule, teacher_forcing_ratio
 
 
 class Batch(Protocol):
@@ -109,6 +109,13 @@ def finish_reason(cfg: TrainConfig, p: Progress) -> str:
     return ""
 
 
+def make_optimizer(params: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or plain SGD (the optimiser of the exploding-gradient papers)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
 class StopNow(KeyboardInterrupt):
     """A second Ctrl-C: leave at once, wherever the step is, without saving."""
 
@@ -116,14 +123,16 @@ class StopNow(KeyboardInterrupt):
 class Trainer:
     def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig, run_dir: Path, tracker: Tracker,
                  validate: Callable[["Trainer"], dict[str, float]], checkpoint_extra: dict[str, Any],
-                 param_groups: list[dict[str, Any]] | None = None):
+                 param_groups: list[dict[str, Any]] | None = None,
+                 loss: Callable[[Any, Batch], Tensor] | None = None):
         self.device = pick_device(cfg.device)
         self.amp_dtype = pick_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.data, self.cfg, self.run_dir, self.tracker = data, cfg, Path(run_dir), tracker
         self.validate_fn, self.checkpoint_extra = validate, checkpoint_extra
         params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(params, cfg)
+        self.loss = loss or self.sequence_loss  # (model output, batch) -> the loss to minimise
         self.schedule = LRSchedule(self.optimizer, cfg)
         self.progress = Progress()
         self._bar = None  # the progress bar while training on a terminal
@@ -168,8 +177,8 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return autocast(self.device, self.amp_dtype)
 
-    def loss(self, out: Output, batch: Batch) -> Tensor:
-        """The training loss: label-smoothed cross-entropy, plus the attention penalty if any."""
+    def sequence_loss(self, out: Output, batch: Batch) -> Tensor:
+        """The sequence models' loss: label-smoothed cross-entropy, plus the attention penalty if any."""
         loss, _, _ = sequence_loss(out.logits, batch.tgt_out, self.cfg.label_smoothing)
         if self.cfg.attention_reg > 0 and out.attention is not None:
             loss = loss + self.cfg.attention_reg * attention_penalty(out.attention.float(), out.memory_mask,
@@ -191,7 +200,7 @@ class Trainer:
         return loss.item(), float(grad_norm)
 
     def probe_gradient_flow(self, batch: Batch) -> None:
-        """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.gradients)."""
+        """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.train.gradients)."""
         flow = gradient_flow(self.model, batch.inputs, batch.tgt_in, lambda out: self.loss(out, batch))
         step = self.progress.step
         self.tracker.log(flow.scalars(), step=step)

@@ -10,15 +10,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from seq2seq.checkpoints import load_trained
 from seq2seq.config import Config
 from seq2seq.data.images import ImageTransform, load_image
-from seq2seq.features import image_loader
-from seq2seq.model import Seq2Seq, build_captioning_model
+from seq2seq.models.model import Seq2Seq, build_captioning_model
 from seq2seq.plotting import attention_overlay
 from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import search
+from seq2seq.tasks.features import image_loader
 from seq2seq.tokenizers import Tokenizer
+from seq2seq.train.checkpoints import load_trained
 
 
 def image_transform(cfg: Config) -> ImageTransform:

@@ -1,6 +1,6 @@
 """The one recurrent decoder shared by translation and captioning.
 
-It reads a :class:`~seq2seq.memory.Memory` and nothing task-specific. The ``attention``
+It reads a :class:`~seq2seq.models.memory.Memory` and nothing task-specific. The ``attention``
 option picks the architecture of one of three papers:
 
 - ``none`` (Cho et al., 2014): the memory summary ``c`` enters every RNN step and the output
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from seq2seq.attention import make_attention
-from seq2seq.memory import Memory
-from seq2seq.rnn import Dropout, RNNState, make_rnn, select_state, top_hidden
+from seq2seq.models.attention import make_attention
+from seq2seq.models.memory import Memory
+from seq2seq.models.rnn import Dropout, RNNState, make_rnn, select_state, top_hidden
 from seq2seq.tokenizers import PAD
 
 
@@ -50,7 +50,8 @@ class RNNDecoder(nn.Module):
     def __init__(self, vocab_size: int, emb_dim: int, hidden: int, memory_dim: int, summary_dim: int,
                  cell: str = "gru", layers: int = 1, dropout: float = 0.0, attention: str = "luong_general",
                  attention_dim: int = 256, input_feeding: bool = False, init: str = "bridge",
-                 readout_dim: int = 256, tied_embeddings: bool = False, context_gate: bool = False):
+                 readout_dim: int = 256, tied_embeddings: bool = False, context_gate: bool = False,
+                 recurrent_gain: float | None = None):
         super().__init__()
         if input_feeding and not attention.startswith("luong"):
             raise ValueError("input feeding applies to Luong attention only")
@@ -69,7 +70,8 @@ class RNNDecoder(nn.Module):
         self.gate = nn.Linear(hidden, 1) if context_gate else None  # Show, Attend and Tell's beta
         # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
         ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)
-        self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout)
+        self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout,
+                            recurrent_gain=recurrent_gain)
         self.bridge = nn.Linear(summary_dim, hidden) if init == "bridge" else None
         if self.luong:
             self.combine = nn.Linear(memory_dim + hidden, hidden, bias=False)  # W_c

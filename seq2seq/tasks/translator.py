@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seq2seq.checkpoints import load_trained
 from seq2seq.config import Config
 from seq2seq.data.batching import pad_ids
-from seq2seq.model import Seq2Seq, build_translation_model
+from seq2seq.models.model import Seq2Seq, build_translation_model
 from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import Hypothesis, max_lengths, search
 from seq2seq.tokenizers import Tokenizer
+from seq2seq.train.checkpoints import load_trained
 
 
 @dataclass

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from seq2seq.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import ImageError, ImageTransform, load_image
-from seq2seq.encoders import ImageEncoder
+from seq2seq.models.encoders import ImageEncoder
 from seq2seq.runtime import autocast, precision_name
+from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
 
 
 class ImageFiles(Dataset):

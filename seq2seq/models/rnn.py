@@ -10,14 +10,26 @@ RNNState = Tensor | tuple[Tensor, Tensor]  # (layers*dirs, batch, hidden), LSTM:
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
-             bidirectional: bool = False) -> nn.RNNBase:
-    """A batch-first multi-layer recurrent layer; ``cell`` is rnn (tanh), gru or lstm."""
+             bidirectional: bool = False, recurrent_gain: float | None = None) -> nn.RNNBase:
+    """A batch-first multi-layer recurrent layer; ``cell`` is rnn (tanh), gru or lstm.
+
+    ``recurrent_gain`` g replaces PyTorch's uniform init of each recurrent matrix (each gate's
+    block) by an orthogonal one times g: every singular value is g, so g > 1 makes the
+    backpropagated error grow step by step in a tanh RNN's linear regime, g < 1 shrink.
+    """
     kinds = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
     if cell not in kinds:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(kinds)}")
     extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-    return kinds[cell](input_size, hidden, num_layers=layers, batch_first=True,
-                       dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, **extra)
+    rnn = kinds[cell](input_size, hidden, num_layers=layers, batch_first=True,
+                      dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, **extra)
+    if recurrent_gain is not None:
+        with torch.no_grad():
+            for name, weight in rnn.named_parameters():
+                if name.startswith("weight_hh"):
+                    for block in weight.split(hidden):  # (hidden, hidden) per gate
+                        nn.init.orthogonal_(block, gain=recurrent_gain)
+    return rnn
 
 
 def top_hidden(state: RNNState) -> Tensor:

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq.config import ConfigError, ImageConfig, ModelConfig
-from seq2seq.decoder import RNNDecoder
-from seq2seq.encoders import ImageEncoder, TextEncoder
-from seq2seq.memory import Memory
+from seq2seq.models.decoder import RNNDecoder
+from seq2seq.models.encoders import ImageEncoder, TextEncoder
+from seq2seq.models.memory import Memory
 from seq2seq.tokenizers import PAD
 
 
@@ -31,11 +31,36 @@ class Seq2Seq(nn.Module):
     def encode(self, *inputs: Tensor) -> Memory:
         return self.encoder(*inputs)
 
-    def forward(self, inputs: tuple[Tensor, ...], tgt_in: Tensor, teacher_forcing: float = 1.0) -> Output:
+    def decode(self, memory: Memory, tgt_in: Tensor, teacher_forcing: float = 1.0) -> Output:
         """Teacher-forced logits, attention weights and the memory mask."""
-        memory = self.encode(*inputs)
         logits, attention = self.decoder(tgt_in, memory, teacher_forcing)
         return Output(logits, attention, memory.mask)
+
+    def forward(self, inputs: tuple[Tensor, ...], tgt_in: Tensor, teacher_forcing: float = 1.0) -> Output:
+        return self.decode(self.encode(*inputs), tgt_in, teacher_forcing)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class Regressor(nn.Module):
+    """Many to one: an encoder's summary through a linear head, one number per input (the
+    adding problem). It shares the encoders of :class:`Seq2Seq`; the trainer treats it alike."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.summary_dim, 1)
+
+    def encode(self, *inputs: Tensor) -> Memory:
+        return self.encoder(*inputs)
+
+    def decode(self, memory: Memory, tgt_in: Tensor | None = None, teacher_forcing: float = 1.0) -> Tensor:
+        """Memory -> predictions (batch,); there is no target sequence to feed."""
+        return self.head(memory.summary).squeeze(-1)
+
+    def forward(self, inputs: tuple[Tensor, ...], tgt_in: Tensor | None = None, teacher_forcing: float = 1.0) -> Tensor:
+        return self.decode(self.encode(*inputs))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -80,14 +105,19 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_di
         vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
         layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,
         input_feeding=cfg.input_feeding, init=cfg.init, readout_dim=cfg.readout_dim,
-        tied_embeddings=cfg.tied_embeddings, context_gate=cfg.context_gate,
+        tied_embeddings=cfg.tied_embeddings, context_gate=cfg.context_gate, recurrent_gain=cfg.recurrent_gain,
     )
+
+
+def build_text_encoder(cfg: ModelConfig, src_vocab: int, input_dim: int | None = None) -> TextEncoder:
+    """The RNN encoder sized by ``cfg``, over token ids (or ``input_dim``-sized vectors)."""
+    return TextEncoder(src_vocab, cfg.emb_dim, cfg.enc_hidden, cfg.enc_cell, cfg.enc_layers, cfg.bidirectional,
+                       cfg.dropout, input_dim, cfg.recurrent_gain)
 
 
 def build_translation_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
     """A text encoder and the shared decoder, sized by ``cfg``."""
-    encoder = TextEncoder(src_vocab, cfg.emb_dim, cfg.enc_hidden, cfg.enc_cell, cfg.enc_layers,
-                          cfg.bidirectional, cfg.dropout)
+    encoder = build_text_encoder(cfg, src_vocab)
     decoder = build_decoder(cfg, tgt_vocab, encoder.output_dim, encoder.summary_dim)
     return Seq2Seq(encoder, decoder)
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from seq2seq.encoders import TextEncoder
-from seq2seq.memory import Memory
-from seq2seq.model import Output, Seq2Seq
-from seq2seq.tokenizers import PAD
+from seq2seq.models.encoders import TextEncoder
+from seq2seq.models.memory import Memory
+from seq2seq.models.model import Output, Regressor, Seq2Seq
 
 LENGTH_BUCKETS = ((1, 9), (10, 19), (20, 39), (40, 79), (80, 159), (160, 10**9))  # source tokens
 _CELLS = {nn.RNN: torch.rnn_tanh_cell, nn.GRU: torch.gru_cell, nn.LSTM: torch.lstm_cell}
@@ -62,8 +61,9 @@ def unrolled_encoder(encoder: TextEncoder, src: Tensor, src_lens: Tensor) -> tup
     rnn = encoder.rnn
     cell = _CELLS[type(rnn)]
     lstm = isinstance(rnn, nn.LSTM)
-    batch, length = src.shape
-    valid = (torch.arange(length, device=src.device) < src_lens.to(src.device)[:, None]).unsqueeze(-1)
+    batch, length = src.shape[:2]
+    mask = encoder.mask(src, src_lens)  # (batch, src_len)
+    valid = mask.unsqueeze(-1)
     x = encoder.embed(src)  # (batch, src_len, emb_dim)
     finals, probed = [], []
     for layer in range(rnn.num_layers):
@@ -89,7 +89,7 @@ def unrolled_encoder(encoder: TextEncoder, src: Tensor, src_lens: Tensor) -> tup
                 probed = states
         x = torch.cat(outputs, dim=-1)  # (batch, src_len, hidden * directions)
     summary = torch.cat(finals[-encoder.directions:], dim=-1)  # top layer: (batch, output_dim)
-    return Memory(x, src != PAD, summary), probed
+    return Memory(x, mask, summary), probed
 
 
 def layer_name(parameter: str) -> str:
@@ -99,8 +99,8 @@ def layer_name(parameter: str) -> str:
     return f"{module}.l{match.group(1)}" if match else module
 
 
-def gradient_flow(model: Seq2Seq, inputs: tuple[Tensor, ...], tgt_in: Tensor,
-                  loss_fn: Callable[[Output], Tensor]) -> GradientFlow:
+def gradient_flow(model: Seq2Seq | Regressor, inputs: tuple[Tensor, ...], tgt_in: Tensor | None,
+                  loss_fn: Callable[[Output | Tensor], Tensor]) -> GradientFlow:
     """Measure gradient flow on one batch; ``loss_fn`` is the training loss of the model's output."""
     start = time.monotonic()
     was_training = model.training
@@ -111,8 +111,7 @@ def gradient_flow(model: Seq2Seq, inputs: tuple[Tensor, ...], tgt_in: Tensor,
             memory, probed = unrolled_encoder(model.encoder, *inputs)
         else:
             memory = model.encode(*inputs)
-        logits, attention = model.decoder(tgt_in, memory, 1.0)
-        loss = loss_fn(Output(logits.float(), attention, memory.mask))
+        loss = loss_fn(model.decode(memory, tgt_in))
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, probed + [p for _, p in named], allow_unused=True)
     finally:

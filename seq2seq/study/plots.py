@@ -1,0 +1,215 @@
+"""The plots a study's summary can show (``summary.plots`` in a study file): each takes the
+study, its folder, its runs and their results, and returns a picture or None when no run has
+what it draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from seq2seq.plotting import attention_heatmap, figure_image, image_grid, plt
+from seq2seq.study.spec import RunSpec, Study
+
+
+def _bleu_by_length(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+                    metrics: list[str]) -> Image.Image | None:
+    """Test BLEU per source-length bucket (words), one curve per run (Bahdanau et al., Figure 2)."""
+    curves = {s.name: results[s.name].get("test_bleu_by_source_length") for s in specs}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    buckets = list(next(iter(curves.values())))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in curves.items():
+        ax.plot(range(len(buckets)), [curve[b]["bleu"] if b in curve else None for b in buckets], marker="o",
+                label=name)
+    counts = next(iter(curves.values()))
+    ax.set_xticks(range(len(buckets)), [f"{b}\n({counts[b]['sentences']})" for b in buckets])
+    ax.set_xlabel("source sentence length in words (test sentences)")
+    ax.set_ylabel("test BLEU")
+    ax.set_title(f"{study.name}: BLEU by source length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure_image(fig)
+
+
+def _metrics(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+             metrics: list[str]) -> Image.Image | None:
+    """The first summary metric of every run as a bar."""
+    names = [s.name for s in specs if results[s.name].get(metrics[0]) is not None]
+    if not names:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(names)))
+    values = [results[n][metrics[0]] for n in names]
+    ax.barh(range(len(names)), values, color="#4c72b0")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_xlabel(metrics[0])
+    ax.set_title(study.name)
+    return figure_image(fig)
+
+
+def _search(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+            metrics: list[str]) -> Image.Image | None:
+    """Decode studies: BLEU against beam width, one curve per length penalty."""
+    points: dict[float, list[tuple[int, float]]] = {}
+    for s in specs:
+        r = results[s.name]
+        if "test_bleu" in r:
+            points.setdefault(r["length_penalty"], []).append((r["beam"], r["test_bleu"]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for penalty, pts in sorted(points.items()):
+        pts.sort()
+        ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=f"length penalty {penalty:g}")
+    ax.set_xscale("log")
+    beams = sorted({b for pts in points.values() for b, _ in pts})
+    ax.set_xticks(beams, [str(b) for b in beams])
+    ax.set_xlabel("beam width")
+    ax.set_ylabel("test BLEU")
+    ax.set_title(study.name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure_image(fig)
+
+
+def _attention(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+               metrics: list[str]) -> Image.Image | None:
+    """The attention of the same two test sentences (greedy), one column per run with attention."""
+    from seq2seq.experiment import spread
+    from seq2seq.tasks.translator import Translator
+
+    runs = [s for s in specs if s.config.model.attention != "none" and results[s.name]
+            and (folder / s.name / "test.src.txt").is_file()]
+    if study.task != "translation" or not runs:
+        return None
+    sources = (folder / runs[0].name / "test.src.txt").read_text(encoding="utf-8").splitlines()
+    chosen = spread([s for s in sources if 6 <= len(s.split()) <= 10], 2)
+    if not chosen:
+        return None
+    columns = []
+    for spec in runs:
+        translator = Translator.load(folder / spec.name, device=spec.config.train.device)
+        column = []
+        for tr in translator.translate(chosen, beam=1):
+            if tr.attention is not None and tr.candidates:
+                tgt = translator.tgt_tok.pieces(tr.candidates[0].tokens) + ["</s>"]
+                column.append(attention_heatmap(tr.attention, tr.src_pieces, tgt, spec.name))
+        columns.append(column)
+    rows = [list(row) for row in zip(*columns)]
+    return image_grid(rows) if rows and rows[0] else None
+
+
+def _flow_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The gradient-flow curves a run logged (train.gradient_flow_every) in step order, each with
+    the scalars of its probe (the sentences per bucket among them)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if "gradient_flow/" in line]
+    scalars = {r["step"]: r for r in records if "gradient_flow/seconds" in r}
+    return [{**scalars.get(r["step"], {}), **r} for r in records if "gradient_flow/by_distance" in r]
+
+
+def _gradient_flow(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+                   metrics: list[str]) -> Image.Image | None:
+    """|dL/dh_t| by distance from the last input step, at initialisation and after training, one
+    curve per run (log scale). Each run shows its longest length bucket measured on 10 or more
+    sentences at both steps; in a long-dependency grid, only the runs at the largest T."""
+    flows = {s.name: _flow_records(folder / s.name) for s in specs}
+    flows = {name: (records[0], records[-1]) for name, records in flows.items() if len(records) > 1}
+    lengths = {name: results[name].get("length") for name in flows}
+    if None not in lengths.values() and lengths:
+        flows = {name: pair for name, pair in flows.items() if lengths[name] == max(lengths.values())}
+    curves = {}
+    for name, pair in flows.items():
+        shared = set(pair[0]["gradient_flow/by_distance"]) & set(pair[1]["gradient_flow/by_distance"])
+        enough = {b for b in shared if all(r.get(f"gradient_flow/{b}/sentences", 0) >= 10 for r in pair)}
+        if shared:
+            bucket = max(enough or shared, key=lambda label: int(label[4:].split("-")[0].rstrip("+")))
+            curves[f"{name} ({bucket[4:]} steps)"] = [r["gradient_flow/by_distance"][bucket] for r in pair]
+    if not curves:
+        return None
+    steps = [r["step"] for r in next(iter(flows.values()))]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, which in zip(axes, (0, 1)):
+        for label, pair in curves.items():
+            ax.plot(range(len(pair[which])), pair[which], marker=".", label=label)
+        ax.set_yscale("log")
+        ax.set_title(f"{'at initialisation' if which == 0 else 'after training'} (step {steps[which]})", fontsize=10)
+        ax.set_xlabel("distance from the last input step")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("|dL/dh_t|, encoder top layer, forward direction")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{study.name}: gradient flow")
+    return figure_image(fig)
+
+
+def _by_sequence_length(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+                        metrics: list[str]) -> Image.Image | None:
+    """Long-dependency studies: copy accuracy and adding MSE / baseline against T, one curve per cell."""
+    panels = {"copy": ("test_accuracy", "exact-match accuracy", 0.9),
+              "adding": ("test_mse_to_baseline", "test MSE / baseline MSE (1/6)", 0.1)}
+    done = [r for r in results.values() if r.get("task") in panels and "length" in r]
+    tasks = [t for t in panels if any(r["task"] == t for r in done)]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        key, label, bar = panels[task]
+        for cell in sorted({r["cell"] for r in done if r["task"] == task}):
+            points = sorted((r["length"], r[key]) for r in done if r["task"] == task and r["cell"] == cell)
+            ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=cell)
+        ax.axhline(bar, color="grey", linestyle="--", linewidth=1, label="solved (accuracy 0.9)" if task == "copy" else "solved (a tenth of the baseline)")
+        ax.set_xscale("log")
+        if task == "adding":
+            ax.set_yscale("log")
+        lengths = sorted({r["length"] for r in done if r["task"] == task})
+        ax.set_xticks(lengths, [str(t) for t in lengths])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set_xlabel("T (time steps between the information and its use)")
+        ax.set_ylabel(label)
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(study.name)
+    return figure_image(fig)
+
+
+def _grad_norm(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
+               metrics: list[str]) -> Image.Image | None:
+    """The global gradient norm before clipping, and the loss, along training (log scale)."""
+    curves = {}
+    for spec in specs:
+        path = folder / spec.name / "metrics.jsonl"
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            rows = [r for r in rows if "train/grad_norm" in r]
+            if rows:
+                curves[spec.name] = rows
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        axes[0].plot(steps, [r["train/grad_norm"] for r in rows], label=name)
+        axes[1].plot(steps, [r["train/loss"] for r in rows], label=name)
+    for ax, label in zip(axes, ("global gradient norm before clipping", "training loss")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(study.name)
+    return figure_image(fig)
+
+
+PLOTTERS = {"bleu_by_length": _bleu_by_length, "metrics": _metrics, "search": _search, "attention": _attention,
+            "gradient_flow": _gradient_flow, "by_sequence_length": _by_sequence_length, "grad_norm": _grad_norm}
+
