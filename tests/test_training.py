@@ -204,3 +204,17 @@ def test_a_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path):
     resumed = _trainer(tmp_path)
     resumed.resume(tmp_path / "checkpoints" / "last.pt")
     assert resumed.progress.step == 10  # the checkpoint of the last validation, consistent with its weights
+
+
+def test_a_diverging_run_logs_its_last_steps_before_it_stops(tmp_path):
+    import json
+
+    from seq2seq.tracking import JsonlTracker
+
+    trainer = _trainer(tmp_path, JsonlTracker(tmp_path / "m.jsonl"), log_every=10)
+    sequence_loss = trainer.loss
+    trainer.loss = lambda out, batch: sequence_loss(out, batch) * (math.inf if trainer.progress.step == 2 else 1.0)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        trainer.train()
+    last = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and math.isinf(last["train/loss"])  # visible in W&B, though step 10 never came

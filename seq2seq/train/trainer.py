@@ -281,6 +281,7 @@ class Trainer:
                     window.add(loss, grad_norm, clipped, n, dt)
                     self._tick()
                     if not math.isfinite(loss):
+                        self.tracker.log(window.stats(), step=p.step)  # the explosion stays visible in W&B
                         raise FloatingPointError(f"training loss became {loss} at step {p.step}; "
                                                  f"lower train.lr or raise train.clip_norm")
                     if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0:
