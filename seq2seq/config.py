@@ -130,6 +130,7 @@ class TrainConfig:
     max_epochs: int | None = None
     time_budget: float | None = 15.0  # minutes of training (validation included); None = no limit
     valid_every: int = 1000  # steps between validations
+    checkpoint_minutes: float = 5.0  # also save checkpoints/last.pt this often: a kill loses at most that; 0 = off
     valid_sentences: int = 400  # greedy BLEU on at most this many validation sentences
     patience: int = 8  # validations without a better BLEU before stopping early
     log_every: int = 50  # steps between training log lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import sys
 import time
@@ -16,14 +17,16 @@ from seq2seq.config import Config, ConfigError, config_from_dict, load_config
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError
 from seq2seq.data.images import ImageError
+from seq2seq.files import WriteError, atomic_write
 from seq2seq.models.backbones import BackboneError
 from seq2seq.tokenizers import TokenizerError
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
+from seq2seq.train.faults import RunFolderBusy, RunLock
 from seq2seq.train.trainer import Progress, finish_reason
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,
-               FloatingPointError)
+               FloatingPointError, WriteError, RunFolderBusy)
 
 
 class RunFinished(Exception):
@@ -87,8 +90,35 @@ def open_run_dir(cfg: Config, run_dir: Path) -> None:
         if reason:
             raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
                               f"{run_dir / 'results.json'}. To train it further, raise {_limit_option(reason)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)
     write_text(saved, config_yaml(cfg))
+
+
+_locks: dict[Path, RunLock] = {}
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold ``run_dir``'s lock until :func:`unlock_run_dir` or the end of the process."""
+    key = Path(run_dir).resolve()
+    if key not in _locks:
+        lock = RunLock(run_dir)
+        note = lock.acquire()
+        if note:
+            log(note)
+        _locks[key] = lock
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    lock = _locks.pop(Path(run_dir).resolve(), None)
+    if lock is not None:
+        lock.release()
+
+
+@atexit.register
+def _unlock_all() -> None:
+    for lock in _locks.values():
+        lock.release()
+    _locks.clear()
 
 
 def config_yaml(cfg: Config) -> str:
@@ -136,9 +166,7 @@ def _limit_option(reason: str) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> Path:

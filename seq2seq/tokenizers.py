@@ -17,6 +17,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from seq2seq.files import atomic_write
+
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
@@ -75,9 +77,7 @@ def train_sentencepiece(texts: Iterable[str], path: str | Path, vocab_size: int,
         num_threads=2,
         minloglevel=2,
     )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(model.getvalue())
-    tmp.replace(path)
+    atomic_write(path, model.getvalue())
     return SubwordTokenizer(path)
 
 
@@ -127,10 +127,7 @@ def train_word_vocab(texts: Iterable[str], path: str | Path, min_freq: int = 1) 
     counts = Counter(w for t in texts for w in WordTokenizer.split(t))
     words = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_freq]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"words": list(WordTokenizer.SPECIALS) + words}, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps({"words": list(WordTokenizer.SPECIALS) + words}, ensure_ascii=False))
     return WordTokenizer(path)
 
 

@@ -116,7 +116,8 @@ def test_a_long_dependency_study_crosses_runs_with_lengths(tmp_path):
     study_file = tmp_path / "tiny_gradients.yaml"
     study_file.write_text(yaml.safe_dump({
         "task": "long_dependency", "budget": {"max_steps": 6},
-        "overrides": [*SMALL, "train.valid_every=3", "train.log_every=2", "train.gradient_flow_every=3", "synthetic.valid_examples=20",
+        "overrides": [*SMALL, "train.valid_every=3", "train.log_every=2", "train.gradient_flow_every=3",
+                      "synthetic.valid_examples=20",
                       "synthetic.test_examples=20", "synthetic.batch_size=8"],
         "runs": {"copy_rnn": ["synthetic.task=copy", "model.enc_cell=rnn", "model.dec_cell=rnn"],
                  "adding_lstm": ["synthetic.task=adding", "model.enc_cell=lstm", "train.optimizer=sgd"]},

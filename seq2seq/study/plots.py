@@ -166,7 +166,8 @@ def _by_sequence_length(study: Study, folder: Path, specs: list[RunSpec], result
         for cell in sorted({r["cell"] for r in done if r["task"] == task}):
             points = sorted((r["length"], r[key]) for r in done if r["task"] == task and r["cell"] == cell)
             ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=cell)
-        ax.axhline(bar, color="grey", linestyle="--", linewidth=1, label="solved (accuracy 0.9)" if task == "copy" else "solved (a tenth of the baseline)")
+        solved = "solved (accuracy 0.9)" if task == "copy" else "solved (a tenth of the baseline)"
+        ax.axhline(bar, color="grey", linestyle="--", linewidth=1, label=solved)
         ax.set_xscale("log")
         if task == "adding":
             ax.set_yscale("log")

@@ -18,12 +18,14 @@ from seq2seq.experiment import (
     finished_run_reason,
     open_run_dir,
     same_run_config,
+    unlock_run_dir,
     write_results,
     write_text,
 )
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
 from seq2seq.study.summary import write_summary
+from seq2seq.train.faults import RunFolderBusy
 
 STATES = ("pending", "partial", "finished", "failed")
 
@@ -95,19 +97,23 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
         started = time.monotonic()
         try:
             results = _execute(study, spec, run_dir)
+            if results.get("interrupted"):
+                log(f"study {study.name} interrupted in run {spec.name}; the same command resumes it")
+                raise KeyboardInterrupt
+            results["study_run_minutes"] = (time.monotonic() - started) / 60
+            write_results(run_dir, results)
         except RunFinished:
             log(f"[{i}/{len(specs)}] {spec.name}: finished, skipped")
             continue
+        except RunFolderBusy as err:  # another process trains it: leave it to that process
+            log(f"[{i}/{len(specs)}] {spec.name}: skipped: {err}")
+            continue
         except USER_ERRORS as err:  # this run diverged or its data failed: record it, go on with the others
-            run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "error.txt", f"{err}\n")
             log(f"[{i}/{len(specs)}] {spec.name}: failed: {err}")
             continue
-        if results.get("interrupted"):
-            log(f"study {study.name} interrupted in run {spec.name}; the same command resumes it")
-            raise KeyboardInterrupt
-        results["study_run_minutes"] = (time.monotonic() - started) / 60
-        write_results(run_dir, results)
+        finally:
+            unlock_run_dir(run_dir)
         log(f"[{i}/{len(specs)}] {spec.name}: done in {(time.monotonic() - started) / 60:.1f} min")
     write_summary(study, folder, specs, [run_state(study, s, folder / s.name) for s in specs])
     return folder
@@ -118,19 +124,20 @@ def _execute(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", config_yaml(spec.config))
         return decode(study, spec.config, run_dir)
-    open_run_dir(spec.config, run_dir)
     if study.task == "captioning":
         from seq2seq.tasks.captioning import run
     elif study.task == "long_dependency":
         from seq2seq.tasks.long_dependency import run
     else:
         from seq2seq.tasks.translation import run
+    open_run_dir(spec.config, run_dir)  # locks the folder: run_study unlocks it
     return run(spec.config, run_dir)
 
 
 def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Decode the test set of the study's trained model with the search options of ``cfg``."""
-    from seq2seq.tasks.translation import evaluate, load_data, write_lines
+    from seq2seq.files import write_lines
+    from seq2seq.tasks.translation import evaluate, load_data
     from seq2seq.tasks.translator import Translator
     from seq2seq.train.checkpoints import load_checkpoint, resolve_checkpoint
 

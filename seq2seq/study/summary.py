@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from seq2seq.files import atomic_write
 from seq2seq.runtime import machine_description
 from seq2seq.study.plots import PLOTTERS
 from seq2seq.study.spec import RunSpec, Study
@@ -50,21 +52,22 @@ def _cell(value: Any) -> str:
 def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list[str]) -> dict[str, Path]:
     """Write ``summary.md``, ``summary.csv`` and the plots into ``folder``; log them to W&B."""
     metrics = study.metrics or DEFAULT_METRICS[study.task]
-    columns = ["run", "state", *metrics, *COST[study.task]]
+    columns = ["run", "state", *metrics, *(c for c in COST[study.task] if c not in metrics)]
     results = {s.name: _results(folder / s.name) for s in specs}
     rows = [[s.name, state, *(results[s.name].get(k) for k in columns[2:])] for s, state in zip(specs, states)]
     written = {"csv": folder / "summary.csv", "md": folder / "summary.md"}
-    with open(written["csv"], "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    atomic_write(written["csv"], table.getvalue())
     plots = {kind: folder / f"{kind}.png" for kind in study.plots}
     for kind, path in list(plots.items()):
         picture = PLOTTERS[kind](study, folder, specs, results, metrics)
         if picture is None:
             del plots[kind]
         else:
-            picture.save(path)
+            atomic_write(path, lambda f, picture=picture: picture.save(f, format="PNG"))
     lines = [f"# Study `{study.name}`", "", study.description, "",
              f"- Comparison: {study.budget_line()}.",
              f"- Machine: {machine_description()}.",
@@ -75,7 +78,7 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
         ([f"config `{s.config_file.name}`"] if s.config_file else []) + [f"`{o}`" for o in s.overrides]
     ) if s.config_file or s.overrides else f"- `{s.name}`: the base config" for s in specs]
     lines += [""] + [f"![{kind}]({path.name})" for kind, path in plots.items()]
-    written["md"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(written["md"], "\n".join(lines) + "\n")
     _log_to_wandb(study, folder, specs, columns, rows, plots)
     return {**written, **plots}
 

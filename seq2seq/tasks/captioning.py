@@ -33,8 +33,9 @@ from seq2seq.data.emoji import emoji_corpus, twemoji_examples
 from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import load_image
 from seq2seq.experiment import log, spread
+from seq2seq.files import write_lines
 from seq2seq.metrics import bleu
-from seq2seq.models.model import build_captioning_model
+from seq2seq.models.model import build_captioning_model, teacher_forced_nll
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
 from seq2seq.tasks.features import cached_grids, extract_grids
@@ -49,7 +50,7 @@ from seq2seq.tokenizers import (
 )
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
-from seq2seq.train.trainer import Trainer, teacher_forced_nll
+from seq2seq.train.trainer import Trainer
 
 SCORER = "sacreBLEU {version} corpus BLEU-n, tokenize=13a, lowercased, all references of each image"
 
@@ -330,7 +331,4 @@ def _sacrebleu_version() -> str:
 
 
 def _write_captions(path: Path, examples: list[CaptionExample], hyps: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{ex.image.name}\t{h}\t{' | '.join(ex.captions)}\n" for ex, h in zip(examples, hyps)),
-                   encoding="utf-8")
-    tmp.replace(path)
+    write_lines(path, [f"{ex.image.name}\t{h}\t{' | '.join(ex.captions)}" for ex, h in zip(examples, hyps)])

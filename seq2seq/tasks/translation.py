@@ -11,15 +11,16 @@ from seq2seq.config import Config
 from seq2seq.data.batching import ParallelData, TextBatch, collate, token_batches
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
 from seq2seq.experiment import log, spread
+from seq2seq.files import write_lines
 from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, chrf
-from seq2seq.models.model import build_translation_model, check_attention_sizes
+from seq2seq.models.model import build_translation_model, check_attention_sizes, teacher_forced_nll
 from seq2seq.plotting import attention_heatmap
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.translator import Translator
 from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
-from seq2seq.train.trainer import Trainer, teacher_forced_nll
+from seq2seq.train.trainer import Trainer
 
 
 def load_data(cfg: Config) -> ParallelCorpus:
@@ -194,7 +195,4 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+

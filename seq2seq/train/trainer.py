@@ -9,15 +9,11 @@ early stopping, a time budget, atomic checkpoints and exact resumption.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,10 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq.config import TrainConfig
+from seq2seq.files import WriteError
 from seq2seq.models.model import Output, attention_penalty, sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
 from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+from seq2seq.train.faults import StopNow, StopSignals, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
 from seq2seq.train.schedules import LRSchedule, teacher_forcing_ratio
 
@@ -116,10 +114,6 @@ def make_optimizer(params: list[dict[str, Any]], cfg: TrainConfig) -> torch.opti
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-class StopNow(KeyboardInterrupt):
-    """A second Ctrl-C: leave at once, wherever the step is, without saving."""
-
-
 class Trainer:
     def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig, run_dir: Path, tracker: Tracker,
                  validate: Callable[["Trainer"], dict[str, float]], checkpoint_extra: dict[str, Any],
@@ -136,8 +130,10 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, cfg)
         self.progress = Progress()
         self._bar = None  # the progress bar while training on a terminal
-        self._stop_signal = False  # set by Ctrl-C / SIGTERM: stop after the current step
+        self.signals = StopSignals()  # Ctrl-C / SIGTERM: stop after the current step
         self._clock = time.monotonic()  # when progress.elapsed was last brought up to date
+        self._saved: dict[str, int] = {}  # checkpoint name -> the step it holds
+        self._last_save = time.monotonic()
 
     # --- checkpoints -----------------------------------------------------------------
 
@@ -145,10 +141,32 @@ class Trainer:
         return self.run_dir / "checkpoints" / f"{name}.pt"
 
     def save(self, name: str) -> Path:
+        """Write checkpoint ``name`` atomically. Refuses non-finite weights; a failed write is one
+        line saying that the previous checkpoint there is intact."""
+        path, step = self.checkpoint_path(name), self.progress.step
+        bad = non_finite_parameter(self.model)
+        if bad is not None:
+            raise FloatingPointError(f"step {step}: parameter {bad} is not finite; {path} was not overwritten"
+                                     f"{self._kept(name)}")
+        try:
+            self._write_checkpoint(path)
+        except WriteError as err:
+            raise WriteError(f"{err}{self._kept(name)}") from None
+        self._saved[name], self._last_save = step, time.monotonic()
+        return path
+
+    def _kept(self, name: str) -> str:
+        """What is left on disk of checkpoint ``name``, and how to go on from it."""
+        if name not in self._saved:
+            return ""
+        return (f"; {self.checkpoint_path(name)} still holds step {self._saved[name]} and the run resumes from it "
+                f"with the same command")
+
+    def _write_checkpoint(self, path: Path) -> None:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return save_checkpoint(self.checkpoint_path(name), {
+        save_checkpoint(path, {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -167,6 +185,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.progress = Progress(**ckpt["progress"])
+        self._saved = {"last": self.progress.step} if Path(path) == self.checkpoint_path("last") else {}
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         random.setstate(_as_tuple(ckpt["rng"]["python"]))
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
@@ -186,7 +205,8 @@ class Trainer:
         return loss
 
     def train_step(self, batch: Batch) -> tuple[float, float]:
-        """One update; the loss and the global gradient norm before clipping."""
+        """One update; the loss and the global gradient norm before clipping. A step whose loss
+        or gradient is not finite is not applied (the loop then stops): the weights stay finite."""
         self.model.train()
         ratio = teacher_forcing_ratio(self.cfg, self.progress.step)
         with self.autocast():
@@ -195,9 +215,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         limit = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")  # inf: measure, do not clip
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), limit)
-        self.optimizer.step()
-        return loss.item(), float(grad_norm)
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), limit))
+        value = loss.item()
+        if math.isfinite(value) and math.isfinite(grad_norm):
+            self.optimizer.step()
+        return value, grad_norm
 
     def probe_gradient_flow(self, batch: Batch) -> None:
         """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.train.gradients)."""
@@ -256,7 +278,7 @@ class Trainer:
         if not self._budget_left() and p.last_validation == p.step:
             return p
         self._bar = _progress_bar(cfg)
-        restore = self._catch_signals()
+        self.signals.install()
         window = Window()
         self._clock = time.monotonic()
         try:
@@ -280,10 +302,14 @@ class Trainer:
                     p.clipped_steps += clipped
                     window.add(loss, grad_norm, clipped, n, dt)
                     self._tick()
-                    if not math.isfinite(loss):
+                    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                         self.tracker.log(window.stats(), step=p.step)  # the explosion stays visible in W&B
-                        raise FloatingPointError(f"training loss became {loss} at step {p.step}; "
-                                                 f"lower train.lr or raise train.clip_norm")
+                        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
+                        raise FloatingPointError(f"training {what} at step {p.step} (not applied to the weights)"
+                                                 f"{self._kept('last')}; to get past it, lower train.lr or "
+                                                 f"set train.clip_norm in a new run")
+                    if cfg.checkpoint_minutes and time.monotonic() - self._last_save >= cfg.checkpoint_minutes * 60:
+                        self.save("last")  # a kill between validations loses at most checkpoint_minutes
                     if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0:
                         self.probe_gradient_flow(batch)  # after this step's update
                     if p.step % cfg.log_every == 0:
@@ -295,7 +321,7 @@ class Trainer:
                         window = Window()
                     if p.step % cfg.valid_every == 0:
                         self.validate()
-                    if self._stop_signal:
+                    if self.signals.requested:
                         self.log(f"stopping at step {p.step} (signal received)")
                         raise KeyboardInterrupt
                 if p.batch_in_epoch >= len(batches):
@@ -304,7 +330,7 @@ class Trainer:
                 self.validate()
             self._budget_left()  # the final validation may have started early stopping
             self.save("last")
-            if self._stop_signal:  # Ctrl-C during the final validation: stop before the test evaluation
+            if self.signals.requested:  # Ctrl-C during the final validation: stop before the test evaluation
                 p.stop_reason = "interrupted"
         except StopNow:
             p.stop_reason = "interrupted"  # mid-step: the last checkpoint on disk is the consistent state
@@ -316,32 +342,11 @@ class Trainer:
             except StopNow:  # a second Ctrl-C during that save: the atomic write left a whole checkpoint
                 self.log(f"stopped during the save; the run resumes from {self.checkpoint_path('last')}")
         finally:
-            restore()
+            self.signals.restore()
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
         return p
-
-    def _catch_signals(self) -> Callable[[], None]:
-        """Ctrl-C or SIGTERM stop training after the current step; a second Ctrl-C stops at once
-        without saving (the checkpoint of the last validation stays the resumable state)."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        self._stop_signal = False
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop_signal and signum == signal.SIGINT:
-                raise StopNow
-            self._stop_signal = True
-            # os.write, not print: a handler may interrupt a print, and buffered writes are not re-entrant
-            with contextlib.suppress(OSError):  # stderr may be closed
-                os.write(2, b"\nstopping after this step; the run can be resumed (Ctrl-C again to stop at once, "
-                            b"losing the steps since the last checkpoint)\n")
-
-        for sig in previous:
-            signal.signal(sig, handler)
-        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
     def _report(self, stats: dict[str, float]) -> None:
         p = self.progress
@@ -373,17 +378,3 @@ def _progress_bar(cfg: TrainConfig):
 def _as_tuple(value: Any) -> Any:
     """random.setstate wants tuples; a checkpoint round trip may turn them into lists."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-@torch.no_grad()
-def teacher_forced_nll(model: nn.Module, batches: Iterable[Batch], device: torch.device,
-                       autocast: Callable[[], torch.autocast]) -> tuple[float, int]:
-    """Summed NLL and token count over ``batches`` (for validation perplexity)."""
-    total, count = 0.0, 0
-    for batch in batches:
-        batch = batch.to(device)
-        with autocast():
-            logits = model(batch.inputs, batch.tgt_in).logits
-        _, nll, n = sequence_loss(logits, batch.tgt_out)
-        total, count = total + float(nll), count + n
-    return total, count

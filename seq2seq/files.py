@@ -1,0 +1,52 @@
+"""Every file the project writes goes through :func:`atomic_write`: a temporary file in the same
+folder, flushed to disk, renamed over the target. A crash, a kill or a full disk mid-write
+leaves the old file (or none), never half of one, and a failed write is a one-line
+:class:`WriteError` naming the path and the cause."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+class WriteError(OSError):
+    """A file could not be written (full disk, read-only folder, no permission)."""
+
+
+def write_error(path: Path, err: OSError) -> WriteError:
+    cause = err.strerror or str(err) or type(err).__name__
+    return WriteError(f"cannot write {path}: {cause}")
+
+
+def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
+    """Write bytes, UTF-8 text, or whatever ``data(file)`` writes, to ``path`` atomically."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, err) from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_lines(path: str | Path, lines: list[str]) -> Path:
+    """One line per item, each ending in a newline."""
+    return atomic_write(path, "".join(line + "\n" for line in lines))
