@@ -42,6 +42,7 @@ class DataConfig:
     spm_model_type: str = "unigram"  # unigram | bpe
     max_len: int = 80  # drop training pairs longer than this many subwords on either side
     batch_tokens: int = 6000  # padded source + target tokens per batch
+    skip_bad_lines: bool = False  # data.corpus=files: skip (and count) lines that are not UTF-8 or lack a tab
 
 
 @dataclass
@@ -59,6 +60,7 @@ class CaptionsConfig:
     max_len: int = 40  # drop training captions longer than this (tokens)
     batch_tokens: int = 1200  # padded caption tokens per batch (images per batch vary with length)
     max_train_images: int | None = None  # keep N training images, evenly spaced (small runs, tests)
+    skip_missing_images: bool = False  # leave out (and count) images a captions file names but lacks
 
 
 @dataclass

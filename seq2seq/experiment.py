@@ -106,6 +106,8 @@ def lock_run_dir(run_dir: Path) -> None:
         if note:
             log(note)
         _locks[key] = lock
+        for partial in Path(run_dir).rglob(".*.tmp"):  # writes a killed process left half done
+            partial.unlink(missing_ok=True)
 
 
 def unlock_run_dir(run_dir: Path) -> None:

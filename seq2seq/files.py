@@ -21,7 +21,7 @@ def write_error(path: Path, err: OSError) -> WriteError:
     return WriteError(f"cannot write {path}: {cause}")
 
 
-def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | Path, data: bytes | memoryview | str | Callable[[BinaryIO], None]) -> Path:
     """Write bytes, UTF-8 text, or whatever ``data(file)`` writes, to ``path`` atomically."""
     path = Path(path)
     tmp = None

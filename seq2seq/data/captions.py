@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from seq2seq.data.corpora import CorpusError, normalise
+from seq2seq.data.corpora import CorpusError, normalise, read_lines
 from seq2seq.files import atomic_write
 
 
@@ -110,15 +110,15 @@ def captions_table(path: str | Path) -> list[CaptionExample]:
         raise CorpusError(f"captions file {path} does not exist")
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for n, row in enumerate(csv.reader(f, delimiter=delimiter), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2:
-                raise CorpusError(f"{path}:{n}: expected image{delimiter!r}caption")
-            if n == 1 and row[0].strip().lower() in ("image", "file", "filename", "path"):
-                continue
-            rows.append((path.parent / row[0].strip(), row[1]))
+    for n, line in read_lines(path):
+        row = next(csv.reader([line], delimiter=delimiter), [])
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise CorpusError(f"{path}:{n}: expected image{delimiter!r}caption")
+        if n == 1 and row[0].strip().lower() in ("image", "file", "filename", "path"):
+            continue
+        rows.append((path.parent / row[0].strip(), row[1]))
     return _group(rows)
 
 

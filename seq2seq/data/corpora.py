@@ -9,10 +9,10 @@ carry all references of their source.
 
 from __future__ import annotations
 
-import csv
 import gettext
 import hashlib
 import io
+import sys
 import tarfile
 import unicodedata
 import zipfile
@@ -199,15 +199,50 @@ def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tup
 
 # --- the user's own files ----------------------------------------------------------------
 
-def read_tsv(path: Path) -> list[tuple[str, str]]:
-    pairs = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for n, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < 2:
-                raise CorpusError(f"{path}:{n}: expected source<TAB>target, found one column")
-            pairs.append((row[0], row[1]))
+def read_lines(path: Path, skip_bad: bool = False) -> list[tuple[int, str]]:
+    """(line number, text) of every line of a UTF-8 file. A line that is not UTF-8 is a one-line
+    CorpusError naming the file, the line and the byte, or, with ``skip_bad``, left out."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
+    lines, skipped = [], []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            lines.append((n, raw.decode("utf-8").removesuffix("\r")))
+        except UnicodeDecodeError as err:
+            if not skip_bad:
+                raise CorpusError(f"{path}:{n}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                  f"re-encode the file as UTF-8, or set data.skip_bad_lines=true to skip such lines"
+                                  ) from None
+            skipped.append(n)
+    if lines and lines[-1][1] == "" and data.endswith(b"\n"):
+        lines.pop()  # the newline that ends the last line starts no line of its own
+    _report_skipped(path, skipped, "not UTF-8")
+    return lines
+
+
+def _report_skipped(path: Path, lines: list[int], why: str) -> None:
+    if lines:
+        print(f"{path}: skipped {len(lines)} line(s) {why} (line {', '.join(map(str, lines[:5]))}"
+              f"{', ...' if len(lines) > 5 else ''})", file=sys.stderr, flush=True)
+
+
+def read_tsv(path: Path, skip_bad: bool = False) -> list[tuple[str, str]]:
+    """source<TAB>target pairs; blank lines are ignored, a line without a tab is an error (or skipped)."""
+    pairs, skipped = [], []
+    for n, line in read_lines(path, skip_bad):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 2:
+            if not skip_bad:
+                raise CorpusError(f"{path}:{n}: expected source<TAB>target, found one column; fix the line, "
+                                  f"or set data.skip_bad_lines=true to skip such lines")
+            skipped.append(n)
+            continue
+        pairs.append((cols[0], cols[1]))
+    _report_skipped(path, skipped, "without source<TAB>target")
     return pairs
 
 
@@ -215,25 +250,31 @@ def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> None:
     write_lines(path, [f"{' '.join(src.split())}\t{' '.join(tgt.split())}" for src, tgt in pairs])
 
 
-def read_parallel(spec: str) -> list[tuple[str, str]]:
-    """Pairs from ``"data.tsv"`` (source<TAB>target) or ``"train.en,train.fr"`` (aligned lines)."""
+def read_parallel(spec: str, skip_bad: bool = False) -> list[tuple[str, str]]:
+    """Pairs from ``"data.tsv"`` (source<TAB>target) or ``"train.en,train.fr"`` (aligned lines).
+    With ``skip_bad``, a bad line of one aligned file drops the pair it belongs to."""
     paths = [Path(p.strip()) for p in spec.split(",")]
     for p in paths:
         if not p.is_file():
             raise CorpusError(f"data file {p} does not exist")
     if len(paths) == 1:
-        return read_tsv(paths[0])
+        return read_tsv(paths[0], skip_bad)
     if len(paths) != 2:
         raise CorpusError(f"{spec!r}: give one TSV file or two aligned files separated by a comma")
-    src = paths[0].read_text(encoding="utf-8").splitlines()
-    tgt = paths[1].read_text(encoding="utf-8").splitlines()
-    if len(src) != len(tgt):
-        raise CorpusError(f"{paths[0]} has {len(src)} lines but {paths[1]} has {len(tgt)}: not aligned")
-    return list(zip(src, tgt))
+    counts = [_count_lines(p) for p in paths]  # skipped lines included
+    if counts[0] != counts[1]:
+        raise CorpusError(f"{paths[0]} has {counts[0]} lines but {paths[1]} has {counts[1]}: not aligned")
+    src, tgt = dict(read_lines(paths[0], skip_bad)), dict(read_lines(paths[1], skip_bad))
+    return [(src[n], tgt[n]) for n in sorted(src) if n in tgt]
+
+
+def _count_lines(path: Path) -> int:
+    data = path.read_bytes()
+    return data.count(b"\n") + (bool(data) and not data.endswith(b"\n"))
 
 
 def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: str | None = None,
-                valid: str | None = None, test: str | None = None) -> ParallelCorpus:
+                valid: str | None = None, test: str | None = None, skip_bad_lines: bool = False) -> ParallelCorpus:
     """Load (fetching on first use) and split a corpus by name: tatoeba, libreoffice, bible or files."""
     if corpus == "bible":
         from seq2seq.data.bible import bible_corpus  # it builds on this module
@@ -248,10 +289,11 @@ def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: 
         raise CorpusError(f"unknown corpus {corpus!r}; use tatoeba, libreoffice, bible or files with data.train")
     name = f"files-{src_lang}-{tgt_lang}"
     if valid is None and test is None:  # one file: the hash split decides
-        return split_corpus(name, read_parallel(train))
+        return split_corpus(name, read_parallel(train, skip_bad_lines))
+    pairs = [(normalise(s), normalise(t)) for s, t in read_parallel(train, skip_bad_lines)]
     return ParallelCorpus(
         name,
-        [(normalise(s), normalise(t)) for s, t in read_parallel(train) if normalise(s) and normalise(t)],
-        group_references(read_parallel(valid)) if valid else [],
-        group_references(read_parallel(test)) if test else [],
+        [(s, t) for s, t in pairs if s and t],
+        group_references(read_parallel(valid, skip_bad_lines)) if valid else [],
+        group_references(read_parallel(test, skip_bad_lines)) if test else [],
     )

@@ -55,6 +55,20 @@ from seq2seq.train.trainer import Trainer
 SCORER = "sacreBLEU {version} corpus BLEU-n, tokenize=13a, lowercased, all references of each image"
 
 
+def _check_images(corpus: CaptionCorpus, captions: Path, skip: bool) -> None:
+    """Images a captions file names but that are not there: a one-line error, or (``skip``) left out."""
+    splits = (corpus.train, corpus.valid, corpus.test)
+    missing = [ex.image for split in splits for ex in split if not ex.image.is_file()]
+    if not missing:
+        return
+    if not skip:
+        raise CorpusError(f"{len(missing)} image(s) named in {captions} do not exist, e.g. {missing[0]}; check "
+                          f"captions.images (the image folder), or set captions.skip_missing_images=true")
+    for split in splits:
+        split[:] = [ex for ex in split if ex.image.is_file()]
+    log(f"{captions}: left out {len(missing)} image(s) that do not exist, e.g. {missing[0]}")
+
+
 def load_captions(cfg: Config) -> CaptionCorpus:
     c = cfg.captions
     if c.corpus == "emoji":
@@ -73,6 +87,7 @@ def load_captions(cfg: Config) -> CaptionCorpus:
         else:
             parts = [coco_json(f, root) for f in files]
             corpus = CaptionCorpus(files[0].stem, parts[0], parts[1], parts[2] if len(parts) > 2 else [])
+        _check_images(corpus, files[0], c.skip_missing_images)
     if c.max_train_images is not None:
         corpus.train = spread(corpus.train, c.max_train_images)
     if not corpus.train or not corpus.valid:

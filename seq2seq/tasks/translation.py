@@ -25,7 +25,7 @@ from seq2seq.train.trainer import Trainer
 
 def load_data(cfg: Config) -> ParallelCorpus:
     d = cfg.data
-    corpus = load_corpus(d.corpus, d.src_lang, d.tgt_lang, d.train, d.valid, d.test)
+    corpus = load_corpus(d.corpus, d.src_lang, d.tgt_lang, d.train, d.valid, d.test, d.skip_bad_lines)
     if d.max_train_pairs is not None:
         corpus.train = spread(corpus.train, d.max_train_pairs)
     if d.max_eval_sentences is not None:

@@ -7,6 +7,7 @@ and it is read with ``weights_only=True``.
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -30,7 +31,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus format tags) to ``path`` atomically."""
-    return atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
+    buffer = io.BytesIO()  # serialised in memory: a failed disk write is then a plain OSError
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
+    return atomic_write(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -156,11 +156,11 @@ class Trainer:
         return path
 
     def _kept(self, name: str) -> str:
-        """What is left on disk of checkpoint ``name``, and how to go on from it."""
-        if name not in self._saved:
+        """What is left on disk to go on from (a failed write leaves ``name``'s old file whole)."""
+        if "last" not in self._saved:
             return ""
-        return (f"; {self.checkpoint_path(name)} still holds step {self._saved[name]} and the run resumes from it "
-                f"with the same command")
+        return (f"; {self.checkpoint_path('last')} still holds step {self._saved['last']} and the run resumes "
+                f"from it with the same command")
 
     def _write_checkpoint(self, path: Path) -> None:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
