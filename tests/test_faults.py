@@ -206,3 +206,32 @@ def test_caption_files_naming_missing_images(tmp_path):
     cfg = load_config(None, ["captions.corpus=table", f"captions.captions={tmp_path / 'latin1.tsv'}"])
     with pytest.raises(CorpusError, match=r"latin1.tsv:2: not UTF-8 \(byte 0xe9"):
         load_captions(cfg)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "fewer rows"])
+def test_a_damaged_feature_cache_is_rebuilt_with_a_message(tmp_path, monkeypatch, capsys, damage):
+    from seq2seq.data.captions import shapes_corpus
+    from seq2seq.data.images import ImageTransform
+    from seq2seq.models.encoders import ImageEncoder
+    from seq2seq.tasks.features import cached_grids
+    from seq2seq.train.checkpoints import save_checkpoint
+
+    monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path / "cache"))
+    corpus = shapes_corpus(tmp_path / "shapes", n=6, size=32)
+    paths = [ex.image for ex in corpus.train + corpus.valid + corpus.test]
+    torch.manual_seed(0)
+    encoder = ImageEncoder("resnet18", weights="none").eval()
+    args = (encoder, paths, ImageTransform(32, 32), torch.device("cpu"), None)
+    grids = cached_grids(*args)
+    entry, = (tmp_path / "cache" / "features").glob("*.pt")
+    if damage == "truncate":  # a write cut short (by a copy, a disk) that still sits under the entry's name
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 3])
+    elif damage == "garbage":
+        entry.write_bytes(os.urandom(4096))
+    else:
+        save_checkpoint(entry, {"grids": grids[:-1], "files": len(paths)})
+    capsys.readouterr()
+    again = cached_grids(*args)
+    assert torch.equal(again, grids)
+    assert f"feature cache {entry} is damaged" in capsys.readouterr().out
+    assert torch.equal(cached_grids(*args), grids) and "damaged" not in capsys.readouterr().out

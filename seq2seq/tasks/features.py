@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import ImageError, ImageTransform, load_image
+from seq2seq.experiment import log
 from seq2seq.models.encoders import ImageEncoder
 from seq2seq.runtime import autocast, precision_name
-from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+from seq2seq.train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
 
 class ImageFiles(Dataset):
@@ -87,7 +88,18 @@ def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTrans
                                      "precision": precision_name(amp_dtype), "files": stats}).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.pt"
     if path.exists():
-        return load_checkpoint(path)["grids"]
+        problem = ""
+        try:
+            entry = load_checkpoint(path)
+            grids = entry.get("grids")
+            if not isinstance(grids, Tensor) or entry.get("files") != len(paths) or len(grids) != len(paths):
+                problem = f"it holds {len(grids) if isinstance(grids, Tensor) else 'no'} grids for {len(paths)} images"
+        except CheckpointError as err:
+            problem = str(err)
+        if not problem:
+            return grids
+        log(f"feature cache {path} is damaged ({problem}); extracting the features again")
+        path.unlink(missing_ok=True)
     grids = extract_grids(encoder, paths, transform, device, amp_dtype, workers=workers, progress=progress)
     save_checkpoint(path, {"grids": grids, "files": len(paths)})
     return grids
