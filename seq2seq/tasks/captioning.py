@@ -263,13 +263,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.cnn.")]
         groups = [{"params": rest}, {"params": cnn, "lr_scale": cfg.image.finetune_lr_scale}]
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, param_groups=groups)
-    last = trainer.checkpoint_path("last")
-    if last.exists():
-        trainer.resume(last)
-        log(f"resuming from {last} at step {trainer.progress.step}")
     log(f"model: {model.num_parameters():,} trainable parameters on {device}{' with bf16 autocast' if amp else ''}")
-    progress = trainer.train()
-    log(f"training stopped at step {progress.step}: {progress.stop_reason}")
+    progress = trainer.fit()
     if progress.stop_reason == "interrupted":
         tracker.finish()
         return {"interrupted": True, "train_steps": progress.step}

@@ -176,12 +176,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     trainer = Trainer(model, SyntheticData(task, cfg.train.seed), cfg.train, run_dir, tracker, validate,
                       {"task": f"long_dependency_{task.task}", "config": cfg.to_dict()},
                       loss=None if task.task == "copy" else mse_loss)
-    last = trainer.checkpoint_path("last")
-    if last.exists():
-        trainer.resume(last)
-        log(f"resuming from {last} at step {trainer.progress.step}")
     log(f"{task.task}, T = {task.length}: {model.num_parameters():,} parameters on {trainer.device}")
-    progress = trainer.train()
+    progress = trainer.fit()
     if progress.stop_reason == "interrupted":
         tracker.finish()
         return {"interrupted": True, "train_steps": progress.step}

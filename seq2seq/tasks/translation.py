@@ -144,14 +144,9 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device))
     validator = Validator(cfg, translator, corpus.valid, tracker)
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra)
-    last = trainer.checkpoint_path("last")
-    if last.exists():
-        trainer.resume(last)
-        log(f"resuming from {last} at step {trainer.progress.step}")
     log(f"model: {model.num_parameters():,} parameters on {trainer.device}"
         f"{' with bf16 autocast' if trainer.amp_dtype else ''}")
-    progress = trainer.train()
-    log(f"training stopped at step {progress.step}: {progress.stop_reason}")
+    progress = trainer.fit()
     if progress.stop_reason == "interrupted":
         tracker.finish()
         return {"interrupted": True, "train_steps": progress.step}

@@ -268,6 +268,16 @@ class Trainer:
         else:
             print(message, flush=True)
 
+    def fit(self) -> Progress:
+        """Resume from ``checkpoints/last.pt`` when the run folder has one, then :meth:`train`."""
+        last = self.checkpoint_path("last")
+        if last.exists():
+            self.resume(last)
+            self.log(f"resuming from {last} at step {self.progress.step}")
+        progress = self.train()
+        self.log(f"training stopped at step {progress.step}: {progress.stop_reason}")
+        return progress
+
     def train(self) -> Progress:
         """Train until the budget, step or epoch limit, or early stopping; then validate once more.
 
