@@ -235,3 +235,15 @@ def test_a_damaged_feature_cache_is_rebuilt_with_a_message(tmp_path, monkeypatch
     assert torch.equal(again, grids)
     assert f"feature cache {entry} is damaged" in capsys.readouterr().out
     assert torch.equal(cached_grids(*args), grids) and "damaged" not in capsys.readouterr().out
+
+
+def test_a_damaged_index_of_a_rendered_set_is_rendered_again(tmp_path, capsys):
+    from seq2seq.data.emoji import _cached_index
+
+    def render(folder: Path) -> None:
+        (folder / "index.json").write_text('["images/a.png"]')
+
+    (tmp_path / "index.json").write_text('["images/a.png", "ima')  # cut short
+    assert _cached_index(tmp_path, render) == ["images/a.png"]
+    assert f"cached index {tmp_path / 'index.json'} is damaged" in capsys.readouterr().out
+    assert _cached_index(tmp_path, lambda folder: pytest.fail("rendered twice")) == ["images/a.png"]

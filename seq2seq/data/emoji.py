@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tarfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -44,13 +45,22 @@ def emoji_corpus(lang: str = "en") -> CaptionCorpus:
     if lang not in EMOJI_LANGS:
         raise CorpusError(f"emoji captions exist in {', '.join(EMOJI_LANGS)}, not {lang!r}")
     folder = cache_dir() / "emoji"
-    index = folder / "index.json"
-    if not index.exists():
-        _render_emoji(folder)
-    entries = json.loads(index.read_text(encoding="utf-8"))
+    entries = _cached_index(folder, _render_emoji)
     examples = [CaptionExample(folder / e["file"], [e["names"][lang]], e["names"]["en"])
                 for e in entries if e["names"].get(lang)]
     return split_examples(f"emoji-{lang}", examples)
+
+
+def _cached_index(folder: Path, render: Callable[[Path], None]) -> list:
+    """The index of a rendered set, rendering it first if it is missing or not readable JSON."""
+    index = folder / "index.json"
+    if index.exists():
+        try:
+            return json.loads(index.read_text(encoding="utf-8"))
+        except ValueError as err:
+            print(f"cached index {index} is damaged ({err}); rendering the set again", flush=True)
+    render(folder)
+    return json.loads(index.read_text(encoding="utf-8"))
 
 
 def _render_emoji(folder: Path) -> None:
@@ -85,10 +95,7 @@ def twemoji_examples(examples: list[CaptionExample]) -> list[CaptionExample]:
     Noto renders (a 128-pixel glyph on a 136x128 white canvas); emoji without a Twemoji are left
     out. Rendered once into the cache."""
     folder = cache_dir() / "twemoji"
-    index = folder / "index.json"
-    if not index.exists():
-        _render_twemoji(folder)
-    drawn = set(json.loads(index.read_text(encoding="utf-8")))
+    drawn = set(_cached_index(folder, _render_twemoji))
     return [CaptionExample(folder / "images" / ex.image.name, ex.captions, ex.key)
             for ex in examples if f"images/{ex.image.name}" in drawn]
 
