@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import nn
 
+from seq2seq.files import write_error
+
 LOCK_NAME = "run.lock"
 
 
@@ -36,6 +38,12 @@ class RunLock:
 
     def acquire(self) -> str:
         """Take the lock; returns a note when it takes over one left by a dead process, else ""."""
+        try:
+            return self._acquire()
+        except OSError as err:  # a read-only or full folder: one line, like every failed write
+            raise write_error(self.path, err) from None
+
+    def _acquire(self) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             f = open(self.path, "a+", encoding="utf-8")
