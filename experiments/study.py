@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from seq2seq.config import ConfigError
 from seq2seq.experiment import log, run_cli
 from seq2seq.study import describe_runs, dry_run, load_study, run_study
 
@@ -36,14 +37,21 @@ def main() -> int:
     studies = [load_study(name) for name in args.studies]  # every file checked before anything runs
     if args.budget is not None:
         studies = [study.with_budget(args.budget) for study in studies]
+    names = {name for study in studies for name in study.runs}
+    unknown = [name for name in args.only or [] if name not in names]
+    if unknown:  # before anything trains
+        raise ConfigError(f"no study here has a run named {', '.join(unknown)}")
     for study in studies:
         if args.list:
             print("\n".join(describe_runs(study, args.root)))
         elif args.dry_run:
             print(dry_run(study))
         else:
+            only = [name for name in args.only or [] if name in study.runs]
+            if args.only and not only:
+                continue  # --only names runs of the other studies
             log(f"study {study.name}: {len(study.runs)} runs; {study.budget_line()}")
-            folder = run_study(study, args.root, args.only, log)
+            folder = run_study(study, args.root, only or None, log)
             log(f"summary: {folder / 'summary.md'}")
     return 0
 

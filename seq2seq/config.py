@@ -214,6 +214,12 @@ class Config:
         if m.recurrent_gain is not None and not m.recurrent_gain > 0:
             raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
                               f"got {m.recurrent_gain}")
+        if t.checkpoint_minutes < 0:
+            raise ConfigError(f"train.checkpoint_minutes must be 0 (only at validations) or positive, "
+                              f"got {t.checkpoint_minutes}")
+        if self.synthetic.task == "adding" and self.synthetic.length < 2:
+            raise ConfigError(f"synthetic.length must be at least 2 for the adding problem (two marked values), "
+                              f"got {self.synthetic.length}")
         if t.gradient_flow_every < 0:
             raise ConfigError(f"train.gradient_flow_every must be 0 (off) or a number of steps, "
                               f"got {t.gradient_flow_every}")

@@ -59,7 +59,8 @@ def experiment_parser(description: str) -> argparse.ArgumentParser:
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config without the options that may change when a run is resumed."""
     out = json.loads(json.dumps(cfg))
-    for key in ("time_budget", "max_steps", "max_epochs", "patience", "device"):
+    for key in ("time_budget", "max_steps", "max_epochs", "patience", "device", "checkpoint_minutes",
+                "gradient_flow_every", "log_every"):
         out["train"].pop(key, None)
     out.pop("tracking", None)
     return out
@@ -86,12 +87,22 @@ def open_run_dir(cfg: Config, run_dir: Path) -> None:
         if not same_run_config(run_dir, cfg):
             raise ConfigError(f"run folder {run_dir} holds a run with a different config; "
                               f"choose another --run-dir or the same config to resume it")
-        reason = finished_run_reason(run_dir, cfg)
-        if reason:
-            raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
-                              f"{run_dir / 'results.json'}. To train it further, raise {_limit_option(reason)}")
+        _raise_if_finished(run_dir, cfg)  # before locking: a finished folder is not even locked
     lock_run_dir(run_dir)
+    if saved.exists():
+        try:  # again, under the lock: another process may have finished it meanwhile
+            _raise_if_finished(run_dir, cfg)
+        except RunFinished:
+            unlock_run_dir(run_dir)
+            raise
     write_text(saved, config_yaml(cfg))
+
+
+def _raise_if_finished(run_dir: Path, cfg: Config) -> None:
+    reason = finished_run_reason(run_dir, cfg)
+    if reason:
+        raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
+                          f"{run_dir / 'results.json'}. To train it further, raise {_limit_option(reason)}")
 
 
 _locks: dict[Path, RunLock] = {}
@@ -106,8 +117,9 @@ def lock_run_dir(run_dir: Path) -> None:
         if note:
             log(note)
         _locks[key] = lock
-        for partial in Path(run_dir).rglob(".*.tmp"):  # writes a killed process left half done
-            partial.unlink(missing_ok=True)
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / "tokenizers"):
+            for partial in Path(folder).glob(".*.tmp"):  # what a killed process's atomic writes left
+                partial.unlink(missing_ok=True)
 
 
 def unlock_run_dir(run_dir: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from seq2seq.config import TrackingConfig
+from seq2seq.files import atomic_write, write_error
 
 
 class Tracker:
@@ -48,8 +49,11 @@ class JsonlTracker(Tracker):
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as err:  # a full disk or a read-only folder: one line, not a traceback
+            raise write_error(self.path, err) from None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._write({"step": step, "time": round(time.time(), 3), **metrics})
@@ -68,7 +72,7 @@ class WandbTracker(Tracker):
         self.wandb = wandb
         id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id + "\n")
+        atomic_write(id_file, run_id + "\n")
         kwargs: dict[str, Any] = {}
         if cfg.mode is not None:
             kwargs["mode"] = cfg.mode  # an explicit mode beats WANDB_MODE

@@ -84,3 +84,11 @@ def test_split_examples_by_key(tmp_path):
     corpus = split_examples("demo", examples)
     assert len(corpus.train) + len(corpus.valid) + len(corpus.test) == 200
     assert all(hash_split(ex.key) == "test" for ex in corpus.test)
+
+
+def test_a_caption_table_keeps_quoted_captions_that_span_lines(tmp_path):
+    from seq2seq.data.captions import captions_table
+
+    (tmp_path / "c.csv").write_text('image,caption\na.png,"a dog\non a sofa"\nb.png,a cat\n', encoding="utf-8")
+    examples = captions_table(tmp_path / "c.csv")
+    assert [ex.captions for ex in examples] == [["a dog on a sofa"], ["a cat"]]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from seq2seq.data.corpora import CorpusError, normalise, read_lines
+from seq2seq.data.corpora import CorpusError, normalise, read_text
 from seq2seq.files import atomic_write
 
 
@@ -54,10 +54,11 @@ def split_examples(name: str, examples: list[CaptionExample]) -> CaptionCorpus:
 
 
 def _group(rows: list[tuple[Path, str]]) -> list[CaptionExample]:
-    """Rows of (image, caption) -> one example per image, captions in order, empty ones dropped."""
+    """Rows of (image, caption) -> one example per image, captions in order, empty ones dropped;
+    runs of whitespace (a quoted caption's line breaks among them) become one space."""
     grouped: dict[Path, list[str]] = {}
     for image, caption in rows:
-        caption = normalise(caption)
+        caption = " ".join(normalise(caption).split())
         if caption:
             grouped.setdefault(image, []).append(caption)
     return [CaptionExample(image, caps, image.name) for image, caps in grouped.items()]
@@ -110,13 +111,13 @@ def captions_table(path: str | Path) -> list[CaptionExample]:
         raise CorpusError(f"captions file {path} does not exist")
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     rows = []
-    for n, line in read_lines(path):
-        row = next(csv.reader([line], delimiter=delimiter), [])
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)  # quoted captions may span lines
+    for row in reader:
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2:
-            raise CorpusError(f"{path}:{n}: expected image{delimiter!r}caption")
-        if n == 1 and row[0].strip().lower() in ("image", "file", "filename", "path"):
+            raise CorpusError(f"{path}:{reader.line_num}: expected image{delimiter!r}caption")
+        if reader.line_num == 1 and row[0].strip().lower() in ("image", "file", "filename", "path"):
             continue
         rows.append((path.parent / row[0].strip(), row[1]))
     return _group(rows)

@@ -225,6 +225,21 @@ def read_lines(path: Path, skip_bad: bool = False) -> list[tuple[int, str]]:
     return lines
 
 
+def read_text(path: Path) -> str:
+    """A whole UTF-8 file; not UTF-8 is a one-line CorpusError naming the file, line and byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise CorpusError(f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
+                          f"re-encode the file as UTF-8") from None
+
+
 def _report_skipped(path: Path, lines: list[int], why: str) -> None:
     if lines:
         print(f"{path}: skipped {len(lines)} line(s) {why} (line {', '.join(map(str, lines[:5]))}"
@@ -272,7 +287,10 @@ def read_parallel(spec: str, skip_bad: bool = False) -> list[tuple[str, str]]:
 
 
 def _count_lines(path: Path) -> int:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
     return data.count(b"\n") + (bool(data) and not data.endswith(b"\n"))
 
 

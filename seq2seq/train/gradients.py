@@ -106,14 +106,8 @@ def gradient_flow(model: Seq2Seq | Regressor, inputs: tuple[Tensor, ...], tgt_in
     was_training = model.training
     model.eval()
     try:
-        probed: list[Tensor] = []
-        if isinstance(model.encoder, TextEncoder):
-            memory, probed = unrolled_encoder(model.encoder, *inputs)
-        else:
-            memory = model.encode(*inputs)
-        loss = loss_fn(model.decode(memory, tgt_in))
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, probed + [p for _, p in named], allow_unused=True)
+        with torch.backends.cudnn.flags(enabled=False):  # cuDNN has no RNN backward in evaluation mode
+            grads, named, probed = _probe_gradients(model, inputs, tgt_in, loss_fn)
     finally:
         model.train(was_training)
     flow = GradientFlow()
@@ -128,6 +122,20 @@ def gradient_flow(model: Seq2Seq | Regressor, inputs: tuple[Tensor, ...], tgt_in
         flow.by_distance, flow.sentences, flow.first_to_last = _by_distance(norms, inputs[1].to(norms.device))
     flow.seconds = time.monotonic() - start
     return flow
+
+
+def _probe_gradients(model: Seq2Seq | Regressor, inputs: tuple[Tensor, ...], tgt_in: Tensor | None,
+                     loss_fn: Callable[[Output | Tensor], Tensor]
+                     ) -> tuple[tuple[Tensor | None, ...], list[tuple[str, nn.Parameter]], list[Tensor]]:
+    """Gradients of the loss with respect to the probed hidden states, then every trainable parameter."""
+    probed: list[Tensor] = []
+    if isinstance(model.encoder, TextEncoder):
+        memory, probed = unrolled_encoder(model.encoder, *inputs)
+    else:
+        memory = model.encode(*inputs)
+    loss = loss_fn(model.decode(memory, tgt_in))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, probed + [p for _, p in named], allow_unused=True), named, probed
 
 
 def _by_distance(norms: Tensor, lens: Tensor) -> tuple[dict[str, list[float]], dict[str, int], float]:

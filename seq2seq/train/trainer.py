@@ -318,8 +318,6 @@ class Trainer:
                         raise FloatingPointError(f"training {what} at step {p.step} (not applied to the weights)"
                                                  f"{self._kept('last')}; to get past it, lower train.lr or "
                                                  f"set train.clip_norm in a new run")
-                    if cfg.checkpoint_minutes and time.monotonic() - self._last_save >= cfg.checkpoint_minutes * 60:
-                        self.save("last")  # a kill between validations loses at most checkpoint_minutes
                     if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0:
                         self.probe_gradient_flow(batch)  # after this step's update
                     if p.step % cfg.log_every == 0:
@@ -330,7 +328,9 @@ class Trainer:
                         self._report(stats)
                         window = Window()
                     if p.step % cfg.valid_every == 0:
-                        self.validate()
+                        self.validate()  # saves last.pt too
+                    elif cfg.checkpoint_minutes and time.monotonic() - self._last_save >= cfg.checkpoint_minutes * 60:
+                        self.save("last")  # after the step's work: a kill loses at most checkpoint_minutes
                     if self.signals.requested:
                         self.log(f"stopping at step {p.step} (signal received)")
                         raise KeyboardInterrupt
