@@ -17,16 +17,11 @@ from torch.nn.utils.rnn import pad_sequence
 from seq2seq.tokenizers import BOS, EOS, PAD
 
 
-@dataclass
-class TextBatch:
-    src: Tensor  # (batch, src_len) source ids, PAD-padded
-    src_lens: Tensor  # (batch,) on the CPU (packing wants it there)
-    tgt_in: Tensor  # (batch, tgt_len) BOS y1 .. yn
-    tgt_out: Tensor  # (batch, tgt_len) y1 .. yn EOS
+class SourceBatch:
+    """What a text encoder reads of a batch: ``src`` and its lengths ``src_lens``."""
 
-    def to(self, device: torch.device) -> "TextBatch":
-        return TextBatch(self.src.to(device, non_blocking=True), self.src_lens,
-                         self.tgt_in.to(device, non_blocking=True), self.tgt_out.to(device, non_blocking=True))
+    src: Tensor
+    src_lens: Tensor
 
     @property
     def inputs(self) -> tuple[Tensor, Tensor]:
@@ -35,6 +30,18 @@ class TextBatch:
     @property
     def size(self) -> int:
         return self.src.size(0)
+
+
+@dataclass
+class TextBatch(SourceBatch):
+    src: Tensor  # (batch, src_len) source ids, PAD-padded
+    src_lens: Tensor  # (batch,) on the CPU (packing wants it there)
+    tgt_in: Tensor  # (batch, tgt_len) BOS y1 .. yn
+    tgt_out: Tensor  # (batch, tgt_len) y1 .. yn EOS
+
+    def to(self, device: torch.device) -> "TextBatch":
+        return TextBatch(self.src.to(device, non_blocking=True), self.src_lens,
+                         self.tgt_in.to(device, non_blocking=True), self.tgt_out.to(device, non_blocking=True))
 
     def num_tokens(self) -> int:
         """Non-padding source plus target tokens (targets counted with their EOS)."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seq2seq.config import Config, SyntheticConfig
-from seq2seq.data.batching import TextBatch
+from seq2seq.data.batching import SourceBatch, TextBatch
 from seq2seq.experiment import log
 from seq2seq.models.model import Regressor, Seq2Seq, build_text_encoder, build_translation_model
 from seq2seq.runtime import precision_name, seed_everything
@@ -42,21 +42,13 @@ ADDING_BASELINE_MSE = 1 / 6  # predicting 1 for the sum of two U(0, 1): its vari
 
 
 @dataclass
-class VectorBatch:
+class VectorBatch(SourceBatch):
     """Adding problem inputs (batch, T, 2) of (value, marker), and the sums (batch,)."""
 
     src: Tensor
     src_lens: Tensor  # (batch,) on the CPU
     target: Tensor
     tgt_in: None = None  # nothing to feed a decoder
-
-    @property
-    def inputs(self) -> tuple[Tensor, Tensor]:
-        return self.src, self.src_lens
-
-    @property
-    def size(self) -> int:
-        return self.src.size(0)
 
     def to(self, device: torch.device) -> "VectorBatch":
         return VectorBatch(self.src.to(device), self.src_lens, self.target.to(device))
