@@ -72,73 +72,141 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
                 length_penalty: float = 1.0, nbest: int = 1) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``nbest`` best hypotheses of each input, best first.
 
-    Each step extends every live hypothesis, keeps the ``2*beam`` best candidates per input,
-    moves those ending in the top ``beam`` to the finished list and keeps the best ``beam``
-    others alive. An input is done when it has ``beam`` finished hypotheses or hits its limit.
+    Each step extends every live hypothesis with one ``topk`` over all of an input's
+    candidates, keeps the ``2*beam`` best, records those ending in the top ``beam`` as
+    finished and keeps the best ``beam`` others alive. An input is done when ``beam`` of its
+    hypotheses have ended or it hits its limit; its rows then leave the batch. Everything
+    stays in tensors until the search ends: live scores, back-pointers, tokens, attention and
+    the finished hypotheses, which are ranked and traced back once, at the end.
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
     batch, k = memory.states.size(0), beam
     device = memory.states.device
-    limits = _limits(max_len, batch).tolist()
-    memory = memory.repeat_interleave(k)  # (batch*k, ...)
+    limits = _limits(max_len, batch).to(device)
+    if int(limits.max()) < 1:
+        return [[] for _ in range(batch)]
+    memory = memory.repeat_interleave(k)  # (batch*k, ...) k rows per live input
     state = decoder.init_state(memory)
     prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
-    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores = torch.full((batch, k), float("-inf"), device=device)  # (live, k) summed log-probabilities
     scores[:, 0] = 0.0  # all hypotheses start equal: keep one so the first step does not repeat it
-    history = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # tokens of live hypotheses
-    attn_history: Tensor | None = None  # (batch*k, steps, mem_len)
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    base = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (batch, 1) first row of each input
-
-    def finalize(b: int, row: int, token: int | None, logprob: float, steps: int, ended: bool) -> None:
-        tokens = history[row].tolist() + ([] if token is None else [token])
-        att = None if attn_history is None else attn_history[row, :steps].float().cpu()
-        finished[b].append(Hypothesis(tokens, logprob / steps ** length_penalty, logprob, ended, att))
-
-    for t in range(max(limits)):
+    inputs = torch.arange(batch, device=device)  # (live,) the input each block of k rows searches for
+    n_ended = torch.zeros(batch, dtype=torch.long, device=device)  # (live,)
+    trail = _Trail()
+    ends: list[_Ends] = []
+    for t in range(int(limits.max())):
         logits, state, weights = decoder.step(prev, state, memory)
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (batch*k, vocab)
-        vocab = logp.size(-1)
-        cand = (scores.view(-1, 1) + logp).view(batch, k * vocab)
-        top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (batch, 2k)
-        origin, token = idx // vocab, idx % vocab
-        if weights is not None:  # the attention of this step, per row, appended before any finalizing
-            step_att = weights.unsqueeze(1)  # (batch*k, 1, mem_len)
-            attn_history = step_att if attn_history is None else torch.cat([attn_history, step_att], dim=1)
+        trail.attention.append(weights)  # (rows before this step's selection, mem_len) or None
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (live*k, vocab)
+        live, vocab = scores.shape[0], logp.size(-1)
+        cand = (scores.view(-1, 1) + logp).view(live, k * vocab)
+        top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (live, 2k)
+        parent = idx // vocab + (torch.arange(live, device=device) * k).unsqueeze(1)  # the rows they extend
+        token = idx % vocab
         # keep the best k candidates that do not end: rank them first, then the others
         is_eos = token == EOS
         positions = torch.arange(top.size(1), device=device).expand_as(top)
-        order = torch.where(is_eos, positions + top.size(1), positions).argsort(dim=1)[:, :k]  # (batch, k)
-        new_scores, new_origin, new_token = top.gather(1, order), origin.gather(1, order), token.gather(1, order)
+        order = torch.where(is_eos, positions + top.size(1), positions).argsort(dim=1)[:, :k]  # (live, k)
+        new_scores, new_parent, new_token = top.gather(1, order), parent.gather(1, order), token.gather(1, order)
 
-        # finalize end tokens ranked within the top k, and every live hypothesis at its limit
-        top_l, origin_l, eos_l = top.tolist(), origin.tolist(), is_eos.tolist()
-        for b in range(batch):
-            if done[b]:
-                continue
-            for j in range(k):
-                if eos_l[b][j] and top_l[b][j] > float("-inf"):
-                    finalize(b, b * k + origin_l[b][j], None, top_l[b][j], t + 1, True)
-            if t + 1 >= limits[b]:
-                for s, o, tok in zip(new_scores[b].tolist(), new_origin[b].tolist(), new_token[b].tolist()):
-                    if s > float("-inf"):
-                        finalize(b, b * k + o, tok, s, t + 1, False)
-            if len(finished[b]) >= k or t + 1 >= limits[b]:
-                done[b] = True
-        if all(done):
+        # end tokens ranked within the top k finish; at its limit, every live hypothesis does
+        owner = inputs.unsqueeze(1).expand(live, k)
+        ended = is_eos[:, :k] & (top[:, :k] > float("-inf"))
+        at_limit = (t + 1 >= limits[inputs]).unsqueeze(1)  # (live, 1)
+        cut = at_limit & (new_scores > float("-inf"))
+        ends.append(_Ends.of(t, owner, parent[:, :k], None, top[:, :k], ended))
+        ends.append(_Ends.of(t, owner, new_parent, new_token, new_scores, cut))
+        n_ended = n_ended + ended.sum(dim=1)
+        done = (n_ended >= k) | at_limit.squeeze(1)  # (live,)
+        if bool(done.all()):
             break
-
-        rows = (base + new_origin).view(-1)  # (batch*k,) the hypothesis each survivor extends
-        done_mask = torch.tensor(done, device=device).unsqueeze(1)
-        scores = new_scores.masked_fill(done_mask, float("-inf"))
+        if bool(done.any()):  # finished inputs leave the batch
+            keep = (~done).nonzero().squeeze(1)  # (live',)
+            new_scores, new_parent, new_token = new_scores[keep], new_parent[keep], new_token[keep]
+            inputs, n_ended = inputs[keep], n_ended[keep]
+            memory = memory.index_select((keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1))
+        rows = new_parent.view(-1)  # (live'*k,) the hypothesis each survivor extends
         state = state.select(rows)
-        history = torch.cat([history.index_select(0, rows), new_token.view(-1, 1)], dim=1)
-        if attn_history is not None:
-            attn_history = attn_history.index_select(0, rows)
         prev = new_token.view(-1)
-    return [sorted(hyps, key=lambda h: (h.finished, h.score), reverse=True)[:nbest] for hyps in finished]
+        scores = new_scores
+        trail.tokens.append(prev)
+        trail.parents.append(rows)
+    return _best(_Ends.cat(ends), trail, batch, nbest, length_penalty)
+
+
+class _Trail:
+    """Per step, the tokens and back-pointers of the live hypotheses, and the attention of each row."""
+
+    def __init__(self) -> None:
+        self.tokens: list[Tensor] = []  # step s: (rows after step s,) the token each live row took
+        self.parents: list[Tensor] = []  # step s: (rows after step s,) its row before step s
+        self.attention: list[Tensor | None] = []  # step s: (rows before step s, mem_len)
+
+    def trace(self, steps: Tensor, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Tokens (n, max steps) and attention (n, max steps + 1, mem_len) of hypotheses that
+        extended row ``rows[i]`` (numbered as before step ``steps[i]``) at step ``steps[i]``."""
+        n, last = rows.numel(), int(steps.max()) if rows.numel() else 0
+        tokens = torch.zeros(n, last, dtype=torch.long, device=rows.device)
+        first = self.attention[0]
+        attention = None if first is None else first.new_zeros(n, last + 1, first.size(-1))
+        cur = rows.clone()
+        for s in range(last, -1, -1):
+            through = steps > s  # hypotheses whose row ``cur`` is numbered as after step s
+            if s < last:
+                tokens[through, s] = self.tokens[s][cur[through]]
+                cur[through] = self.parents[s][cur[through]]
+            if attention is not None:
+                at = steps >= s
+                attention[at, s] = self.attention[s][cur[at]]
+        return tokens, attention
+
+
+@dataclass
+class _Ends:
+    """Finished hypotheses, one entry each: the input, the step it ended at, the row it extended
+    (numbered as before that step), its last token (-1 for the end token) and its log-probability."""
+
+    inputs: Tensor
+    steps: Tensor
+    rows: Tensor
+    last: Tensor
+    logprob: Tensor
+
+    @staticmethod
+    def of(step: int, owner: Tensor, parent: Tensor, token: Tensor | None, logprob: Tensor, mask: Tensor) -> "_Ends":
+        last = torch.full_like(parent, -1) if token is None else token
+        return _Ends(owner[mask], torch.full_like(owner[mask], step), parent[mask], last[mask], logprob[mask])
+
+    @staticmethod
+    def cat(ends: list["_Ends"]) -> "_Ends":
+        return _Ends(*(torch.cat(field) for field in zip(*(e.astuple() for e in ends))))
+
+    def astuple(self) -> tuple[Tensor, ...]:
+        return self.inputs, self.steps, self.rows, self.last, self.logprob
+
+
+def _best(ends: _Ends, trail: _Trail, batch: int, nbest: int, length_penalty: float) -> list[list[Hypothesis]]:
+    """Rank each input's finished hypotheses (ended ones first, then by score) and trace the best back."""
+    inputs, steps, last, logprob = ends.inputs.tolist(), ends.steps.tolist(), ends.last.tolist(), ends.logprob.tolist()
+    per_input: list[list[tuple[bool, float, int]]] = [[] for _ in range(batch)]
+    for i, b in enumerate(inputs):
+        per_input[b].append((last[i] < 0, logprob[i] / (steps[i] + 1) ** length_penalty, i))
+    chosen = [sorted(c, key=lambda r: (r[0], r[1]), reverse=True)[:nbest] for c in per_input]
+    picks = torch.tensor([i for c in chosen for *_, i in c], dtype=torch.long, device=ends.rows.device)
+    tokens, attention = trail.trace(ends.steps[picks], ends.rows[picks])
+    tokens_l = tokens.tolist()
+    attention = None if attention is None else attention.float().cpu()
+    out, j = [], 0
+    for c in chosen:
+        hyps = []
+        for ended, score, i in c:
+            n = steps[i] + 1
+            seq = tokens_l[j][: n - 1] + ([] if ended else [last[i]])
+            hyps.append(Hypothesis(seq, score, logprob[i], ended, None if attention is None else attention[j, :n]))
+            j += 1
+        out.append(hyps)
+    return out
 
 
 def beam_for_nbest(beam: int, nbest: int) -> tuple[int, str]:

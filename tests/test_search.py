@@ -109,3 +109,32 @@ def test_a_finished_hypothesis_beats_an_endless_loop():
     # normalised, the unfinished A-loop scores about -0.06 and "B </s>" about -0.46: the loop must still lose
     assert hyps[0].finished and hyps[0].tokens == [LoopingDecoder.B] and hyps[0].score == pytest.approx(-0.46, abs=0.01)
     assert not hyps[1].finished and hyps[1].tokens == [LoopingDecoder.A] * 10 and hyps[1].score > hyps[0].score
+
+
+class RecordingDecoder:
+    """Wraps a decoder and records the batch size of each step."""
+
+    def __init__(self, decoder):
+        self.decoder, self.rows = decoder, []
+
+    def init_state(self, memory):
+        return self.decoder.init_state(memory)
+
+    def step(self, prev, state, memory):
+        assert memory.states.size(0) == prev.size(0)  # memory rows follow the live hypotheses
+        self.rows.append(prev.size(0))
+        return self.decoder.step(prev, state, memory)
+
+
+def test_finished_inputs_leave_the_batch():
+    model = tiny_model("gru", "bahdanau", tgt_vocab=8, seed=6)
+    with torch.no_grad():  # no hypothesis ends: each input runs to its own limit
+        model.decoder.out.bias[EOS] = -1e9
+    src, lens = padded_batch([4, 2, 3])
+    recorder = RecordingDecoder(model.decoder)
+    hyps = beam_search(recorder, model.encode(src, lens), 3, torch.tensor([5, 2, 3]), nbest=3)
+    assert recorder.rows == [9, 9, 6, 3, 3]  # 3 inputs x beam 3, then the inputs at limits 2 and 3 drop out
+    assert [len(h[0].tokens) for h in hyps] == [5, 2, 3]
+    alone = beam_search(model.decoder, model.encode(src[:1, :4], lens[:1]), 3, 5, nbest=3)[0]
+    assert [h.tokens for h in alone] == [h.tokens for h in hyps[0]]
+    assert [h.score for h in alone] == pytest.approx([h.score for h in hyps[0]], abs=1e-5)
