@@ -73,6 +73,18 @@ def _repl(run_dir: Path, keystrokes: bytes) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
 
 
+def test_translating_imports_only_what_translation_needs(toy_run):
+    code = ("import sys, runpy; sys.argv = ['seq2seq-translate', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('seq2seq.cli.translate', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torchvision', 'matplotlib', 'wandb', 'sacrebleu') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(toy_run)], input="the cat\n", capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] and out[-1] == "[]"  # a translation, then no image, plotting or tracking library loaded
+
+
 def test_repl_accepts_commands_and_quits(toy_run):
     code, text = _repl(toy_run, b":beam 2\n:nbest 2\n:align\nthe cat sleeps\n\n")
     assert code == 0, text

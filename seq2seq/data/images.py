@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-from torchvision.transforms import functional as TF
 
 MAX_PIXELS = 250_000_000  # refuse larger images rather than exhaust memory
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +37,8 @@ class ImageTransform:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, image: Image.Image) -> Tensor:
+        from torchvision.transforms import functional as TF  # here, so translation never imports torchvision
+
         image = TF.resize(image, self.resize, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         image = TF.center_crop(image, self.crop)
         return TF.normalize(TF.pil_to_tensor(image).float().div_(255), self.mean, self.std)  # (3, crop, crop)

