@@ -88,26 +88,57 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     assert not (run_dir / "run.lock").exists()  # released at exit
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
-    extra = ["train.max_steps=120", "train.valid_every=60", "train.checkpoint_minutes=0.003"]  # saves every 0.2 s
-    straight = _train(tmp_path / "a" / "run", *extra)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+KILL_RUN = ["train.max_steps=120", "train.valid_every=60", "train.log_every=60",
+            "train.checkpoint_minutes=0.003"]  # saves every 0.2 s
 
-    run_dir = tmp_path / "b" / "run"
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """An uninterrupted run whose validation takes long enough to be killed in."""
+    root = tmp_path_factory.mktemp("straight")
+    extra = [*KILL_RUN, f"data.valid={write_tsv(root / 'big_valid.tsv', toy_pairs(1500, 2))}",
+             "train.valid_sentences=1500"]
+    proc = _train(root / "run", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "run", extra
+
+
+def _kill_when(proc: subprocess.Popen, run_dir: Path, moment: str) -> None:
+    """SIGKILL ``proc`` at ``moment``: mid-training, mid-checkpoint-write or mid-validation."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if moment == "validation":  # the step-60 log line comes right before the validation at step 60
+        for line in proc.stdout:
+            if line.startswith("step 60 "):
+                time.sleep(0.2)
+                break
+    while proc.poll() is None and not (last.is_file() and load_checkpoint(last)["progress"]["step"] >= 20):
+        time.sleep(0.01)
+    if moment == "checkpoint":  # the temporary file of an atomic write exists only while it is written
+        while proc.poll() is None and not list(last.parent.glob(".*.tmp")):
+            time.sleep(0.0005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("moment", ["step", "checkpoint", "validation"])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, straight_run, moment):
+    straight, extra = straight_run
+    run_dir = tmp_path / "run"
     proc = subprocess.Popen(_command(run_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=_env())
+    _kill_when(proc, run_dir, moment)
     last = run_dir / "checkpoints" / "last.pt"
-    while proc.poll() is None and not (last.is_file() and load_checkpoint(last)["progress"]["step"] >= 20):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # anywhere: in a step, a checkpoint write or a validation
-    proc.wait()
     killed_at = load_checkpoint(last)["progress"]["step"]
     assert 20 <= killed_at < 120
+    if moment == "validation":
+        assert killed_at < 60  # killed before the validation at step 60 could save
+    if moment == "checkpoint":
+        assert list(last.parent.glob(".*.tmp"))  # the write was cut short
     resumed = _train(run_dir, *extra)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not list(run_dir.rglob(".*.tmp"))  # a write the kill cut short is cleaned away, never read
     assert f"resuming from {last} at step {killed_at}" in resumed.stdout
-    a = load_checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.pt")["model"]
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(last)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
