@@ -295,3 +295,20 @@ def test_a_damaged_index_of_a_rendered_set_is_rendered_again(tmp_path, capsys):
     assert _cached_index(tmp_path, render) == ["images/a.png"]
     assert f"cached index {tmp_path / 'index.json'} is damaged" in capsys.readouterr().out
     assert _cached_index(tmp_path, lambda folder: pytest.fail("rendered twice")) == ["images/a.png"]
+
+
+@pytest.mark.parametrize("corpus,content,message", [
+    ("karpathy", '{"images": [{"filename": "a.png", "split": "train", "sentences": [{"raw": "a cat"}]},'
+                 ' {"filename": "b.png", "split": "train"}]}',
+     r"not a Karpathy split file: images\[1\] has no .*'sentences'"),
+    ("karpathy", '{"images": [{"filename": "a.png", "split": "train", "sentences": [{"raw": "a', r"is not valid JSON"),
+    ("coco", '{"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"image_id": 1, "caption": "a cat"},'
+             ' {"image_id": 7, "caption": "a dog"}]}', r"not a COCO captions file: annotations\[1\] has no .*7"),
+    ("coco", '{"annotations": []}', r"not a COCO captions file: the top level has no .*'images'"),
+])
+def test_malformed_caption_json_names_the_file_and_entry(tmp_path, corpus, content, message):
+    (tmp_path / "captions.json").write_text(content)
+    cfg = load_config(None, [f"captions.corpus={corpus}", f"captions.captions={tmp_path / 'captions.json'}"])
+    with pytest.raises(CorpusError, match=message) as err:
+        load_captions(cfg)
+    assert str(tmp_path / "captions.json") in str(err.value) and "\n" not in str(err.value)

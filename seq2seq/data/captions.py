@@ -79,25 +79,34 @@ def karpathy_json(path: str | Path, image_root: str | Path) -> CaptionCorpus:
     """Karpathy's split files (dataset_coco.json, dataset_flickr8k.json, ...); restval joins train."""
     data, root = _read_json(Path(path)), Path(image_root)
     corpus = CaptionCorpus(Path(path).stem)
+    where = "the top level"
     try:
-        for img in data["images"]:
+        for i, img in enumerate(data["images"]):
+            where = f"images[{i}]"
             image = root / img.get("filepath", "") / img["filename"]
             captions = [normalise(s["raw"]) for s in img["sentences"] if normalise(s["raw"])]
             split = {"train": "train", "restval": "train", "val": "valid", "test": "test"}[img["split"]]
             getattr(corpus, split).append(CaptionExample(image, captions, img["filename"]))
     except (KeyError, TypeError) as err:
-        raise CorpusError(f"{path}: not a Karpathy split file (missing or bad {err})") from None
+        raise CorpusError(f"{path}: not a Karpathy split file: {where} has no or a bad {err}") from None
     return corpus
 
 
 def coco_json(path: str | Path, image_root: str | Path) -> list[CaptionExample]:
     """COCO captions (captions_*.json): images with id/file_name, annotations with image_id/caption."""
     data, root = _read_json(Path(path)), Path(image_root)
+    where = "the top level"
     try:
-        files = {img["id"]: root / img["file_name"] for img in data["images"]}
-        rows = [(files[a["image_id"]], a["caption"]) for a in data["annotations"]]
+        files = {}
+        for i, img in enumerate(data["images"]):
+            where = f"images[{i}]"
+            files[img["id"]] = root / img["file_name"]
+        rows = []
+        for i, a in enumerate(data["annotations"]):
+            where = f"annotations[{i}]"
+            rows.append((files[a["image_id"]], a["caption"]))
     except (KeyError, TypeError) as err:
-        raise CorpusError(f"{path}: not a COCO captions file (missing or bad {err})") from None
+        raise CorpusError(f"{path}: not a COCO captions file: {where} has no or a bad {err}") from None
     return _group(rows)
 
 
