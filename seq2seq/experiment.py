@@ -22,7 +22,7 @@ from seq2seq.models.backbones import BackboneError
 from seq2seq.tokenizers import TokenizerError
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
 from seq2seq.train.faults import RunFolderBusy, RunLock
-from seq2seq.train.trainer import Progress, finish_reason
+from seq2seq.train.progress import Progress, finish_reason
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,

@@ -38,9 +38,12 @@ def test_attention_penalty_is_zero_when_every_position_gets_one_unit():
     mask = torch.tensor([[True, True, False]])
     tgt = torch.tensor([[5, 6, 0]])  # two real steps, one padding step
     perfect = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]])  # padding step ignored
-    assert attention_penalty(perfect, mask, tgt).item() == 0.0
+    assert attention_penalty(perfect, mask, tgt).total.item() == 0.0
     lopsided = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
-    assert attention_penalty(lopsided, mask, tgt).item() == 2.0  # (1-2)^2 + (1-0)^2
+    lopsided_penalty = attention_penalty(lopsided, mask, tgt)
+    assert lopsided_penalty.total.item() == 2.0 and lopsided_penalty.count == 1  # (1-2)^2 + (1-0)^2
+    both = attention_penalty(torch.cat([perfect, lopsided]), mask.repeat(2, 1), tgt.repeat(2, 1))
+    assert both.total.item() == 2.0 and both.count == 2  # the mean over sequences is 1.0
 
 
 

@@ -6,6 +6,7 @@ from conftest import tiny_model
 
 from seq2seq.config import TrainConfig
 from seq2seq.data.batching import ParallelData
+from seq2seq.models.model import LossSum
 from seq2seq.tracking import Tracker
 from seq2seq.train.schedules import LRSchedule, teacher_forcing_ratio
 from seq2seq.train.trainer import Trainer
@@ -213,7 +214,8 @@ def test_a_diverging_run_logs_its_last_steps_before_it_stops(tmp_path):
 
     trainer = _trainer(tmp_path, JsonlTracker(tmp_path / "m.jsonl"), log_every=10)
     sequence_loss = trainer.loss
-    trainer.loss = lambda out, batch: sequence_loss(out, batch) * (math.inf if trainer.progress.step == 2 else 1.0)
+    trainer.loss = lambda out, batch: [LossSum(t.total * (math.inf if trainer.progress.step == 2 else 1.0), t.count)
+                                       for t in sequence_loss(out, batch)]
     with pytest.raises(FloatingPointError, match="at step 3"):
         trainer.train()
     last = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])

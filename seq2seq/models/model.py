@@ -68,8 +68,21 @@ class Regressor(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, int]:
-    """Mean training loss over non-padding tokens, summed NLL (for perplexity) and the token count.
+class LossSum(NamedTuple):
+    """One term of a training loss, summed over a batch: the loss is ``total / count`` summed over
+    terms, and a data-parallel run divides by the count of all ranks' batches together."""
+
+    total: Tensor  # () the term summed over its units
+    count: int  # its units in the batch: target tokens, sequences or values
+
+
+def mean_loss(terms: list[LossSum]) -> Tensor:
+    """The loss of one batch: each term's total over its count, summed."""
+    return sum(t.total / max(t.count, 1) for t in terms)
+
+
+def summed_sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, int]:
+    """Training loss summed over non-padding tokens, summed NLL (for perplexity) and the token count.
 
     With label smoothing ``e`` the loss is ``(1 - e) * NLL + e * mean_v(-log p_v)``, as in
     ``F.cross_entropy(label_smoothing=e)``; one log-softmax serves both terms.
@@ -83,7 +96,13 @@ def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0)
     if label_smoothing > 0:
         smooth = -logp.mean(dim=-1).masked_fill(~real, 0.0).sum()
         loss = (1 - label_smoothing) * nll + label_smoothing * smooth
-    return loss / max(n, 1), nll.detach(), n
+    return loss, nll.detach(), n
+
+
+def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, int]:
+    """As :func:`summed_sequence_loss`, with the loss averaged over the tokens."""
+    loss, nll, n = summed_sequence_loss(logits, tgt_out, label_smoothing)
+    return loss / max(n, 1), nll, n
 
 
 @torch.no_grad()
@@ -100,12 +119,12 @@ def teacher_forced_nll(model: nn.Module, batches: Iterable[Any], device: torch.d
     return total, count
 
 
-def attention_penalty(attention: Tensor, memory_mask: Tensor, tgt_out: Tensor) -> Tensor:
-    """Doubly stochastic attention (Xu et al., 2015): mean over sequences of
-    ``sum_i (1 - sum_t alpha_ti)^2``, pushing every memory position to be attended about once."""
+def attention_penalty(attention: Tensor, memory_mask: Tensor, tgt_out: Tensor) -> LossSum:
+    """Doubly stochastic attention (Xu et al., 2015): ``sum_i (1 - sum_t alpha_ti)^2`` summed over
+    sequences (a mean once divided by its count), pushing every memory position to be attended about once."""
     steps = (tgt_out != PAD).unsqueeze(-1).to(attention.dtype)  # (batch, tgt_len, 1)
     coverage = (attention * steps).sum(dim=1)  # (batch, mem_len)
-    return (((1.0 - coverage) ** 2) * memory_mask).sum(dim=1).mean()
+    return LossSum((((1.0 - coverage) ** 2) * memory_mask).sum(), attention.size(0))
 
 
 def check_attention_sizes(cfg: ModelConfig, memory_dim: int) -> None:

@@ -29,7 +29,7 @@ from torch import Tensor
 from seq2seq.config import Config, SyntheticConfig
 from seq2seq.data.batching import SourceBatch, TextBatch
 from seq2seq.experiment import log
-from seq2seq.models.model import Regressor, Seq2Seq, build_text_encoder, build_translation_model
+from seq2seq.models.model import LossSum, Regressor, Seq2Seq, build_text_encoder, build_translation_model
 from seq2seq.runtime import precision_name, seed_everything
 from seq2seq.search import greedy_search
 from seq2seq.tokenizers import BOS, EOS
@@ -113,8 +113,8 @@ def build_model(cfg: Config) -> Seq2Seq | Regressor:
     return Regressor(build_text_encoder(cfg.model, 0, input_dim=2))
 
 
-def mse_loss(prediction: Tensor, batch: VectorBatch) -> Tensor:
-    return F.mse_loss(prediction.float(), batch.target)
+def mse_loss(prediction: Tensor, batch: VectorBatch) -> list[LossSum]:
+    return [LossSum(F.mse_loss(prediction.float(), batch.target, reduction="sum"), batch.target.numel())]
 
 
 def evaluate(model: Seq2Seq | Regressor, cfg: SyntheticConfig, batch: TextBatch | VectorBatch,

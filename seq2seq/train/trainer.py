@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,12 +23,14 @@ from torch import Tensor, nn
 
 from seq2seq.config import TrainConfig
 from seq2seq.files import WriteError
-from seq2seq.models.model import Output, attention_penalty, sequence_loss
+from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
 from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+from seq2seq.train.distributed import SINGLE, Dist
 from seq2seq.train.faults import StopNow, StopSignals, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
+from seq2seq.train.progress import Progress, StepStats, Window, finish_reason
 from seq2seq.train.schedules import LRSchedule, teacher_forcing_ratio
 
 
@@ -53,60 +55,6 @@ class TrainData(Protocol):
     def batch(self, indices: list[int]) -> Batch: ...
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint so a run resumes exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of the current epoch already trained
-    elapsed: float = 0.0  # seconds of training, validation included, over all sessions
-    train_time: float = 0.0  # seconds spent in training steps alone
-    tokens: int = 0  # non-padding source + target tokens trained on
-    examples: int = 0  # sentence pairs or images trained on
-    best_score: float = float("-inf")
-    best_step: int = 0
-    bad_validations: int = 0  # validations since the best score
-    last_validation: int = -1  # step of the last validation
-    clipped_steps: int = 0  # steps whose gradient norm was above train.clip_norm
-    stop_reason: str = ""
-
-
-@dataclass
-class Window:
-    """Training statistics since the last log line."""
-
-    steps: int = 0
-    loss: float = 0.0
-    grad_norm: float = 0.0  # summed global gradient norms before clipping
-    clipped: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-
-    def add(self, loss: float, grad_norm: float, clipped: bool, tokens: int, seconds: float) -> None:
-        self.steps, self.loss, self.grad_norm = self.steps + 1, self.loss + loss, self.grad_norm + grad_norm
-        self.clipped, self.tokens, self.seconds = self.clipped + clipped, self.tokens + tokens, self.seconds + seconds
-
-    def stats(self) -> dict[str, float]:
-        n = max(self.steps, 1)
-        return {"train/loss": self.loss / n, "train/grad_norm": self.grad_norm / n,
-                "train/clipped_fraction": self.clipped / n,
-                "train/tokens_per_second": self.tokens / max(self.seconds, 1e-9)}
-
-
-def finish_reason(cfg: TrainConfig, p: Progress) -> str:
-    """Why a run at ``p`` is done under ``cfg`` (budget, step or epoch limit, early stopping), or ""."""
-    if cfg.time_budget is not None and p.elapsed >= cfg.time_budget * 60:
-        return f"time budget of {cfg.time_budget:g} min reached"
-    if cfg.max_steps is not None and p.step >= cfg.max_steps:
-        return f"max_steps={cfg.max_steps} reached"
-    if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
-        return f"max_epochs={cfg.max_epochs} reached"
-    if p.bad_validations >= cfg.patience:
-        return f"no better validation score for {cfg.patience} validations"
-    return ""
-
-
 def make_optimizer(params: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam, or plain SGD (the optimiser of the exploding-gradient papers)."""
     if cfg.optimizer == "sgd":
@@ -118,15 +66,17 @@ class Trainer:
     def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig, run_dir: Path, tracker: Tracker,
                  validate: Callable[["Trainer"], dict[str, float]], checkpoint_extra: dict[str, Any],
                  param_groups: list[dict[str, Any]] | None = None,
-                 loss: Callable[[Any, Batch], Tensor] | None = None):
+                 loss: Callable[[Any, Batch], list[LossSum]] | None = None, dist: Dist = SINGLE):
         self.device = pick_device(cfg.device)
         self.amp_dtype = pick_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
+        self.dist = dist
+        self.net = dist.wrap(self.model)  # what training steps run: the model, or it in DistributedDataParallel
         self.data, self.cfg, self.run_dir, self.tracker = data, cfg, Path(run_dir), tracker
         self.validate_fn, self.checkpoint_extra = validate, checkpoint_extra
         params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = make_optimizer(params, cfg)
-        self.loss = loss or self.sequence_loss  # (model output, batch) -> the loss to minimise
+        self.loss = loss or self.sequence_loss  # (model output, batch) -> the terms of the loss to minimise
         self.schedule = LRSchedule(self.optimizer, cfg)
         self.progress = Progress()
         self._bar = None  # the progress bar while training on a terminal
@@ -141,9 +91,11 @@ class Trainer:
         return self.run_dir / "checkpoints" / f"{name}.pt"
 
     def save(self, name: str) -> Path:
-        """Write checkpoint ``name`` atomically. Refuses non-finite weights; a failed write is one
-        line saying that the previous checkpoint there is intact."""
+        """Write checkpoint ``name`` atomically (rank 0 alone). Refuses non-finite weights; a failed
+        write is one line saying that the previous checkpoint there is intact."""
         path, step = self.checkpoint_path(name), self.progress.step
+        if not self.dist.main:
+            return path
         bad = non_finite_parameter(self.model)
         if bad is not None:
             raise FloatingPointError(f"step {step}: parameter {bad} is not finite; {path} was not overwritten"
@@ -196,34 +148,42 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return autocast(self.device, self.amp_dtype)
 
-    def sequence_loss(self, out: Output, batch: Batch) -> Tensor:
-        """The sequence models' loss: label-smoothed cross-entropy, plus the attention penalty if any."""
-        loss, _, _ = sequence_loss(out.logits, batch.tgt_out, self.cfg.label_smoothing)
+    def sequence_loss(self, out: Output, batch: Batch) -> list[LossSum]:
+        """The sequence models' loss: label-smoothed cross-entropy per token, plus the attention
+        penalty per sequence if any."""
+        loss, _, n = summed_sequence_loss(out.logits, batch.tgt_out, self.cfg.label_smoothing)
+        terms = [LossSum(loss, n)]
         if self.cfg.attention_reg > 0 and out.attention is not None:
-            loss = loss + self.cfg.attention_reg * attention_penalty(out.attention.float(), out.memory_mask,
-                                                                      batch.tgt_out)
-        return loss
+            penalty = attention_penalty(out.attention.float(), out.memory_mask, batch.tgt_out)
+            terms.append(LossSum(self.cfg.attention_reg * penalty.total, penalty.count))
+        return terms
 
-    def train_step(self, batch: Batch) -> tuple[float, float]:
-        """One update; the loss and the global gradient norm before clipping. A step whose loss
-        or gradient is not finite is not applied (the loop then stops): the weights stay finite."""
-        self.model.train()
+    def train_step(self, batch: Batch) -> StepStats:
+        """One update on this rank's ``batch`` (and the other ranks' batches, if any). A step whose
+        loss or gradient is not finite is not applied (the loop then stops): the weights stay finite."""
+        self.net.train()
         ratio = teacher_forcing_ratio(self.cfg, self.progress.step)
         with self.autocast():
-            out = self.model(batch.inputs, batch.tgt_in, ratio)
-        loss = self.loss(out, batch)
+            out = self.net(batch.inputs, batch.tgt_in, ratio)
+        terms = self.loss(out, batch)
+        # each term over its count in all ranks' batches; DDP averages the ranks' gradients, hence * world
+        counts = self.dist.sum(torch.tensor([float(t.count) for t in terms], dtype=torch.float64)).tolist()
+        loss = sum(t.total / max(c, 1.0) for t, c in zip(terms, counts)) * self.dist.world
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         limit = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")  # inf: measure, do not clip
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), limit))
-        value = loss.item()
-        if math.isfinite(value) and math.isfinite(grad_norm):
+        value = loss.item() / self.dist.world
+        if math.isfinite(value) and math.isfinite(grad_norm):  # the norm is global: all ranks agree on it
             self.optimizer.step()
-        return value, grad_norm
+        # after the update, so that a signal during it stops the run at this step's end
+        shared = self.dist.sum(torch.tensor([value, batch.num_tokens(), batch.size, float(self.signals.requested)],
+                                            dtype=torch.float64)).tolist()
+        return StepStats(shared[0], grad_norm, int(shared[1]), int(shared[2]), shared[3] > 0)
 
     def probe_gradient_flow(self, batch: Batch) -> None:
         """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.train.gradients)."""
-        flow = gradient_flow(self.model, batch.inputs, batch.tgt_in, lambda out: self.loss(out, batch))
+        flow = gradient_flow(self.model, batch.inputs, batch.tgt_in, lambda out: mean_loss(self.loss(out, batch)))
         step = self.progress.step
         self.tracker.log(flow.scalars(), step=step)
         if flow.by_distance:
@@ -235,8 +195,13 @@ class Trainer:
         self.progress.elapsed += now - self._clock
         self._clock = now
 
+    def _stop_requested(self) -> bool:
+        """Whether Ctrl-C or SIGTERM reached any rank."""
+        return bool(self.dist.sum(torch.tensor([float(self.signals.requested)])).item() > 0)
+
     def _budget_left(self) -> bool:
-        self.progress.stop_reason = finish_reason(self.cfg, self.progress)
+        """Whether to go on; rank 0 decides for all (its clock is the run's)."""
+        self.progress.stop_reason = self.dist.from_main(finish_reason(self.cfg, self.progress))
         return not self.progress.stop_reason
 
     def validate(self) -> dict[str, float]:
@@ -292,25 +257,27 @@ class Trainer:
         window = Window()
         self._clock = time.monotonic()
         try:
-            if cfg.gradient_flow_every and p.step == 0:  # at initialisation
+            if cfg.gradient_flow_every and p.step == 0 and self.dist.main:  # at initialisation
                 self.probe_gradient_flow(self.data.batch(self.data.epoch(0)[0]).to(self.device))
+            rank, world = self.dist.rank, self.dist.world
             while self._budget_left():
                 batches = self.data.epoch(p.epoch)
-                while p.batch_in_epoch < len(batches) and self._budget_left():
+                # each step takes the next `world` batches of the epoch's plan, one per rank
+                while p.batch_in_epoch + world <= len(batches) and self._budget_left():
                     t0 = time.monotonic()
                     lr = self.schedule.update(p.step, p.elapsed)
-                    batch = self.data.batch(batches[p.batch_in_epoch]).to(self.device)
-                    loss, grad_norm = self.train_step(batch)
-                    n = batch.num_tokens()
+                    batch = self.data.batch(batches[p.batch_in_epoch + rank]).to(self.device)
+                    step = self.train_step(batch)
+                    loss, grad_norm = step.loss, step.grad_norm
                     dt = time.monotonic() - t0
                     clipped = 0 < cfg.clip_norm < grad_norm
                     p.step += 1
-                    p.batch_in_epoch += 1
-                    p.tokens += n
-                    p.examples += batch.size
+                    p.batch_in_epoch += world
+                    p.tokens += step.tokens
+                    p.examples += step.examples
                     p.train_time += dt
                     p.clipped_steps += clipped
-                    window.add(loss, grad_norm, clipped, n, dt)
+                    window.add(loss, grad_norm, clipped, step.tokens, dt)
                     self._tick()
                     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                         self.tracker.log(window.stats(), step=p.step)  # the explosion stays visible in W&B
@@ -318,7 +285,7 @@ class Trainer:
                         raise FloatingPointError(f"training {what} at step {p.step} (not applied to the weights)"
                                                  f"{self._kept('last')}; to get past it, lower train.lr or "
                                                  f"set train.clip_norm in a new run")
-                    if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0:
+                    if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0 and self.dist.main:
                         self.probe_gradient_flow(batch)  # after this step's update
                     if p.step % cfg.log_every == 0:
                         stats = {**window.stats(), "train/lr": lr,
@@ -331,16 +298,16 @@ class Trainer:
                         self.validate()  # saves last.pt too
                     elif cfg.checkpoint_minutes and time.monotonic() - self._last_save >= cfg.checkpoint_minutes * 60:
                         self.save("last")  # after the step's work: a kill loses at most checkpoint_minutes
-                    if self.signals.requested:
+                    if step.stop_requested:
                         self.log(f"stopping at step {p.step} (signal received)")
                         raise KeyboardInterrupt
-                if p.batch_in_epoch >= len(batches):
+                if p.batch_in_epoch + world > len(batches):  # fewer batches left than ranks: they are left out
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             if p.last_validation != p.step:
                 self.validate()
             self._budget_left()  # the final validation may have started early stopping
             self.save("last")
-            if self.signals.requested:  # Ctrl-C during the final validation: stop before the test evaluation
+            if self._stop_requested():  # Ctrl-C during the final validation: stop before the test evaluation
                 p.stop_reason = "interrupted"
         except StopNow:
             p.stop_reason = "interrupted"  # mid-step: the last checkpoint on disk is the consistent state

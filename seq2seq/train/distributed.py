@@ -1,0 +1,115 @@
+"""Data-parallel training on PyTorch's own engine: ``torch.distributed``, launched by ``torchrun``.
+
+``torchrun --nproc_per_node=N experiments/translate.py ...`` starts N copies of an unchanged
+script; each finds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in its environment and joins
+the process group (gloo on CPU, NCCL on GPU). :class:`Dist` is what the rest of the code
+sees: who this process is and the few collectives training needs. A plain ``python`` launch
+gets the single-process :data:`SINGLE`, whose collectives do nothing.
+
+How the trainer uses it (:mod:`seq2seq.train.trainer`): every rank plans the same epoch and
+takes its own batch of each group of ``world`` consecutive batches; the loss terms are
+normalised by their global counts, so N ranks make exactly the update one process makes on
+the union of their batches; rank 0 decides when to stop and alone writes files and W&B.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the process group (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, results, logs and W&B."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` in DistributedDataParallel (its gradients are averaged over the ranks)."""
+        if not self.active:
+            return model
+        on_gpu = next(model.parameters()).is_cuda
+        return nn.parallel.DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None)
+
+    def sum(self, values: Tensor) -> Tensor:
+        """Element-wise sum over the ranks of a small tensor (on this rank's device)."""
+        if self.active:
+            values = values.clone()
+            dist.all_reduce(values)
+        return values
+
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (any picklable object)."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, items: list[T]) -> list[list[T]]:
+        """Every rank's ``items``, in rank order, on every rank."""
+        if not self.active:
+            return [items]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, items)
+        return out
+
+    def shard_map(self, chunks: Sequence[T], fn: Callable[[T], list[Any]]) -> list[Any]:
+        """``fn`` over ``chunks`` with chunk ``i`` on rank ``i % world``; the results of all chunks,
+        concatenated in chunk order, on every rank (validation decodes a shard per rank)."""
+        mine = [fn(chunk) for chunk in chunks[self.rank::self.world]]
+        if not self.active:
+            return [x for part in mine for x in part]
+        per_rank = self.gather(mine)
+        ordered = [per_rank[i % self.world][i // self.world] for i in range(len(chunks))]
+        return [x for part in ordered for x in part]
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+SINGLE = Dist()
+
+
+def from_environment(device: str = "auto") -> Dist:
+    """Join the process group that ``torchrun`` describes in the environment, or :data:`SINGLE`.
+
+    On GPUs each rank takes the device ``cuda:LOCAL_RANK`` (set before anything is built).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = torch.cuda.is_available() and device in ("auto", "cuda")
+    if gpu:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(minutes=30))
+    return Dist(rank, dist.get_world_size(), local)
+
+
+def leave() -> None:
+    """Leave the process group at the end of a run (a no-op when not distributed)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
