@@ -21,6 +21,7 @@ from seq2seq.files import WriteError, atomic_write
 from seq2seq.models.backbones import BackboneError
 from seq2seq.tokenizers import TokenizerError
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
+from seq2seq.train.distributed import current, join
 from seq2seq.train.faults import RunFolderBusy, RunLock
 from seq2seq.train.progress import Progress, finish_reason
 
@@ -34,7 +35,9 @@ class RunFinished(Exception):
 
 
 def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    """A timestamped line on stdout (from rank 0 alone in a data-parallel run)."""
+    if current().main:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def spread(items: Sequence[T], n: int | None) -> list[T]:
@@ -74,14 +77,32 @@ def prepare_run(args: argparse.Namespace, name: str, default_config: Path | None
         if args.time_budget <= 0:
             raise ConfigError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
         cfg.train.time_budget = args.time_budget
-    run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d = join(cfg.train.device)  # torchrun's process group, if launched by it
+    run_dir = d.from_main(args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     open_run_dir(cfg, run_dir)
     return cfg, run_dir
 
 
 def open_run_dir(cfg: Config, run_dir: Path) -> None:
     """Make ``run_dir`` ready for ``cfg`` and write the resolved config there. Refuse a folder
-    holding a run with another config; raise RunFinished for a finished one, leaving it untouched."""
+    holding a run with another config; raise RunFinished for a finished one, leaving it untouched.
+    In a data-parallel run rank 0 does this, and the other ranks raise what it raised."""
+    d = current()
+    if not d.active:
+        _open_run_dir(cfg, run_dir)
+        return
+    failure: Exception | None = None
+    if d.main:
+        try:
+            _open_run_dir(cfg, run_dir)
+        except (ConfigError, RunFinished, RunFolderBusy, WriteError) as err:
+            failure = err
+    failure = d.from_main(failure)
+    if failure is not None:
+        raise failure
+
+
+def _open_run_dir(cfg: Config, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if saved.exists():
         if not same_run_config(run_dir, cfg):
@@ -205,7 +226,9 @@ def run_cli(main: Callable[[], int]) -> int:
 
 
 def report(run_dir: Path, results: dict[str, Any], headline: str | None, tool: str) -> int:
-    """Write results.json and print the results, the headline and where the model is."""
+    """Write results.json and print the results, the headline and where the model is (rank 0)."""
+    if not current().main:
+        return 130 if results.get("interrupted") else 0
     if results.get("interrupted"):
         log(f"interrupted; run the same command with --run-dir {run_dir} to resume")
         return 130

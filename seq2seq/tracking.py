@@ -17,6 +17,7 @@ from PIL import Image
 
 from seq2seq.config import TrackingConfig
 from seq2seq.files import atomic_write, write_error
+from seq2seq.train.distributed import current
 
 
 class Tracker:
@@ -154,7 +155,10 @@ def wandb_mode(cfg: TrackingConfig) -> str:
 
 
 def make_tracker(cfg: TrackingConfig, run_dir: Path, config: dict[str, Any], job_type: str = "train") -> Tracker:
-    """A JSON-lines log in the run folder, plus W&B unless tracking is disabled."""
+    """A JSON-lines log in the run folder, plus W&B unless tracking is disabled; nothing on the
+    ranks of a data-parallel run other than rank 0."""
+    if not current().main:
+        return Tracker()
     local = JsonlTracker(run_dir / "metrics.jsonl")
     if not cfg.enabled or wandb_mode(cfg) == "disabled":
         return local

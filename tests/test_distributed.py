@@ -1,25 +1,31 @@
 """Data-parallel training with real processes on gloo: two ranks make the update one process
 makes on the union of their batches."""
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import padded_batch, tiny_model
+from conftest import padded_batch, tiny_model, toy_overrides
 
 from seq2seq.config import ImageConfig, ModelConfig, TrainConfig
 from seq2seq.data.batching import collate
 from seq2seq.models.model import build_captioning_model
 from seq2seq.tasks.captioning import CaptionBatch
 from seq2seq.tracking import Tracker
-from seq2seq.train.distributed import SINGLE, Dist, from_environment, leave
+from seq2seq.train.checkpoints import load_checkpoint
+from seq2seq.train.distributed import SINGLE, Dist, join, leave
 from seq2seq.train.trainer import Trainer
 
 # SGD: its update is the gradient itself. Adam's first update is about lr * sign(gradient), which
 # turns rounding noise in a near-zero gradient into a difference of up to lr.
+ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(time_budget=None, max_steps=1, precision="fp32", device="cpu", optimizer="sgd", lr=0.5,
                   clip_norm=0.5, label_smoothing=0.1, attention_reg=1.0)
 
@@ -75,7 +81,7 @@ def _worker(rank: int, world: int, port: int, kind: str, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist = from_environment("cpu")
+    dist = join("cpu")
     try:
         _step(kind, dist, out)
     finally:
@@ -95,3 +101,57 @@ def test_two_ranks_make_the_update_of_one_process_on_both_batches(tmp_path, kind
     assert all(r["tokens"] == single["tokens"] and r["examples"] == single["examples"] == 5 for r in ranks)
     changed = _model(kind).state_dict()
     assert any(not torch.equal(changed[k], v) for k, v in single["state"].items())  # the step did something
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _translate_command(run_dir: Path, *extra: str) -> list[str]:
+    return [str(ROOT / "experiments" / "translate.py"), "--run-dir", str(run_dir),
+            *toy_overrides(run_dir.parent, *extra)]
+
+
+def test_a_two_process_run_is_interrupted_resumed_alone_and_translates(tmp_path):
+    run_dir, extra = tmp_path / "run", ["train.max_steps=80", "train.valid_every=20", "train.log_every=10"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    proc = subprocess.Popen([*torchrun, *_translate_command(run_dir, *extra)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_env())
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("validation at step 20"):
+            proc.send_signal(signal.SIGINT)  # as Ctrl-C in a terminal: torchrun passes it to both ranks
+            break
+    seen += proc.stdout.readlines()
+    proc.wait(timeout=120)
+    output = "".join(seen)
+    assert sum(line.startswith("validation at step 20") for line in seen) == 1, output  # rank 0 alone logs
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
+    assert 20 <= stopped["step"] < 80 and f"stopping at step {stopped['step']}" in output, output
+    assert not (run_dir / "results.json").exists()
+
+    resumed = subprocess.run([sys.executable, *_translate_command(run_dir, *extra)], capture_output=True, text=True,
+                             env=_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at step {stopped['step']}" in resumed.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["train_steps"] == 80 and results["processes"] == 1 and "test_bleu_beam" in results
+    tool = subprocess.run([sys.executable, str(ROOT / "tools" / "translate.py"), str(run_dir)], input="the cat\n",
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert tool.returncode == 0 and tool.stdout.strip(), tool.stderr
+
+
+def test_two_nodes_meet_at_a_rendezvous_on_loopback(tmp_path):
+    run_dir, port = tmp_path / "run", free_port()
+    extra = ["train.max_steps=20", "train.valid_every=10"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=loopback",
+                               *_translate_command(run_dir, *extra)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["processes"] == 2 and results["train_steps"] == 20
+    assert sum("test BLEU" in out for out in outputs) == 1  # one node holds rank 0

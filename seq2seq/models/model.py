@@ -14,6 +14,7 @@ from seq2seq.models.decoder import RNNDecoder
 from seq2seq.models.encoders import ImageEncoder, TextEncoder
 from seq2seq.models.memory import Memory
 from seq2seq.tokenizers import PAD
+from seq2seq.train.distributed import current
 
 
 class Output(NamedTuple):
@@ -108,15 +109,18 @@ def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0)
 @torch.no_grad()
 def teacher_forced_nll(model: nn.Module, batches: Iterable[Any], device: torch.device,
                        autocast: Callable[[], torch.autocast]) -> tuple[float, int]:
-    """Summed NLL and token count of ``model`` over ``batches`` (for perplexity)."""
+    """Summed NLL and token count of ``model`` over ``batches`` (for perplexity); in a
+    data-parallel run each rank takes its share of the batches and the sums are shared."""
+    d = current()
     total, count = 0.0, 0
-    for batch in batches:
+    for batch in list(batches)[d.rank::d.world]:
         batch = batch.to(device)
         with autocast():
             logits = model(batch.inputs, batch.tgt_in).logits
         _, nll, n = sequence_loss(logits, batch.tgt_out)
         total, count = total + float(nll), count + n
-    return total, count
+    total, count = d.sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
+    return total, int(count)
 
 
 def attention_penalty(attention: Tensor, memory_mask: Tensor, tgt_out: Tensor) -> LossSum:

@@ -20,6 +20,7 @@ from seq2seq.tasks.translator import Translator
 from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
+from seq2seq.train.distributed import current, main_first
 from seq2seq.train.trainer import Trainer
 
 
@@ -127,9 +128,10 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     seed_everything(cfg.train.seed)
     check_attention_sizes(cfg.model, cfg.model.enc_hidden * (2 if cfg.model.bidirectional else 1))  # before fetching
-    corpus = load_data(cfg)
+    with main_first():  # rank 0 fetches the corpus and trains the tokenizers; the others then read them
+        corpus = load_data(cfg)
+        src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
     log(corpus.describe())
-    src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
     src, tgt = encode_pairs(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
     data = ParallelData(src, tgt, cfg.data.batch_tokens, cfg.train.seed)
     log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces; {len(data):,} training pairs "
@@ -159,9 +161,10 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     if corpus.test:
         greedy = evaluate(translator, corpus.test, beam=1)
         beam = evaluate(translator, corpus.test, beam=cfg.search.beam)
-        write_lines(run_dir / "test.greedy.txt", greedy["hypotheses"])
-        write_lines(run_dir / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])
-        write_lines(run_dir / "test.src.txt", [ex.src for ex in corpus.test])
+        if current().main:
+            write_lines(run_dir / "test.greedy.txt", greedy["hypotheses"])
+            write_lines(run_dir / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])
+            write_lines(run_dir / "test.src.txt", [ex.src for ex in corpus.test])
         results.update({
             "test_bleu_greedy": greedy["bleu"], "test_bleu_beam": beam["bleu"], "test_chrf_beam": beam["chrf"],
             "test_bleu_beam_detail": beam["bleu_detail"], "test_brevity_penalty_beam": beam["brevity_penalty"],
@@ -180,7 +183,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(trainer.device),
+        "parameters": model.num_parameters(), "device": str(trainer.device), "processes": current().world,
         "precision": precision_name(trainer.amp_dtype), "eval_precision": precision_name(translator.amp_dtype),
         "seed": cfg.train.seed,
         "total_minutes": (time.monotonic() - t0) / 60,

@@ -15,6 +15,7 @@ from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import Hypothesis, max_lengths, search
 from seq2seq.tokenizers import Tokenizer
 from seq2seq.train.checkpoints import load_trained
+from seq2seq.train.distributed import current
 
 
 @dataclass
@@ -58,25 +59,27 @@ class Translator:
 
         Lines are searched in consecutive windows of ``batch_size`` (sorted by length inside a
         window), so a file gives the same batches, and so the same outputs to the last bit,
-        whether it is translated in one call (test evaluation) or streamed through the tool.
+        whether it is translated in one call (test evaluation), streamed through the tool, or
+        shared out over the ranks of a data-parallel run.
         """
         s = self.cfg.search
         beam = beam or s.beam
         ratio = s.max_len_ratio if max_len_ratio is None else max_len_ratio
         batch_size = batch_size or s.batch_size
         ids = self.src_tok.encode([" ".join(line.split()) for line in lines])
-        results: list[Translation] = []
-        for start in range(0, len(lines), batch_size):
-            window = range(start, min(start + batch_size, len(lines)))
-            out = {i: Translation(lines[i], [], [], None) for i in window if not ids[i]}
-            todo = sorted((i for i in window if ids[i]), key=lambda i: len(ids[i]))  # similar lengths together
+
+        def window(span: range) -> list[Translation]:
+            out = {i: Translation(lines[i], [], [], None) for i in span if not ids[i]}
+            todo = sorted((i for i in span if ids[i]), key=lambda i: len(ids[i]))  # similar lengths together
             if todo:
                 src, src_lens = pad_ids([ids[i] for i in todo])
                 for i, hyps in zip(todo, self._search(src, src_lens, beam, nbest, ratio)):
                     cands = [Candidate(self.tgt_tok.decode([h.tokens])[0], h.score, h.tokens) for h in hyps]
                     out[i] = Translation(lines[i], cands, self.src_tok.pieces(ids[i]), hyps[0].attention)
-            results.extend(out[i] for i in window)
-        return results
+            return [out[i] for i in span]
+
+        spans = [range(start, min(start + batch_size, len(lines))) for start in range(0, len(lines), batch_size)]
+        return current().shard_map(spans, window)  # in a data-parallel run each rank searches its share
 
     @torch.no_grad()
     def _search(self, src: Tensor, src_lens: Tensor, beam: int, nbest: int, ratio: float) -> list[list[Hypothesis]]:

@@ -14,8 +14,10 @@ the union of their batches; rank 0 decides when to stop and alone writes files a
 
 from __future__ import annotations
 
+import atexit
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -92,21 +94,35 @@ class Dist:
 SINGLE = Dist()
 
 
-def from_environment(device: str = "auto") -> Dist:
-    """Join the process group that ``torchrun`` describes in the environment, or :data:`SINGLE`.
-
-    On GPUs each rank takes the device ``cuda:LOCAL_RANK`` (set before anything is built).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return SINGLE
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    gpu = torch.cuda.is_available() and device in ("auto", "cuda")
-    if gpu:
-        torch.cuda.set_device(local)
+def current() -> Dist:
+    """This process's :class:`Dist`: its place in torch's process group, or :data:`SINGLE`."""
     if not dist.is_initialized():
+        return SINGLE
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def join(device: str = "auto") -> Dist:
+    """Join the process group that ``torchrun`` describes in the environment (once; a plain launch
+    stays single). On GPUs each rank takes the device ``cuda:LOCAL_RANK``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        gpu = torch.cuda.is_available() and device in ("auto", "cuda")
+        if gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(minutes=30))
-    return Dist(rank, dist.get_world_size(), local)
+        atexit.register(leave)
+    return current()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (fetching data, training tokenizers into the run folder);
+    the other ranks run it after, finding what it made."""
+    d = current()
+    if not d.main:
+        d.barrier()
+    yield
+    if d.main:
+        d.barrier()
 
 
 def leave() -> None:

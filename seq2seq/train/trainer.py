@@ -27,7 +27,7 @@ from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, 
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
 from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
-from seq2seq.train.distributed import SINGLE, Dist
+from seq2seq.train.distributed import Dist, current
 from seq2seq.train.faults import StopNow, StopSignals, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
 from seq2seq.train.progress import Progress, StepStats, Window, finish_reason
@@ -66,12 +66,12 @@ class Trainer:
     def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig, run_dir: Path, tracker: Tracker,
                  validate: Callable[["Trainer"], dict[str, float]], checkpoint_extra: dict[str, Any],
                  param_groups: list[dict[str, Any]] | None = None,
-                 loss: Callable[[Any, Batch], list[LossSum]] | None = None, dist: Dist = SINGLE):
+                 loss: Callable[[Any, Batch], list[LossSum]] | None = None, dist: Dist | None = None):
         self.device = pick_device(cfg.device)
         self.amp_dtype = pick_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
-        self.dist = dist
-        self.net = dist.wrap(self.model)  # what training steps run: the model, or it in DistributedDataParallel
+        self.dist = dist if dist is not None else current()  # torchrun's process group, if any
+        self.net = self.dist.wrap(self.model)  # what training steps run: the model, or it in DistributedDataParallel
         self.data, self.cfg, self.run_dir, self.tracker = data, cfg, Path(run_dir), tracker
         self.validate_fn, self.checkpoint_extra = validate, checkpoint_extra
         params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -228,6 +228,8 @@ class Trainer:
         return metrics
 
     def log(self, message: str) -> None:
+        if not self.dist.main:
+            return
         if self._bar is not None:
             self._bar.write(message)
         else:
@@ -241,6 +243,7 @@ class Trainer:
             self.log(f"resuming from {last} at step {self.progress.step}")
         progress = self.train()
         self.log(f"training stopped at step {progress.step}: {progress.stop_reason}")
+        self.dist.barrier()  # every rank then reads the checkpoints rank 0 wrote
         return progress
 
     def train(self) -> Progress:
@@ -252,7 +255,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         if not self._budget_left() and p.last_validation == p.step:
             return p
-        self._bar = _progress_bar(cfg)
+        self._bar = _progress_bar(cfg) if self.dist.main else None
         self.signals.install()
         window = Window()
         self._clock = time.monotonic()
@@ -327,6 +330,8 @@ class Trainer:
 
     def _report(self, stats: dict[str, float]) -> None:
         p = self.progress
+        if not self.dist.main:
+            return
         if self._bar is not None:
             self._bar.n = min(self._bar.total, int(p.elapsed if self.cfg.time_budget else p.step)) \
                 if self._bar.total else p.step
