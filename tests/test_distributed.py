@@ -13,11 +13,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import padded_batch, tiny_model, toy_overrides
+from PIL import Image
 
 from seq2seq.config import ImageConfig, ModelConfig, TrainConfig
 from seq2seq.data.batching import collate
+from seq2seq.data.images import ImageTransform
+from seq2seq.models.encoders import ImageEncoder
 from seq2seq.models.model import build_captioning_model
 from seq2seq.tasks.captioning import CaptionBatch
+from seq2seq.tasks.features import extract_grids
 from seq2seq.tracking import Tracker
 from seq2seq.train.checkpoints import load_checkpoint
 from seq2seq.train.distributed import SINGLE, Dist, join, leave
@@ -155,3 +159,38 @@ def test_two_nodes_meet_at_a_rendezvous_on_loopback(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["processes"] == 2 and results["train_steps"] == 20
     assert sum("test BLEU" in out for out in outputs) == 1  # one node holds rank 0
+
+
+def _extract(d: Dist, folder: Path) -> None:
+    torch.manual_seed(0)
+    encoder = ImageEncoder("mobilenet_v2", grid_block=6, weights=None)
+    paths = sorted(folder.glob("*.png"))
+    grids = extract_grids(encoder, paths, ImageTransform(resize=64, crop=64), torch.device("cpu"), None,
+                          batch_size=3)
+    torch.save(grids, folder / f"grids_{'single' if d is SINGLE else d.rank}.pt")
+
+
+def _extract_worker(rank: int, world: int, port: int, folder: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        _extract(join("cpu"), folder)
+    finally:
+        leave()
+
+
+def test_feature_extraction_shared_by_two_ranks_equals_one_process(tmp_path):
+    for i in range(8):  # 8 images in batches of 3: rank 0 takes batches 0 and 2, rank 1 batch 1
+        Image.new("RGB", (40 + 5 * i, 48), (30 * i, 255 - 30 * i, 100)).save(tmp_path / f"img{i}.png")
+    mp.spawn(_extract_worker, args=(2, free_port(), tmp_path), nprocs=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks: a convolution's rounding may depend on the thread count
+    try:
+        _extract(SINGLE, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    single = torch.load(tmp_path / "grids_single.pt")
+    assert single.shape[0] == 8
+    for r in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"grids_{r}.pt"), single)

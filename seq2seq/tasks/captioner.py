@@ -19,6 +19,7 @@ from seq2seq.search import search
 from seq2seq.tasks.features import image_loader
 from seq2seq.tokenizers import Tokenizer
 from seq2seq.train.checkpoints import load_trained
+from seq2seq.train.distributed import current
 
 
 def image_transform(cfg: Config) -> ImageTransform:
@@ -71,16 +72,22 @@ class Captioner:
 
     def caption_inputs(self, inputs: Tensor | list[Path], beam: int = 1, nbest: int = 1,
                        batch_size: int = 64) -> list[Caption]:
-        """Captions of cached grids or of readable image files, in order."""
-        if isinstance(inputs, Tensor):
-            return [c for i in range(0, len(inputs), batch_size)
-                    for c in self.caption_tensors(inputs[i:i + batch_size].float(), beam, nbest)]
-        out = []
-        for path, caption, reason in self.caption_files(list(inputs), beam, batch_size, nbest=nbest):
-            if caption is None:
-                raise ValueError(f"{path}: {reason}")
-            out.append(caption)
-        return out
+        """Captions of cached grids or of readable image files, in order, searched in consecutive
+        windows of ``batch_size`` (shared out over the ranks of a data-parallel run)."""
+
+        def window(span: range) -> list[Caption]:
+            if isinstance(inputs, Tensor):
+                return self.caption_tensors(inputs[span.start:span.stop].float(), beam, nbest)
+            out = []
+            for path, caption, reason in self.caption_files(list(inputs[span.start:span.stop]), beam, batch_size,
+                                                            nbest=nbest):
+                if caption is None:
+                    raise ValueError(f"{path}: {reason}")
+                out.append(caption)
+            return out
+
+        spans = [range(i, min(i + batch_size, len(inputs))) for i in range(0, len(inputs), batch_size)]
+        return current().shard_map(spans, window)
 
     def caption_files(self, paths: list[Path], beam: int = 1, batch_size: int = 16, workers: int = 0,
                       nbest: int = 1) -> Iterator[tuple[Path, Caption | None, str]]:

@@ -50,6 +50,7 @@ from seq2seq.tokenizers import (
 )
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
+from seq2seq.train.distributed import current, main_first
 from seq2seq.train.trainer import Trainer
 
 SCORER = "sacreBLEU {version} corpus BLEU-n, tokenize=13a, lowercased, all references of each image"
@@ -233,10 +234,11 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Fetch data and weights, cache features, train within the budget, evaluate on test."""
     t0 = time.monotonic()
     seed_everything(cfg.train.seed)
-    corpus = load_captions(cfg)
+    with main_first():  # rank 0 fetches images and weights and builds the tokenizer; the others then read them
+        corpus = load_captions(cfg)
+        tokenizer = build_caption_tokenizer(cfg, corpus, run_dir)
+        model = build_captioning_model(cfg.model, cfg.image, len(tokenizer))
     log(corpus.describe())
-    tokenizer = build_caption_tokenizer(cfg, corpus, run_dir)
-    model = build_captioning_model(cfg.model, cfg.image, len(tokenizer))
     device = pick_device(cfg.train.device)
     amp = pick_precision(cfg.train.precision, device)
     encoder = model.encoder.to(device)
@@ -294,7 +296,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "scorer": SCORER.format(version=_sacrebleu_version()) + "; CIDEr-D: "
             + ("pycocoevalcap (x100)" if importlib.util.find_spec("pycocoevalcap") else "not installed"),
         })
-        _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
+        if current().main:
+            _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
         if cfg.captions.corpus == "emoji" and cfg.captions.twemoji_test:
             results.update(_twemoji_scores(cfg, captioner, test, beam["hypotheses"], grids["test"] is not None))
     results.update({
@@ -303,7 +306,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(device),
+        "parameters": model.num_parameters(), "device": str(device), "processes": current().world,
         "precision": precision_name(amp), "eval_precision": precision_name(captioner.amp_dtype),
         "seed": cfg.train.seed, "total_minutes": (time.monotonic() - t0) / 60,
     })

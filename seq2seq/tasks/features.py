@@ -24,6 +24,7 @@ from seq2seq.experiment import log
 from seq2seq.models.encoders import ImageEncoder
 from seq2seq.runtime import autocast, precision_name
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from seq2seq.train.distributed import current
 
 
 class ImageFiles(Dataset):
@@ -64,19 +65,23 @@ def weights_digest(module: torch.nn.Module) -> str:
 def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
                   amp_dtype: torch.dtype | None, batch_size: int = 32, workers: int = 0,
                   progress: Callable[[int, int], None] | None = None) -> Tensor:
-    """Feature grids (images, cells, channels) as the CNN outputs them; an unreadable image is an error."""
+    """Feature grids (images, cells, channels) as the CNN outputs them; an unreadable image is an
+    error. In a data-parallel run each rank extracts its share of the batches and all get every grid."""
     encoder.eval()
+    d = current()
+    spans = d.shard([range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)])
+    mine = [paths[i] for span in spans for i in span]  # one loader: its batches are this rank's spans
     grids, done = [], 0
-    for tensors, reasons in image_loader(paths, transform, batch_size, workers):
-        for path, tensor, reason in zip(paths[done:], tensors, reasons):
+    for tensors, reasons in image_loader(mine, transform, batch_size, workers):
+        for path, tensor, reason in zip(mine[done:], tensors, reasons):
             if tensor is None:
                 raise ImageError(f"{path}: {reason}")
         with autocast(device, amp_dtype):
-            grids.append(encoder.grid(torch.stack(tensors).to(device)).cpu())
+            grids.append(encoder.grid(torch.stack(tensors).to(device)).cpu())  # (batch, cells, channels)
         done += len(tensors)
         if progress:
-            progress(done, len(paths))
-    return torch.cat(grids)
+            progress(done, len(mine))
+    return torch.cat(d.collect(grids, -(-len(paths) // batch_size)))
 
 
 def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
@@ -101,5 +106,6 @@ def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTrans
         log(f"feature cache {path} is damaged ({problem}); extracting the features again")
         path.unlink(missing_ok=True)
     grids = extract_grids(encoder, paths, transform, device, amp_dtype, workers=workers, progress=progress)
-    save_checkpoint(path, {"grids": grids, "files": len(paths)})
+    if current().main:
+        save_checkpoint(path, {"grids": grids, "files": len(paths)})
     return grids

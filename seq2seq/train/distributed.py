@@ -76,15 +76,22 @@ class Dist:
         dist.all_gather_object(out, items)
         return out
 
-    def shard_map(self, chunks: Sequence[T], fn: Callable[[T], list[Any]]) -> list[Any]:
-        """``fn`` over ``chunks`` with chunk ``i`` on rank ``i % world``; the results of all chunks,
-        concatenated in chunk order, on every rank (validation decodes a shard per rank)."""
-        mine = [fn(chunk) for chunk in chunks[self.rank::self.world]]
+    def shard(self, chunks: Sequence[T]) -> list[T]:
+        """This rank's share of ``chunks``: chunk ``i`` goes to rank ``i % world``."""
+        return list(chunks[self.rank::self.world])
+
+    def collect(self, mine: list[T], n: int) -> list[T]:
+        """Every rank's results for its :meth:`shard` of ``n`` chunks, back in chunk order, on every rank."""
         if not self.active:
-            return [x for part in mine for x in part]
+            return mine
         per_rank = self.gather(mine)
-        ordered = [per_rank[i % self.world][i // self.world] for i in range(len(chunks))]
-        return [x for part in ordered for x in part]
+        return [per_rank[i % self.world][i // self.world] for i in range(n)]
+
+    def shard_map(self, chunks: Sequence[T], fn: Callable[[T], list[Any]]) -> list[Any]:
+        """``fn`` over this rank's share of ``chunks``; all chunks' results, concatenated in chunk
+        order, on every rank (validation decodes a shard per rank)."""
+        results = self.collect([fn(chunk) for chunk in self.shard(chunks)], len(chunks))
+        return [x for part in results for x in part]
 
     def barrier(self) -> None:
         if self.active:
