@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from conftest import padded_batch, tiny_model, toy_overrides
 from PIL import Image
 
@@ -194,3 +195,21 @@ def test_feature_extraction_shared_by_two_ranks_equals_one_process(tmp_path):
     assert single.shape[0] == 8
     for r in (0, 1):
         assert torch.equal(torch.load(tmp_path / f"grids_{r}.pt"), single)
+
+
+def test_a_study_runs_data_parallel_under_torchrun(tmp_path):
+    study = tmp_path / "pair.yaml"
+    study.write_text(yaml.safe_dump({
+        "task": "translation", "overrides": toy_overrides(tmp_path, "train.valid_every=5"),
+        "budget": {"max_steps": 10}, "runs": {"gru": [], "rnn": ["model.enc_cell=rnn", "model.dec_cell=rnn"]}}))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", str(ROOT / "experiments" / "study.py"), str(study),
+                           "--root", str(tmp_path / "studies")], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    folder = tmp_path / "studies" / "pair"
+    for name in ("gru", "rnn"):
+        results = json.loads((folder / name / "results.json").read_text())
+        assert results["processes"] == 2 and results["train_steps"] == 10
+    assert "| gru | finished |" in (folder / "summary.md").read_text()
+    assert proc.stdout.count("summary: ") == 1  # rank 0 alone reports

@@ -25,6 +25,7 @@ from seq2seq.experiment import (
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
 from seq2seq.study.summary import write_summary
+from seq2seq.train.distributed import current, join
 from seq2seq.train.faults import RunFolderBusy
 
 STATES = ("pending", "partial", "finished", "failed")
@@ -75,13 +76,17 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
         raise ConfigError(f"study {study.name} has no run named {', '.join(unknown)} (runs: {', '.join(names)})")
     folder = root / study.name
     folder.mkdir(parents=True, exist_ok=True)
+    d = join(specs[0].config.train.device)  # under torchrun every run is data-parallel; rank 0 writes
+    main = d.main
     for i, spec in enumerate(specs, 1):
         if only and spec.name not in only:
             continue
         run_dir = folder / spec.name
         state = run_state(study, spec, run_dir)
         if state == "failed" and only:  # named explicitly: try again
-            (run_dir / "error.txt").unlink()
+            if main:
+                (run_dir / "error.txt").unlink()
+            d.barrier()
             state = run_state(study, spec, run_dir)
         if state == "changed":
             log(f"[{i}/{len(specs)}] {spec.name}: skipped: {run_dir} holds this run with other options; "
@@ -101,7 +106,8 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
                 log(f"study {study.name} interrupted in run {spec.name}; the same command resumes it")
                 raise KeyboardInterrupt
             results["study_run_minutes"] = (time.monotonic() - started) / 60
-            write_results(run_dir, results)
+            if main:
+                write_results(run_dir, results)
         except RunFinished:
             log(f"[{i}/{len(specs)}] {spec.name}: finished, skipped")
             continue
@@ -109,20 +115,23 @@ def run_study(study: Study, root: Path, only: list[str] | None = None,
             log(f"[{i}/{len(specs)}] {spec.name}: skipped: {err}")
             continue
         except USER_ERRORS as err:  # this run diverged or its data failed: record it, go on with the others
-            write_text(run_dir / "error.txt", f"{err}\n")
+            if main:
+                write_text(run_dir / "error.txt", f"{err}\n")
             log(f"[{i}/{len(specs)}] {spec.name}: failed: {err}")
             continue
         finally:
             unlock_run_dir(run_dir)
         log(f"[{i}/{len(specs)}] {spec.name}: done in {(time.monotonic() - started) / 60:.1f} min")
-    write_summary(study, folder, specs, [run_state(study, s, folder / s.name) for s in specs])
+    if main:
+        write_summary(study, folder, specs, [run_state(study, s, folder / s.name) for s in specs])
     return folder
 
 
 def _execute(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     if study.task == "decode":
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", config_yaml(spec.config))
+        if current().main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "config.yaml", config_yaml(spec.config))
         return decode(study, spec.config, run_dir)
     if study.task == "captioning":
         from seq2seq.tasks.captioning import run
@@ -149,7 +158,8 @@ def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
     if not test:
         raise ConfigError(f"study {study.name}: the model's corpus has no test split to decode")
     out = evaluate(translator, test, beam=cfg.search.beam)
-    write_lines(run_dir / "test.hyp.txt", out["hypotheses"])
+    if current().main:
+        write_lines(run_dir / "test.hyp.txt", out["hypotheses"])
     words = sum(len(h.split()) for h in out["hypotheses"])
     return {"model": str(study.model), "beam": cfg.search.beam, "length_penalty": cfg.search.length_penalty,
             "test_bleu": out["bleu"], "brevity_penalty": out["brevity_penalty"], "test_chrf": out["chrf"],
