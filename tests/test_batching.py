@@ -1,5 +1,7 @@
 import random
 
+import pytest
+
 from seq2seq.data.batching import ParallelData, collate, token_batches
 from seq2seq.tokenizers import BOS, EOS, PAD
 
@@ -48,3 +50,33 @@ def test_parallel_data_counts_tokens():
     data = ParallelData([[5, 6], [7]], [[8], [9, 10]], budget=100, seed=0)
     assert data.tokens_per_epoch() == 3 + 3 + 2
     assert sorted(i for b in data.epoch(0) for i in b) == [0, 1]
+
+
+def _reference_batches(src_lens, tgt_lens, budget, seed, epoch):
+    """The plan as first written, one sentence at a time in Python: the vectorised one must equal it."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    noise = [rng.random() for _ in src_lens]
+    order = sorted(range(len(src_lens)), key=lambda i: (src_lens[i], tgt_lens[i], noise[i]))
+    batches, current, max_src, max_tgt = [], [], 0, 0
+    for i in order:
+        s, t = max(max_src, src_lens[i]), max(max_tgt, tgt_lens[i] + 1)
+        if current and (len(current) + 1) * (s + t) > budget:
+            batches.append(current)
+            current, s, t = [], src_lens[i], tgt_lens[i] + 1
+        current.append(i)
+        max_src, max_tgt = s, t
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+@pytest.mark.parametrize("n,budget,top", [(1, 50, 9), (7, 10, 9), (3000, 300, 60), (40_000, 6000, 120)])
+def test_vectorised_plan_equals_the_sentence_by_sentence_one(n, budget, top):
+    g = random.Random(n)
+    src = [g.randint(1, top) for _ in range(n)]
+    tgt = [g.randint(1, top) for _ in range(n)]
+    for seed, epoch in ((1, 0), (7, 4)):
+        assert token_batches(src, tgt, budget, seed, epoch) == _reference_batches(src, tgt, budget, seed, epoch)
+    no_source = [0] * n  # captioning plans over target lengths alone
+    assert token_batches(no_source, tgt, budget, 2, 1) == _reference_batches(no_source, tgt, budget, 2, 1)
