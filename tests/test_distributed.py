@@ -97,8 +97,8 @@ def _worker(rank: int, world: int, port: int, kind: str, out: Path) -> None:
 def test_two_ranks_make_the_update_of_one_process_on_both_batches(tmp_path, kind):
     mp.spawn(_worker, args=(2, free_port(), kind, tmp_path), nprocs=2)
     _step(kind, SINGLE, tmp_path)
-    single = torch.load(tmp_path / f"{kind}_single.pt")
-    ranks = [torch.load(tmp_path / f"{kind}_{r}.pt") for r in (0, 1)]
+    single = torch.load(tmp_path / f"{kind}_single.pt", weights_only=True)
+    ranks = [torch.load(tmp_path / f"{kind}_{r}.pt", weights_only=True) for r in (0, 1)]
     for name, want in single["state"].items():
         for r in ranks:
             torch.testing.assert_close(r["state"][name], want, atol=1e-5, rtol=1e-5, msg=name)
@@ -191,10 +191,10 @@ def test_feature_extraction_shared_by_two_ranks_equals_one_process(tmp_path):
         _extract(SINGLE, tmp_path)
     finally:
         torch.set_num_threads(threads)
-    single = torch.load(tmp_path / "grids_single.pt")
+    single = torch.load(tmp_path / "grids_single.pt", weights_only=True)
     assert single.shape[0] == 8
     for r in (0, 1):
-        assert torch.equal(torch.load(tmp_path / f"grids_{r}.pt"), single)
+        assert torch.equal(torch.load(tmp_path / f"grids_{r}.pt", weights_only=True), single)
 
 
 def test_a_study_runs_data_parallel_under_torchrun(tmp_path):
