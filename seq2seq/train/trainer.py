@@ -257,6 +257,8 @@ class Trainer:
             return p
         self._bar = _progress_bar(cfg) if self.dist.main else None
         self.signals.install()
+        if self.dist.active:  # each rank its own dropout masks (the weights are rank 0's already)
+            torch.manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1) + p.step)
         window = Window()
         self._clock = time.monotonic()
         try:
