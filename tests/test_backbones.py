@@ -20,8 +20,22 @@ def test_grid_shapes(backbone, grid_block, channels, side):
     assert memory.summary.shape == (2, channels) and memory.mask.all()
     torch.testing.assert_close(memory.summary, memory.states.mean(dim=1))
     # a cached grid gives the same memory as the image
-    again = enc(enc.grid(torch.randn(2, 3, 128, 128)))
-    assert again.states.shape == memory.states.shape
+    images = torch.randn(2, 3, 128, 128)
+    torch.testing.assert_close(enc(enc.frozen_grid(images)).states, enc(images).states)
+
+
+def test_cached_frozen_blocks_feed_the_finetuned_ones():
+    torch.manual_seed(0)
+    tuned = ImageEncoder("resnet18", finetune_from=3).eval()
+    images = torch.randn(2, 3, 128, 128)
+    cached = tuned.frozen_grid(images)  # the output of blocks 0..2: a 16x16 grid of 128 channels
+    assert cached.shape == (2, 256, 128)
+    memory = tuned(cached)
+    torch.testing.assert_close(memory.states, tuned(images).states)
+    memory.summary.sum().backward()
+    assert all(p.grad is not None for p in tuned.cnn[3:].parameters())
+    with pytest.raises(ValueError, match="255 cells are not a square grid"):
+        tuned(cached[:, :255])
 
 
 def test_frozen_and_finetuned_blocks():

@@ -3,6 +3,8 @@ for the shared decoder."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -62,9 +64,10 @@ class ImageEncoder(nn.Module):
     """A torchvision CNN cut at ``grid_block``: its feature map becomes a grid of memory vectors
     (Show, Attend and Tell) and their mean the summary (Show and Tell's image vector).
 
-    The blocks before ``finetune_from`` are frozen (all of them when it is None, so features
-    can be cached); frozen batch-norm layers stay in evaluation mode. ``forward`` takes images
-    (batch, 3, H, W) or cached grids (batch, cells, channels).
+    The blocks before ``finetune_from`` are frozen (all of them when it is None); frozen
+    batch-norm layers stay in evaluation mode. The frozen blocks' output does not change during
+    training, so it can be cached: ``forward`` takes images (batch, 3, H, W) or that cached
+    output as a grid (batch, cells, channels), and runs the trainable blocks on the latter.
     """
 
     def __init__(self, backbone: str = "mobilenet_v2", grid_block: int = -1, weights: str | None = None,
@@ -96,17 +99,31 @@ class ImageEncoder(nn.Module):
             block.eval()  # frozen batch-norm statistics must not drift
         return self
 
-    def grid(self, images: Tensor) -> Tensor:
-        """images (batch, 3, H, W) -> feature grid (batch, H'*W', channels), in the CNN's output
-        dtype (bf16 under bf16 autocast): what the feature cache stores."""
-        features = self.cnn(images)  # (batch, channels, H', W')
+    def frozen_grid(self, images: Tensor) -> Tensor:
+        """images (batch, 3, H, W) -> the frozen blocks' feature grid (batch, H'*W', channels), in
+        the CNN's output dtype (bf16 under bf16 autocast): what the feature cache stores."""
+        features = self.cnn[: self.frozen_blocks](images)  # (batch, channels, H', W')
         return features.flatten(2).transpose(1, 2)
 
     def forward(self, images: Tensor) -> Memory:
-        # live CNN or cached grid: the decoder gets the same fp32 numbers either way
-        grid = (self.grid(images) if images.dim() == 4 else images).float()  # (batch, cells, channels)
+        # live CNN or cached frozen grid: the decoder gets the same fp32 numbers either way
+        if images.dim() == 4:
+            grid = self.cnn(images).flatten(2).transpose(1, 2)  # (batch, cells, channels)
+        elif self.frozen:
+            grid = images
+        else:
+            grid = self.cnn[self.frozen_blocks:](_grid_to_map(images)).flatten(2).transpose(1, 2)
+        grid = grid.float()
         mask = torch.ones(grid.shape[:2], dtype=torch.bool, device=grid.device)
         return Memory(self.dropout(grid), mask, grid.mean(dim=1))
+
+
+def _grid_to_map(grid: Tensor) -> Tensor:
+    """(batch, cells, channels) of a square feature map -> (batch, channels, side, side)."""
+    side = math.isqrt(grid.size(1))
+    if side * side != grid.size(1):
+        raise ValueError(f"cached features of {grid.size(1)} cells are not a square grid")
+    return grid.transpose(1, 2).reshape(grid.size(0), grid.size(2), side, side)
 
 
 def _channels(cnn: nn.Sequential) -> int:

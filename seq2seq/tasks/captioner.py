@@ -89,6 +89,23 @@ class Captioner:
         spans = [range(i, min(i + batch_size, len(inputs))) for i in range(0, len(inputs), batch_size)]
         return current().shard_map(spans, window)
 
+    @torch.no_grad()
+    def summaries(self, inputs: Tensor | list[Path], batch_size: int = 64) -> Tensor:
+        """The summary vector (the mean of the image's grid) of cached grids or image files:
+        (images, summary_dim), shared out over the ranks of a data-parallel run."""
+        self.model.eval()
+
+        def window(span: range) -> list[Tensor]:
+            if isinstance(inputs, Tensor):
+                images = inputs[span.start:span.stop].float()  # (batch, cells, channels)
+            else:
+                images = torch.stack([self.transform(load_image(p)) for p in inputs[span.start:span.stop]])
+            with self.autocast():
+                return list(self.model.encode(images.to(self.device)).summary.float().cpu())
+
+        spans = [range(i, min(i + batch_size, len(inputs))) for i in range(0, len(inputs), batch_size)]
+        return torch.stack(current().shard_map(spans, window))
+
     def caption_files(self, paths: list[Path], beam: int = 1, batch_size: int = 16, workers: int = 0,
                       nbest: int = 1) -> Iterator[tuple[Path, Caption | None, str]]:
         """(path, caption, "") per readable file and (path, None, reason) per unreadable one, in order."""

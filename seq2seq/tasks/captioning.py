@@ -38,7 +38,7 @@ from seq2seq.metrics import bleu
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
-from seq2seq.tasks.features import cached_grids, extract_grids
+from seq2seq.tasks.features import cached_grids
 from seq2seq.tokenizers import (
     BOS,
     EOS,
@@ -207,8 +207,7 @@ class Validator:
     def __call__(self, trainer: Trainer) -> dict[str, float]:
         batches = (self.data.batch(b) for b in self.data.epoch(0))
         nll, n = teacher_forced_nll(trainer.model, batches, trainer.device, trainer.autocast)
-        inputs = self.grids if self.grids is not None else [ex.image for ex in self.examples]
-        caps = self.captioner.caption_inputs(inputs, beam=1)
+        caps = self.captioner.caption_inputs(_inputs(self.grids, self.examples), beam=1)
         scores = bleu_scores([c.text for c in caps], [ex.captions for ex in self.examples])
         step = trainer.progress.step
         shown = []
@@ -245,7 +244,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     transform = image_transform(cfg)
     captioner = Captioner(model, cfg, tokenizer, device, amp)
     grids: dict[str, Tensor | None] = {"train": None, "valid": None, "test": None}
-    if encoder.frozen and cfg.image.cache_features:
+    if encoder.frozen_blocks and cfg.image.cache_features:  # the frozen blocks run once per image
         for split in grids:
             examples = getattr(corpus, split)
             if examples:
@@ -275,14 +274,14 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     model.load_state_dict(ckpt["model"])
     captioner.amp_dtype = serving_precision("model", ckpt.get("precision"), device)  # as the caption tool will
     test = corpus.test
-    test_inputs = grids["test"] if grids["test"] is not None else [ex.image for ex in test]
+    test_inputs = _inputs(grids["test"], test)
     results: dict[str, Any] = {"corpus": corpus.name, "test_images": len(test)}
     if test:
         beam = evaluate(captioner, test, test_inputs, cfg.search.beam)
         greedy = evaluate(captioner, test, test_inputs, 1)
         refs = [ex.captions for ex in test]
-        train_pooled = _pooled(captioner, grids["train"], corpus.train)
-        nn_caps = nearest_neighbour(train_pooled, corpus.train, _pooled(captioner, grids["test"], test))
+        train_pooled = captioner.summaries(_inputs(grids["train"], corpus.train))
+        nn_caps = nearest_neighbour(train_pooled, corpus.train, captioner.summaries(test_inputs))
         seen = {ex.key.split(":")[0] for ex in corpus.train}
         unseen = [i for i, ex in enumerate(test) if ex.key.split(":")[0] not in seen]
         results.update({f"test_{k}": v for k, v in beam.items() if k.startswith("bleu")})
@@ -329,12 +328,9 @@ def _twemoji_scores(cfg: Config, captioner: Captioner, test: list[CaptionExample
             "test_bleu4_noto_same_images": bleu_scores([h for h, _ in noto], [r for _, r in noto])["bleu4"]}
 
 
-def _pooled(captioner: Captioner, grids: Tensor | None, examples: list[CaptionExample]) -> Tensor:
-    """The summary vector of each image (the mean of its grid)."""
-    if grids is None:
-        grids = extract_grids(captioner.model.encoder, [ex.image for ex in examples], captioner.transform,
-                              captioner.device, captioner.amp_dtype)
-    return grids.float().mean(dim=1)
+def _inputs(grids: Tensor | None, examples: list[CaptionExample]) -> Tensor | list[Path]:
+    """What the model reads of these images: their cached grids, or the files."""
+    return grids if grids is not None else [ex.image for ex in examples]
 
 
 def _sacrebleu_version() -> str:

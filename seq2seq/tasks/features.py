@@ -1,7 +1,8 @@
-"""CNN feature grids extracted once and cached on disk, so a frozen CNN runs once per image.
+"""CNN feature grids extracted once and cached on disk, so the frozen blocks of a CNN run once
+per image (all of it when it is frozen; the blocks before the fine-tuned ones otherwise).
 
-The cache key covers everything the features depend on: the CNN's weights (hashed), its
-cut, the transform, the precision it runs at and each image file's path, size and
+The cache key covers everything the features depend on: the frozen blocks' weights (hashed),
+their number, the transform, the precision it runs at and each image file's path, size and
 modification time. Grids are stored in the dtype the CNN produced them in (bf16 under bf16
 autocast, else fp32), so training on cached grids sees the numbers the caption tool computes.
 """
@@ -65,7 +66,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
                   amp_dtype: torch.dtype | None, batch_size: int = 32, workers: int = 0,
                   progress: Callable[[int, int], None] | None = None) -> Tensor:
-    """Feature grids (images, cells, channels) as the CNN outputs them; an unreadable image is an
+    """Feature grids (images, cells, channels) as the frozen blocks output them; an unreadable image is an
     error. In a data-parallel run each rank extracts its share of the batches and all get every grid."""
     encoder.eval()
     d = current()
@@ -77,7 +78,7 @@ def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTran
             if tensor is None:
                 raise ImageError(f"{path}: {reason}")
         with autocast(device, amp_dtype):
-            grids.append(encoder.grid(torch.stack(tensors).to(device)).cpu())  # (batch, cells, channels)
+            grids.append(encoder.frozen_grid(torch.stack(tensors).to(device)).cpu())  # (batch, cells, channels)
         done += len(tensors)
         if progress:
             progress(done, len(mine))
@@ -89,8 +90,10 @@ def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTrans
                  progress: Callable[[int, int], None] | None = None) -> Tensor:
     """:func:`extract_grids`, read from the cache when the same CNN has seen the same files."""
     stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
-    key = hashlib.sha256(json.dumps({"cnn": weights_digest(encoder.cnn), "transform": repr(transform),
-                                     "precision": precision_name(amp_dtype), "files": stats}).encode()).hexdigest()[:24]
+    frozen = encoder.cnn[: encoder.frozen_blocks]
+    key = hashlib.sha256(json.dumps({"cnn": weights_digest(frozen), "blocks": len(frozen),
+                                     "transform": repr(transform), "precision": precision_name(amp_dtype),
+                                     "files": stats}).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.pt"
     if path.exists():
         problem = ""
