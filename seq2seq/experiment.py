@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import yaml
 
 from seq2seq.config import Config, ConfigError, config_from_dict, load_config
@@ -40,13 +41,15 @@ def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def spread(items: Sequence[T], n: int | None) -> list[T]:
-    """At most ``n`` items evenly spaced over ``items`` (corpora are often sorted by length)."""
+def spread(items: Sequence[T], n: int | None) -> Sequence[T]:
+    """At most ``n`` items evenly spaced over ``items`` (corpora are often sorted by length), in a
+    list; pairs read on demand from files (a sequence with a ``take`` method) stay on demand."""
+    lazy = hasattr(items, "take")
     if n is None or n >= len(items):
-        return list(items)
-    if n <= 0:
-        return []
-    return [items[int(i * len(items) / n)] for i in range(n)]
+        return items if lazy else list(items)
+    if lazy:
+        return items.take((np.arange(max(n, 0)) * len(items) / n).astype(np.int64))
+    return [items[int(i * len(items) / n)] for i in range(n)] if n > 0 else []
 
 
 def experiment_parser(description: str) -> argparse.ArgumentParser:

@@ -7,10 +7,10 @@ from seq2seq.data.corpora import (
     _ParagraphParser,
     group_references,
     load_corpus,
-    read_parallel,
     split_bucket,
     split_corpus,
 )
+from seq2seq.data.parallel_files import read_pairs
 
 
 def test_split_bucket_follows_the_sha1_rule():
@@ -35,27 +35,31 @@ def test_split_keeps_all_references_together():
     assert 10 < len(corpus.test) < 60 and 10 < len(corpus.valid) < 60
 
 
+def _read(spec: str) -> list[tuple[str, str]]:
+    return list(read_pairs(spec))
+
+
 def test_user_files(tmp_path):
     (tmp_path / "a.tsv").write_text("hello\tbonjour\n\nyes\toui\n", encoding="utf-8")
-    assert read_parallel(str(tmp_path / "a.tsv")) == [("hello", "bonjour"), ("yes", "oui")]
+    assert _read(str(tmp_path / "a.tsv")) == [("hello", "bonjour"), ("yes", "oui")]
     (tmp_path / "x.en").write_text("a\nb\n")
     (tmp_path / "x.fr").write_text("c\nd\n")
-    assert read_parallel(f"{tmp_path / 'x.en'},{tmp_path / 'x.fr'}") == [("a", "c"), ("b", "d")]
+    assert _read(f"{tmp_path / 'x.en'},{tmp_path / 'x.fr'}") == [("a", "c"), ("b", "d")]
     (tmp_path / "y.fr").write_text("c\n")
     with pytest.raises(CorpusError, match="not aligned"):
-        read_parallel(f"{tmp_path / 'x.en'},{tmp_path / 'y.fr'}")
+        _read(f"{tmp_path / 'x.en'},{tmp_path / 'y.fr'}")
     (tmp_path / "bad.tsv").write_text("only one column\n")
     with pytest.raises(CorpusError, match="bad.tsv:1: expected source<TAB>target"):
-        read_parallel(str(tmp_path / "bad.tsv"))
+        _read(str(tmp_path / "bad.tsv"))
     with pytest.raises(CorpusError, match="does not exist"):
-        read_parallel(str(tmp_path / "missing.tsv"))
+        _read(str(tmp_path / "missing.tsv"))
 
 
 def test_files_corpus_with_explicit_splits(tmp_path):
     (tmp_path / "t.tsv").write_text("a b\tc d\n")
     (tmp_path / "v.tsv").write_text("x\ty\nx\tz\n")
     corpus = load_corpus("files", train=str(tmp_path / "t.tsv"), valid=str(tmp_path / "v.tsv"))
-    assert corpus.train == [("a b", "c d")] and corpus.valid[0].refs == ["y", "z"] and corpus.test == []
+    assert list(corpus.train) == [("a b", "c d")] and corpus.valid[0].refs == ["y", "z"] and corpus.test == []
 
 
 def test_help_paragraph_parser_skips_hidden_text():

@@ -21,9 +21,10 @@ import torch  # noqa: E402
 from seq2seq.benchmark import benchmark_translation  # noqa: E402
 from seq2seq.config import load_config  # noqa: E402
 from seq2seq.data.batching import ParallelData  # noqa: E402
+from seq2seq.data.encoded import encode_corpus  # noqa: E402
 from seq2seq.experiment import log, run_cli, spread  # noqa: E402
 from seq2seq.models.model import build_translation_model  # noqa: E402
-from seq2seq.tasks.translation import build_tokenizers, encode_pairs, load_data  # noqa: E402
+from seq2seq.tasks.translation import build_tokenizers, load_data  # noqa: E402
 from seq2seq.tasks.translator import Translator  # noqa: E402
 
 
@@ -49,8 +50,8 @@ def main() -> int:
             src_tok, tgt_tok = build_tokenizers(cfg, corpus, Path(tmp))
             model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
             translator = Translator(model, cfg, src_tok, tgt_tok, device=torch.device("cpu"))
-        src, tgt = encode_pairs(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
-        data = ParallelData(src, tgt, cfg.data.batch_tokens, cfg.train.seed)
+        data = ParallelData(*encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len), cfg.data.batch_tokens,
+                            cfg.train.seed)
         tests = [ex.src for ex in spread(corpus.test, args.test_sentences)]
         log(f"benchmarking on {corpus.name}: {args.steps} training steps, {len(tests)} test sentences")
         result = benchmark_translation(cfg, translator, data, tests, args.steps, args.warmup, args.beam)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from seq2seq.data.encoded import TokenArray
 from seq2seq.tokenizers import BOS, EOS, PAD
 
 
@@ -116,14 +117,16 @@ def _batch_starts(src: list[int], tgt: list[int], budget: int) -> list[int]:
 
 
 class ParallelData:
-    """Encoded training pairs with their epoch batches."""
+    """Encoded training pairs (memory-mapped token arrays, or lists of ids) with their epoch batches."""
 
-    def __init__(self, src: list[list[int]], tgt: list[list[int]], budget: int, seed: int):
-        if not src:
+    def __init__(self, src: TokenArray | list[list[int]], tgt: TokenArray | list[list[int]], budget: int,
+                 seed: int):
+        if not len(src):
             raise ValueError("no training pairs left (check the corpus and data.max_len)")
-        self.src, self.tgt, self.budget, self.seed = src, tgt, budget, seed
-        self.src_lens = np.array([len(s) for s in src], dtype=np.int64)
-        self.tgt_lens = np.array([len(t) for t in tgt], dtype=np.int64)
+        self.src = src if isinstance(src, TokenArray) else TokenArray.from_lists(src)
+        self.tgt = tgt if isinstance(tgt, TokenArray) else TokenArray.from_lists(tgt)
+        self.budget, self.seed = budget, seed
+        self.src_lens, self.tgt_lens = self.src.lengths, self.tgt.lengths
 
     def __len__(self) -> int:
         return len(self.src)

@@ -1,5 +1,6 @@
 """Parallel corpora: Tatoeba and LibreOffice (fetched and cached), or the user's own files
-(the Bible, split by chapter, is in :mod:`seq2seq.data.bible`).
+(read by :mod:`seq2seq.data.parallel_files`; the Bible, split by chapter, is in
+:mod:`seq2seq.data.bible`).
 
 Every corpus is split the same way: sources are normalised (NFC, stripped), grouped so that
 one source sentence keeps all of its translations, and put in a split by the sha1 of the
@@ -12,10 +13,10 @@ from __future__ import annotations
 import gettext
 import hashlib
 import io
-import sys
 import tarfile
 import unicodedata
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -48,7 +49,7 @@ class Example:
 @dataclass
 class ParallelCorpus:
     name: str
-    train: list[tuple[str, str]]
+    train: Sequence[tuple[str, str]]  # a list, or LinePairs read on demand from the user's files
     valid: list[Example]
     test: list[Example]
 
@@ -177,8 +178,8 @@ def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tup
     if tgt_lang not in LIBREOFFICE_LANGS:
         raise CorpusError(f"libreoffice corpora are en-de and en-fr, not en-{tgt_lang}")
     cached = cache_dir() / "libreoffice" / f"en-{tgt_lang}{'' if help_pages else '-ui'}.tsv"
-    if cached.exists():
-        return read_tsv(cached)
+    if cached.exists():  # written by write_tsv below: one tab per line
+        return [(src, tgt) for src, tgt in (line.split("\t") for line in read_text(cached).splitlines())]
     pairs: list[tuple[str, str]] = []
     l10n = fetch_deb(f"libreoffice-l10n-{tgt_lang}")
     for mo in sorted((l10n / f"usr/lib/libreoffice/program/resource/{tgt_lang}/LC_MESSAGES").glob("*.mo")):
@@ -200,30 +201,7 @@ def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tup
     return pairs
 
 
-# --- the user's own files ----------------------------------------------------------------
-
-def read_lines(path: Path, skip_bad: bool = False) -> list[tuple[int, str]]:
-    """(line number, text) of every line of a UTF-8 file. A line that is not UTF-8 is a one-line
-    CorpusError naming the file, the line and the byte, or, with ``skip_bad``, left out."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
-    lines, skipped = [], []
-    for n, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            lines.append((n, raw.decode("utf-8").removesuffix("\r")))
-        except UnicodeDecodeError as err:
-            if not skip_bad:
-                raise CorpusError(f"{path}:{n}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
-                                  f"re-encode the file as UTF-8, or set data.skip_bad_lines=true to skip such lines"
-                                  ) from None
-            skipped.append(n)
-    if lines and lines[-1][1] == "" and data.endswith(b"\n"):
-        lines.pop()  # the newline that ends the last line starts no line of its own
-    _report_skipped(path, skipped, "not UTF-8")
-    return lines
-
+# --- files -------------------------------------------------------------------------------
 
 def read_text(path: Path) -> str:
     """A whole UTF-8 file; not UTF-8 is a one-line CorpusError naming the file, line and byte."""
@@ -240,58 +218,8 @@ def read_text(path: Path) -> str:
                           f"re-encode the file as UTF-8") from None
 
 
-def _report_skipped(path: Path, lines: list[int], why: str) -> None:
-    if lines:
-        print(f"{path}: skipped {len(lines)} line(s) {why} (line {', '.join(map(str, lines[:5]))}"
-              f"{', ...' if len(lines) > 5 else ''})", file=sys.stderr, flush=True)
-
-
-def read_tsv(path: Path, skip_bad: bool = False) -> list[tuple[str, str]]:
-    """source<TAB>target pairs; blank lines are ignored, a line without a tab is an error (or skipped)."""
-    pairs, skipped = [], []
-    for n, line in read_lines(path, skip_bad):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) < 2:
-            if not skip_bad:
-                raise CorpusError(f"{path}:{n}: expected source<TAB>target, found one column; fix the line, "
-                                  f"or set data.skip_bad_lines=true to skip such lines")
-            skipped.append(n)
-            continue
-        pairs.append((cols[0], cols[1]))
-    _report_skipped(path, skipped, "without source<TAB>target")
-    return pairs
-
-
 def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> None:
     write_lines(path, [f"{' '.join(src.split())}\t{' '.join(tgt.split())}" for src, tgt in pairs])
-
-
-def read_parallel(spec: str, skip_bad: bool = False) -> list[tuple[str, str]]:
-    """Pairs from ``"data.tsv"`` (source<TAB>target) or ``"train.en,train.fr"`` (aligned lines).
-    With ``skip_bad``, a bad line of one aligned file drops the pair it belongs to."""
-    paths = [Path(p.strip()) for p in spec.split(",")]
-    for p in paths:
-        if not p.is_file():
-            raise CorpusError(f"data file {p} does not exist")
-    if len(paths) == 1:
-        return read_tsv(paths[0], skip_bad)
-    if len(paths) != 2:
-        raise CorpusError(f"{spec!r}: give one TSV file or two aligned files separated by a comma")
-    counts = [_count_lines(p) for p in paths]  # skipped lines included
-    if counts[0] != counts[1]:
-        raise CorpusError(f"{paths[0]} has {counts[0]} lines but {paths[1]} has {counts[1]}: not aligned")
-    src, tgt = dict(read_lines(paths[0], skip_bad)), dict(read_lines(paths[1], skip_bad))
-    return [(src[n], tgt[n]) for n in sorted(src) if n in tgt]
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
-    return data.count(b"\n") + (bool(data) and not data.endswith(b"\n"))
 
 
 def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: str | None = None,
@@ -308,13 +236,14 @@ def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: 
         return split_corpus(f"{corpus}-en-{tgt_lang}", pairs)
     if corpus != "files" or train is None:
         raise CorpusError(f"unknown corpus {corpus!r}; use tatoeba, libreoffice, bible or files with data.train")
+    from seq2seq.data.parallel_files import nonempty_pairs, read_pairs, split_pairs  # it builds on this module
+
     name = f"files-{src_lang}-{tgt_lang}"
+    pairs = read_pairs(train, skip_bad_lines)
     if valid is None and test is None:  # one file: the hash split decides
-        return split_corpus(name, read_parallel(train, skip_bad_lines))
-    pairs = [(normalise(s), normalise(t)) for s, t in read_parallel(train, skip_bad_lines)]
+        return ParallelCorpus(name, *split_pairs(pairs))
     return ParallelCorpus(
-        name,
-        [(s, t) for s, t in pairs if s and t],
-        group_references(read_parallel(valid, skip_bad_lines)) if valid else [],
-        group_references(read_parallel(test, skip_bad_lines)) if test else [],
+        name, nonempty_pairs(pairs),
+        group_references(list(read_pairs(valid, skip_bad_lines))) if valid else [],
+        group_references(list(read_pairs(test, skip_bad_lines))) if test else [],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from seq2seq.config import Config
 from seq2seq.data.batching import ParallelData, TextBatch, collate, token_batches
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
+from seq2seq.data.encoded import encode_corpus
 from seq2seq.experiment import log, spread
 from seq2seq.files import write_lines
 from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, chrf
@@ -43,7 +45,7 @@ def build_tokenizers(cfg: Config, corpus: ParallelCorpus, run_dir: Path) -> tupl
     if d.joint_vocab:
         path = folder / "joint.model"
         if not path.exists():
-            texts = [s for s, _ in corpus.train] + [t for _, t in corpus.train]
+            texts = itertools.chain((s for s, _ in corpus.train), (t for _, t in corpus.train))
             train_sentencepiece(texts, path, d.vocab_size, d.spm_model_type, max_sentences=600_000)
         tok = SubwordTokenizer(path)
         return tok, tok
@@ -51,18 +53,9 @@ def build_tokenizers(cfg: Config, corpus: ParallelCorpus, run_dir: Path) -> tupl
     for side, name in ((0, "src"), (1, "tgt")):
         path = folder / f"{name}.model"
         if not path.exists():
-            train_sentencepiece([pair[side] for pair in corpus.train], path, d.vocab_size, d.spm_model_type)
+            train_sentencepiece((pair[side] for pair in corpus.train), path, d.vocab_size, d.spm_model_type)
         toks.append(SubwordTokenizer(path))
     return toks[0], toks[1]
-
-
-def encode_pairs(pairs: list[tuple[str, str]], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
-                 max_len: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Ids of both sides, dropping pairs with an empty side or a side longer than ``max_len``."""
-    src = src_tok.encode([s for s, _ in pairs])
-    tgt = tgt_tok.encode([t for _, t in pairs])
-    keep = [i for i in range(len(pairs)) if 0 < len(src[i]) <= max_len and 0 < len(tgt[i]) <= max_len]
-    return [src[i] for i in keep], [tgt[i] for i in keep]
 
 
 def evaluate(translator: Translator, examples: list[Example], beam: int) -> dict[str, Any]:
@@ -128,12 +121,12 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     seed_everything(cfg.train.seed)
     check_attention_sizes(cfg.model, cfg.model.enc_hidden * (2 if cfg.model.bidirectional else 1))  # before fetching
-    with main_first():  # rank 0 fetches the corpus and trains the tokenizers; the others then read them
+    with main_first():  # rank 0 fetches and encodes the corpus and trains the tokenizers; the others read them
         corpus = load_data(cfg)
         src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
+        data = ParallelData(*encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len), cfg.data.batch_tokens,
+                            cfg.train.seed)
     log(corpus.describe())
-    src, tgt = encode_pairs(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
-    data = ParallelData(src, tgt, cfg.data.batch_tokens, cfg.train.seed)
     log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces; {len(data):,} training pairs "
         f"after filtering ({time.monotonic() - t0:.0f} s)")
 

@@ -1,0 +1,156 @@
+"""Encoded training pairs: the ids of every sentence side by side in one flat array, plus offsets.
+
+Encoding streams the pairs through the tokenizers in chunks (sentencepiece encodes a chunk on
+all cores) into files in the cache, one folder per (pairs, tokenizers, ``max_len``). The folder
+is written once, renamed into place when complete, and memory-mapped by every later run,
+resume and rank, so memory does not grow with the corpus beyond the map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from seq2seq.data.fetch import cache_dir
+from seq2seq.tokenizers import SubwordTokenizer
+
+CHUNK = 100_000  # pairs encoded at a time
+SIDES = ("src", "tgt")
+
+
+class TokenArray:
+    """Id sequences stored flat: sequence ``i`` is ``ids[offsets[i]:offsets[i + 1]]``."""
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray):
+        self.ids, self.offsets = ids, offsets  # (tokens,) and (sequences + 1,), memory-mapped or not
+
+    @classmethod
+    def from_lists(cls, seqs: Sequence[Sequence[int]]) -> "TokenArray":
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        ids = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(lengths.sum()))
+        return cls(ids, np.concatenate([[0], np.cumsum(lengths)]))
+
+    @classmethod
+    def open(cls, folder: Path, side: str, dtype: str, tokens: int) -> "TokenArray":
+        ids = (np.memmap(folder / f"{side}.ids", dtype=dtype, mode="r", shape=(tokens,)) if tokens
+               else np.zeros(0, dtype=dtype))
+        return cls(ids, np.load(folder / f"{side}.offsets.npy", mmap_mode="r"))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.ids[self.offsets[i]:self.offsets[i + 1]].tolist()
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)  # (sequences,)
+
+
+def encode_corpus(pairs: Sequence[tuple[str, str]], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
+                  max_len: int) -> tuple[TokenArray, TokenArray]:
+    """Ids of both sides of ``pairs``, dropping pairs with an empty side or a side longer than
+    ``max_len``: read from the cache, or encoded into it first."""
+    key = hashlib.sha256(json.dumps({"pairs": _fingerprint(pairs), "src": src_tok.sha256(), "tgt": tgt_tok.sha256(),
+                                     "max_len": max_len}).encode()).hexdigest()[:24]
+    folder = cache_dir() / "encoded" / key
+    meta = _read_meta(folder)
+    if meta is None:
+        _encode(pairs, {"src": src_tok, "tgt": tgt_tok}, max_len, folder)
+        meta = _read_meta(folder)
+        assert meta is not None, f"{folder} was just written"
+    return tuple(TokenArray.open(folder, side, meta[side]["dtype"], meta[side]["tokens"]) for side in SIDES)
+
+
+def _fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
+    """Lazily read pairs say what they depend on; pairs in memory are hashed."""
+    if hasattr(pairs, "fingerprint"):
+        return pairs.fingerprint()
+    digest = hashlib.sha256()
+    for chunk in _chunks(pairs, CHUNK):
+        digest.update("".join(f"{s}\t{t}\n" for s, t in chunk).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _chunks(pairs: Sequence[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    it = iter(pairs)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _read_meta(folder: Path) -> dict | None:
+    """The folder's description, or None when it is missing or does not match its files."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        for side in SIDES:
+            size = (folder / f"{side}.ids").stat().st_size
+            if size != meta[side]["tokens"] * np.dtype(meta[side]["dtype"]).itemsize:
+                raise ValueError(f"{side}.ids holds {size} bytes")
+        return meta
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"encoded corpus {folder} is damaged ({err}); encoding it again", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _encode(pairs: Sequence[tuple[str, str]], toks: dict[str, SubwordTokenizer], max_len: int,
+            folder: Path) -> None:
+    """Stream ``pairs`` through the tokenizers into ``folder`` (written aside, then renamed)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by an encoding that was killed
+        if not _alive(int(stale.name.split(".")[2])):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    tmp.mkdir()
+    dtypes = {side: np.dtype(np.uint16 if len(tok) <= 1 << 16 else np.int32) for side, tok in toks.items()}
+    lengths: dict[str, list[np.ndarray]] = {side: [] for side in SIDES}
+    start, done, dropped = time.monotonic(), 0, 0
+    files = {side: open(tmp / f"{side}.ids", "wb") for side in SIDES}
+    try:
+        for chunk in _chunks(pairs, CHUNK):
+            ids = {side: toks[side].encode([pair[k] for pair in chunk]) for k, side in enumerate(SIDES)}
+            keep = [i for i in range(len(chunk)) if 0 < len(ids["src"][i]) <= max_len
+                    and 0 < len(ids["tgt"][i]) <= max_len]
+            for side in SIDES:
+                kept = [ids[side][i] for i in keep]
+                lens = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
+                flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=dtypes[side], count=int(lens.sum()))
+                flat.tofile(files[side])
+                lengths[side].append(lens)
+            done, dropped = done + len(chunk), dropped + len(chunk) - len(keep)
+            if done % (10 * CHUNK) == 0:
+                print(f"encoded {done:,} of {len(pairs):,} pairs ({done / (time.monotonic() - start):,.0f} pairs/s)",
+                      flush=True)
+    finally:
+        for f in files.values():
+            f.close()
+    meta: dict = {"pairs": done - dropped, "dropped": dropped, "seconds": time.monotonic() - start}
+    for side in SIDES:
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths[side] or [np.zeros(0, np.int64)]))])
+        np.save(tmp / f"{side}.offsets.npy", offsets.astype(np.int64))
+        meta[side] = {"dtype": dtypes[side].name, "tokens": int(offsets[-1])}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")  # last: it marks the folder whole
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same encoding first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
