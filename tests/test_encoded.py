@@ -101,7 +101,9 @@ def tokenizers(tmp_path_factory):
 def test_the_encoded_corpus_yields_the_batches_of_the_in_memory_path(tmp_path, tokenizers):
     src_tok, tgt_tok = tokenizers
     corpus = load_corpus("files", train=str(write_tsv(tmp_path / "train.tsv", toy_pairs())))
-    mapped = ParallelData(*encode_corpus(corpus.train, src_tok, tgt_tok, max_len=10), budget=300, seed=3)
+    enc = encode_corpus(corpus.train, src_tok, tgt_tok, max_len=10)
+    assert enc.fresh and f"{len(enc.src):,} training pairs encoded" in enc.describe()
+    mapped = ParallelData(enc.src, enc.tgt, budget=300, seed=3)
     assert isinstance(mapped.src.ids, np.memmap) and mapped.src.ids.dtype == np.uint16
     lists = reference_encode(split_corpus("x", toy_pairs()).train, src_tok, tgt_tok, max_len=10)
     memory = ParallelData(*lists, budget=300, seed=3)
@@ -119,19 +121,22 @@ def test_the_encoded_corpus_yields_the_batches_of_the_in_memory_path(tmp_path, t
 def test_an_encoded_corpus_is_written_once_and_rewritten_when_damaged(tmp_path, tokenizers, monkeypatch):
     src_tok, tgt_tok = tokenizers
     pairs = split_corpus("x", toy_pairs(300)).train
-    first = [(np.array(a.ids), np.array(a.offsets)) for a in encode_corpus(pairs, src_tok, tgt_tok, max_len=50)]
+    enc = encode_corpus(pairs, src_tok, tgt_tok, max_len=50)
+    first = [(np.array(a.ids), np.array(a.offsets)) for a in (enc.src, enc.tgt)]
+    del enc
     real_encode = encoded._encode
     monkeypatch.setattr(encoded, "_encode", lambda *a: pytest.fail("encoded again"))
     again = encode_corpus(pairs, src_tok, tgt_tok, max_len=50)
-    assert [again[0][i] for i in range(len(pairs))] == src_tok.encode([s for s, _ in pairs])
+    assert not again.fresh and "training pairs read from the cache" in again.describe()
+    assert [again.src[i] for i in range(len(pairs))] == src_tok.encode([s for s, _ in pairs])
     (folder,) = (tmp_path / "cache" / "encoded").iterdir()
     del again
     with open(folder / "tgt.ids", "r+b") as f:
         f.truncate(10)  # a disk that filled up under another tool (no map of it is open)
     monkeypatch.setattr(encoded, "_encode", real_encode)
     fixed = encode_corpus(pairs, src_tok, tgt_tok, max_len=50)
-    assert np.array_equal(fixed[1].ids, first[1][0]) and np.array_equal(fixed[1].offsets, first[1][1])
-    assert encode_corpus(pairs[:-1], src_tok, tgt_tok, max_len=50)[0].ids.size < first[0][0].size  # other pairs
+    assert fixed.fresh and np.array_equal(fixed.tgt.ids, first[1][0]) and np.array_equal(fixed.tgt.offsets, first[1][1])
+    assert encode_corpus(pairs[:-1], src_tok, tgt_tok, max_len=50).src.ids.size < first[0][0].size  # other pairs
 
 
 def test_token_arrays_from_lists():

@@ -50,8 +50,8 @@ def main() -> int:
             src_tok, tgt_tok = build_tokenizers(cfg, corpus, Path(tmp))
             model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
             translator = Translator(model, cfg, src_tok, tgt_tok, device=torch.device("cpu"))
-        data = ParallelData(*encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len), cfg.data.batch_tokens,
-                            cfg.train.seed)
+        encoded = encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
+        data = ParallelData(encoded.src, encoded.tgt, cfg.data.batch_tokens, cfg.train.seed)
         tests = [ex.src for ex in spread(corpus.test, args.test_sentences)]
         log(f"benchmarking on {corpus.name}: {args.steps} training steps, {len(tests)} test sentences")
         result = benchmark_translation(cfg, translator, data, tests, args.steps, args.warmup, args.beam)

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,19 +56,43 @@ class TokenArray:
         return np.diff(self.offsets)  # (sequences,)
 
 
+@dataclass
+class EncodedPairs:
+    src: TokenArray
+    tgt: TokenArray
+    folder: Path  # where they are cached
+    meta: dict  # pairs, dropped, seconds (of encoding), and each side's dtype and tokens
+    fresh: bool  # encoded now (else read from the cache)
+
+    def describe(self) -> str:
+        m = self.meta
+        if not self.fresh:
+            return f"{m['pairs']:,} training pairs read from the cache: {self.folder}"
+        total = m["pairs"] + m["dropped"]
+        return (f"{m['pairs']:,} training pairs encoded in {m['seconds']:.0f} s ({total / max(m['seconds'], 1e-9):,.0f} "
+                f"pairs/s; {m['dropped']:,} of {total:,} dropped for length): {self.folder}")
+
+
 def encode_corpus(pairs: Sequence[tuple[str, str]], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
-                  max_len: int) -> tuple[TokenArray, TokenArray]:
+                  max_len: int) -> EncodedPairs:
     """Ids of both sides of ``pairs``, dropping pairs with an empty side or a side longer than
     ``max_len``: read from the cache, or encoded into it first."""
     key = hashlib.sha256(json.dumps({"pairs": _fingerprint(pairs), "src": src_tok.sha256(), "tgt": tgt_tok.sha256(),
                                      "max_len": max_len}).encode()).hexdigest()[:24]
     folder = cache_dir() / "encoded" / key
+    fresh = _read_meta(folder) is None
+    if fresh:
+        _encode(pairs, {"src": src_tok, "tgt": tgt_tok}, max_len, folder)
+    return open_encoded(folder, fresh)
+
+
+def open_encoded(folder: Path, fresh: bool = False) -> EncodedPairs:
+    """Memory-map an encoded corpus's folder."""
     meta = _read_meta(folder)
     if meta is None:
-        _encode(pairs, {"src": src_tok, "tgt": tgt_tok}, max_len, folder)
-        meta = _read_meta(folder)
-        assert meta is not None, f"{folder} was just written"
-    return tuple(TokenArray.open(folder, side, meta[side]["dtype"], meta[side]["tokens"]) for side in SIDES)
+        raise FileNotFoundError(f"{folder} holds no encoded corpus")
+    src, tgt = (TokenArray.open(folder, side, meta[side]["dtype"], meta[side]["tokens"]) for side in SIDES)
+    return EncodedPairs(src, tgt, folder, meta, fresh)
 
 
 def _fingerprint(pairs: Sequence[tuple[str, str]]) -> str:

@@ -123,12 +123,12 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     check_attention_sizes(cfg.model, cfg.model.enc_hidden * (2 if cfg.model.bidirectional else 1))  # before fetching
     with main_first():  # rank 0 fetches and encodes the corpus and trains the tokenizers; the others read them
         corpus = load_data(cfg)
+        log(f"{corpus.describe()} ({time.monotonic() - t0:.0f} s)")
         src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
-        data = ParallelData(*encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len), cfg.data.batch_tokens,
-                            cfg.train.seed)
-    log(corpus.describe())
-    log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces; {len(data):,} training pairs "
-        f"after filtering ({time.monotonic() - t0:.0f} s)")
+        log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces ({time.monotonic() - t0:.0f} s)")
+        encoded = encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
+    log(encoded.describe())
+    data = ParallelData(encoded.src, encoded.tgt, cfg.data.batch_tokens, cfg.train.seed)
 
     model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
     tracker = make_tracker(cfg.tracking, run_dir, cfg.to_dict(), job_type="translation")
