@@ -20,6 +20,7 @@ from seq2seq.data.batching import ParallelData
 from seq2seq.models.decoder import RNNDecoder
 from seq2seq.models.encoders import TextEncoder
 from seq2seq.models.model import Seq2Seq
+from seq2seq.profiling import breakdown_table, profile_steps, scope_function
 from seq2seq.tasks.translator import Translator
 from seq2seq.tracking import Tracker
 from seq2seq.train.trainer import Trainer
@@ -98,6 +99,7 @@ def peak_memory_mb(device: torch.device) -> float:
 @dataclass
 class BenchResult:
     values: dict[str, Any]
+    breakdown: dict[str, float] | None = None  # seconds per training step by part, when profiled
 
     def table(self) -> str:
         width = max(len(k) for k in self.values)
@@ -105,6 +107,8 @@ class BenchResult:
         for k, v in self.values.items():
             text = f"{v:,.4g}" if isinstance(v, float) else str(v)
             rows.append(f"{k:<{width}}  {text}")
+        if self.breakdown:
+            rows += ["", "where a training step's time goes (torch.profiler):", breakdown_table(self.breakdown)]
         return "\n".join(rows)
 
 
@@ -115,8 +119,10 @@ def describe(cfg: Config) -> str:
 
 
 def benchmark_translation(cfg: Config, translator: Translator, data: ParallelData, test_sources: list[str],
-                          steps: int = 30, warmup: int = 5, beam: int = 5) -> BenchResult:
-    """Training tokens/s, greedy and beam sentences/s, peak memory and utilisation ratios."""
+                          steps: int = 30, warmup: int = 5, beam: int = 5, profile: int = 0,
+                          trace: Path | None = None) -> BenchResult:
+    """Training tokens/s, greedy and beam sentences/s, peak memory and utilisation ratios; with
+    ``profile``, that many more training steps are profiled (a Chrome trace to ``trace``)."""
     model = translator.model
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, data, cfg.train, Path(tmp), Tracker(), lambda t: {"score": 0.0}, {})
@@ -128,8 +134,8 @@ def benchmark_translation(cfg: Config, translator: Translator, data: ParallelDat
     rate_amp = matmul_rate(device, amp) if amp is not None else rate32
 
     batches = data.epoch(0)
-    if len(batches) < warmup + steps:
-        raise ValueError(f"the data has {len(batches)} batches; the benchmark needs {warmup + steps}")
+    if len(batches) < warmup + steps + profile:
+        raise ValueError(f"the data has {len(batches)} batches; the benchmark needs {warmup + steps + profile}")
     for indices in batches[:warmup]:
         trainer.train_step(data.batch(indices).to(device))
     src_tokens = tgt_tokens = 0
@@ -154,6 +160,12 @@ def benchmark_translation(cfg: Config, translator: Translator, data: ParallelDat
         return len(test_sources) / (time.perf_counter() - t0)
 
     greedy, beamed = decode_rate(1), decode_rate(beam)
+    breakdown = None
+    if profile:
+        profiled = iter(batches[warmup + steps:warmup + steps + profile])
+        trainer.loss = scope_function(trainer.loss, "loss (log-softmax, NLL)")
+        breakdown = profile_steps(model, lambda: trainer.train_step(data.batch(next(profiled)).to(device)), profile,
+                                  trace)
     return BenchResult({
         "model": describe(cfg), "parameters": model.num_parameters(), "device": str(device),
         "precision": str(amp or "fp32").replace("torch.", ""),
@@ -170,4 +182,4 @@ def benchmark_translation(cfg: Config, translator: Translator, data: ParallelDat
         f"beam{beam}_sentences_per_second": beamed,
         "test_sentences": len(test_sources),
         "peak_memory_mb": peak_memory_mb(device),
-    })
+    }, breakdown)

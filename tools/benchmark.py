@@ -3,6 +3,7 @@
     python tools/benchmark.py                                  # the default config, random weights
     python tools/benchmark.py --config experiments/configs/bahdanau2015.yaml
     python tools/benchmark.py --run-dir runs/translate-...     # a trained model (real output lengths)
+    python tools/benchmark.py --profile 10 --trace step.json   # and where a training step's time goes
 
 Runs unchanged on a GPU (train.device=auto picks it).
 """
@@ -36,6 +37,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--test-sentences", type=int, default=500, help="test sentences decoded")
     parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="profile this many more training steps: time by part of the model")
+    parser.add_argument("--trace", type=Path, help="with --profile: write a Chrome trace (chrome://tracing, Perfetto)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +58,8 @@ def main() -> int:
         data = ParallelData(encoded.src, encoded.tgt, cfg.data.batch_tokens, cfg.train.seed)
         tests = [ex.src for ex in spread(corpus.test, args.test_sentences)]
         log(f"benchmarking on {corpus.name}: {args.steps} training steps, {len(tests)} test sentences")
-        result = benchmark_translation(cfg, translator, data, tests, args.steps, args.warmup, args.beam)
+        result = benchmark_translation(cfg, translator, data, tests, args.steps, args.warmup, args.beam, args.profile,
+                                       args.trace)
     print(result.table())
     return 0
 

@@ -69,8 +69,9 @@ class EncodedPairs:
         if not self.fresh:
             return f"{m['pairs']:,} training pairs read from the cache: {self.folder}"
         total = m["pairs"] + m["dropped"]
-        return (f"{m['pairs']:,} training pairs encoded in {m['seconds']:.0f} s ({total / max(m['seconds'], 1e-9):,.0f} "
-                f"pairs/s; {m['dropped']:,} of {total:,} dropped for length): {self.folder}")
+        rate = total / max(m["seconds"], 1e-9)
+        return (f"{m['pairs']:,} training pairs encoded in {m['seconds']:.0f} s ({rate:,.0f} pairs/s; "
+                f"{m['dropped']:,} of {total:,} dropped for length): {self.folder}")
 
 
 def encode_corpus(pairs: Sequence[tuple[str, str]], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,

@@ -6,12 +6,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq.config import ConfigError, ImageConfig, ModelConfig
 from seq2seq.models.decoder import RNNDecoder
 from seq2seq.models.encoders import ImageEncoder, TextEncoder
+from seq2seq.models.loss import token_losses
 from seq2seq.models.memory import Memory
 from seq2seq.tokenizers import PAD
 from seq2seq.train.distributed import current
@@ -86,18 +86,12 @@ def summed_sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float
     """Training loss summed over non-padding tokens, summed NLL (for perplexity) and the token count.
 
     With label smoothing ``e`` the loss is ``(1 - e) * NLL + e * mean_v(-log p_v)``, as in
-    ``F.cross_entropy(label_smoothing=e)``; one log-softmax serves both terms.
+    ``F.cross_entropy(label_smoothing=e)`` (fused: :mod:`seq2seq.models.loss`).
     """
-    logp = F.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)  # (batch*tgt_len, vocab)
     target = tgt_out.reshape(-1)
-    real = target != PAD
-    n = int(real.sum())
-    nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1).masked_fill(~real, 0.0).sum()
-    loss = nll
-    if label_smoothing > 0:
-        smooth = -logp.mean(dim=-1).masked_fill(~real, 0.0).sum()
-        loss = (1 - label_smoothing) * nll + label_smoothing * smooth
-    return loss, nll.detach(), n
+    loss, nll = token_losses(logits.reshape(-1, logits.size(-1)), target, label_smoothing)  # (batch*tgt_len,)
+    padding = target == PAD
+    return loss.masked_fill(padding, 0.0).sum(), nll.masked_fill(padding, 0.0).sum(), int((~padding).sum())
 
 
 def sequence_loss(logits: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, int]:
