@@ -112,23 +112,26 @@ class RNNDecoder(nn.Module):
             ctx = torch.sigmoid(self.gate(query)) * ctx
         return ctx, weights
 
-    def _output(self, out: Tensor, emb: Tensor, ctx: Tensor | None, memory: Memory,
-                keys: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """RNN outputs (batch, steps, hidden) -> logits (batch, steps, vocab), pre-output, attention."""
-        weights = None
+    def _pre_output(self, out: Tensor, emb: Tensor, ctx: Tensor | None, memory: Memory,
+                    keys: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """RNN outputs (batch, steps, hidden) -> pre-output (batch, steps, pre_dim): Luong's h~ or
+        the maxout readout; and Luong's attention (batch, steps, mem_len)."""
         if self.luong:
             ctx, weights = self.attend(out, keys, memory)  # (batch, steps, mem_dim)
-            pre = torch.tanh(self.combine(torch.cat([ctx, out], dim=-1)))  # h~: (batch, steps, hidden)
-        else:
-            t = self.readout(torch.cat([out, emb, ctx], dim=-1))  # (batch, steps, 2*readout)
-            pre = t.view(*t.shape[:-1], -1, 2).max(dim=-1).values  # maxout: (batch, steps, readout)
+            return torch.tanh(self.combine(torch.cat([ctx, out], dim=-1))), weights  # h~: (batch, steps, hidden)
+        t = self.readout(torch.cat([out, emb, ctx], dim=-1))  # (batch, steps, 2*readout)
+        return t.view(*t.shape[:-1], -1, 2).max(dim=-1).values, None  # maxout: (batch, steps, readout)
+
+    def _logits(self, pre: Tensor) -> Tensor:
+        """Pre-output (batch, steps, pre_dim) -> logits (batch, steps, vocab)."""
         x = self.dropout(pre)
         if self.tie_proj is not None:
             x = self.tie_proj(x)
-        return self.out(x), pre, weights
+        return self.out(x)
 
-    def step(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One step: prev (batch,) ids -> logits (batch, vocab), new state, attention (batch, mem_len)."""
+    def _advance(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One recurrence step: prev (batch,) ids -> pre-output (batch, 1, pre_dim), new state,
+        attention (batch, 1, mem_len)."""
         emb = self.dropout(self.embed(prev)).unsqueeze(1)  # (batch, 1, emb)
         parts, ctx, weights = [emb], None, None
         if self.kind == "none":
@@ -141,12 +144,14 @@ class RNNDecoder(nn.Module):
         if self.input_feeding:
             parts.append(state.feed.unsqueeze(1))
         out, hidden = self.rnn(torch.cat(parts, dim=-1), state.hidden)  # (batch, 1, hidden)
-        logits, pre, luong_weights = self._output(out, emb, ctx, memory, state.keys)
-        if luong_weights is not None:
-            weights = luong_weights
+        pre, luong_weights = self._pre_output(out, emb, ctx, memory, state.keys)
         feed = pre.squeeze(1) if self.input_feeding else None
-        weights = None if weights is None else weights.squeeze(1)
-        return logits.squeeze(1), DecoderState(hidden, feed, state.keys), weights
+        return pre, DecoderState(hidden, feed, state.keys), weights if luong_weights is None else luong_weights
+
+    def step(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One step: prev (batch,) ids -> logits (batch, vocab), new state, attention (batch, mem_len)."""
+        pre, state, weights = self._advance(prev, state, memory)
+        return self._logits(pre).squeeze(1), state, None if weights is None else weights.squeeze(1)
 
     def forward(self, tgt_in: Tensor, memory: Memory, teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced decoding: tgt_in (batch, tgt_len) -> logits (batch, tgt_len, vocab), attention.
@@ -163,21 +168,24 @@ class RNNDecoder(nn.Module):
                 ctx = memory.summary.unsqueeze(1).expand(-1, tgt_in.size(1), -1)  # (batch, tgt_len, summary)
                 rnn_in = torch.cat([emb, ctx], dim=-1)
             out, _ = self.rnn(rnn_in, state.hidden)  # (batch, tgt_len, hidden)
-            logits, _, weights = self._output(out, emb, ctx, memory, state.keys)
-            return logits, weights
-        steps_logits, steps_weights = [], []
+            pre, weights = self._pre_output(out, emb, ctx, memory, state.keys)
+            return self._logits(pre), weights
+        # step by step; nothing feeds back from the output layer but sampled tokens, so without
+        # sampling it runs once over all steps (one large matrix product instead of one per step)
+        sampling = teacher_forcing < 1.0
+        outputs, steps_weights = [], []  # per step: logits (sampling) or pre-outputs, (batch, 1, .)
         prev = tgt_in[:, 0]
         for t in range(tgt_in.size(1)):
             if t > 0:
                 prev = tgt_in[:, t]
-                if teacher_forcing < 1.0:
-                    probs = torch.softmax(steps_logits[-1].detach().float(), dim=-1)
+                if sampling:
+                    probs = torch.softmax(outputs[-1].squeeze(1).detach().float(), dim=-1)
                     sampled = torch.multinomial(probs, 1).squeeze(1)
                     use_model = torch.rand(prev.shape, device=prev.device) >= teacher_forcing
                     prev = torch.where(use_model & (prev != PAD), sampled, prev)
-            logits, state, weights = self.step(prev, state, memory)
-            steps_logits.append(logits)
+            pre, state, weights = self._advance(prev, state, memory)
+            outputs.append(self._logits(pre) if sampling else pre)
             steps_weights.append(weights)
-        logits = torch.stack(steps_logits, dim=1)  # (batch, tgt_len, vocab)
-        weights = None if steps_weights[0] is None else torch.stack(steps_weights, dim=1)
+        logits = torch.cat(outputs, dim=1) if sampling else self._logits(torch.cat(outputs, dim=1))
+        weights = None if steps_weights[0] is None else torch.cat(steps_weights, dim=1)
         return logits, weights
