@@ -56,6 +56,24 @@ def test_a_split_file_matches_the_in_memory_split(tmp_path, newline):
     assert corpus.train[5] == expected.train[5]
 
 
+def test_the_split_of_a_file_is_cached(tmp_path, monkeypatch, capsys):
+    from seq2seq.data import parallel_files
+
+    path = write_tsv(tmp_path / "train.tsv", toy_pairs(800))
+    first = load_corpus("files", train=str(path))
+    real_split = parallel_files.split_pairs
+    monkeypatch.setattr(parallel_files, "split_pairs", lambda pairs: pytest.fail("split again"))
+    again = load_corpus("files", train=str(path))
+    assert list(again.train) == list(first.train) and again.valid == first.valid and again.test == first.test
+    monkeypatch.setattr(parallel_files, "split_pairs", real_split)
+    (folder,) = (tmp_path / "cache" / "splits").iterdir()
+    (folder / "train.npy").write_bytes(b"junk")
+    assert list(load_corpus("files", train=str(path)).train) == list(first.train)
+    assert "is damaged" in capsys.readouterr().out
+    write_tsv(path, toy_pairs(800)[:700])  # the file changed: split again
+    assert len(load_corpus("files", train=str(path)).train) < len(first.train)
+
+
 def test_aligned_files_and_explicit_splits_match_the_in_memory_path(tmp_path):
     pairs = toy_pairs(500)
     (tmp_path / "a.en").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")

@@ -236,14 +236,13 @@ def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: 
         return split_corpus(f"{corpus}-en-{tgt_lang}", pairs)
     if corpus != "files" or train is None:
         raise CorpusError(f"unknown corpus {corpus!r}; use tatoeba, libreoffice, bible or files with data.train")
-    from seq2seq.data.parallel_files import nonempty_pairs, read_pairs, split_pairs  # it builds on this module
+    from seq2seq.data.parallel_files import nonempty_pairs, read_pairs, split_files  # it builds on this module
 
     name = f"files-{src_lang}-{tgt_lang}"
-    pairs = read_pairs(train, skip_bad_lines)
     if valid is None and test is None:  # one file: the hash split decides
-        return ParallelCorpus(name, *split_pairs(pairs))
+        return ParallelCorpus(name, *split_files(train, skip_bad_lines))
     return ParallelCorpus(
-        name, nonempty_pairs(pairs),
+        name, nonempty_pairs(read_pairs(train, skip_bad_lines)),
         group_references(list(read_pairs(valid, skip_bad_lines))) if valid else [],
         group_references(list(read_pairs(test, skip_bad_lines))) if test else [],
     )

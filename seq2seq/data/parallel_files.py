@@ -5,12 +5,14 @@ A file's lines are found by a vectorised scan for newlines; :class:`LinePairs` t
 pairs of chosen lines on demand. :func:`split_pairs` makes the project's hash split in one
 streaming pass (deduplicated and grouped exactly as :func:`~seq2seq.data.corpora.split_corpus`
 does) and keeps only the line numbers of the training pairs, so a corpus of tens of millions
-of pairs costs a few bytes per pair in memory, not Python strings.
+of pairs costs a few bytes per pair in memory, not Python strings; :func:`split_files` caches
+that split.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import sys
 from collections.abc import Iterator
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from seq2seq.data.corpora import CorpusError, Example, normalise
+from seq2seq.data.fetch import cache_dir
+from seq2seq.files import atomic_write
 
 SCAN_BYTES = 1 << 26  # newlines are searched 64 MiB at a time
 
@@ -92,10 +96,8 @@ class LinePairs:
         return digest.hexdigest()
 
 
-def read_pairs(spec: str, skip_bad: bool = False) -> LinePairs:
-    """Pairs from ``"data.tsv"`` (source<TAB>target; blank lines ignored) or ``"train.en,train.fr"``
-    (aligned lines). A line that is not UTF-8, or a TSV line without a tab, is a one-line
-    CorpusError naming the file and line or, with ``skip_bad``, drops its pair (reported)."""
+def open_files(spec: str) -> list[LineFile]:
+    """The one TSV file or two aligned files of ``spec`` ("data.tsv" or "train.en,train.fr")."""
     paths = [Path(p.strip()) for p in spec.split(",")]
     for p in paths:
         if not p.is_file():
@@ -105,6 +107,14 @@ def read_pairs(spec: str, skip_bad: bool = False) -> LinePairs:
     files = [LineFile(p) for p in paths]
     if len(files) == 2 and len(files[0]) != len(files[1]):
         raise CorpusError(f"{paths[0]} has {len(files[0])} lines but {paths[1]} has {len(files[1])}: not aligned")
+    return files
+
+
+def read_pairs(spec: str, skip_bad: bool = False) -> LinePairs:
+    """Pairs from ``"data.tsv"`` (source<TAB>target; blank lines ignored) or ``"train.en,train.fr"``
+    (aligned lines). A line that is not UTF-8, or a TSV line without a tab, is a one-line
+    CorpusError naming the file and line or, with ``skip_bad``, drops its pair (reported)."""
+    files = open_files(spec)
     keep = np.ones(len(files[0]), dtype=bool)
     for f in files:
         skipped, no_tab = [], []
@@ -166,6 +176,29 @@ def split_pairs(pairs: LinePairs) -> tuple[LinePairs, list[Example], list[Exampl
     order = kept[np.argsort(group_start[group], kind="stable")]  # grouped by source, first seen first
     examples = {split: [Example(src, refs) for src, refs in groups.items()] for split, groups in held.items()}
     return LinePairs(pairs.files, lines[order], normalised=True), examples["valid"], examples["test"]
+
+
+def split_files(spec: str, skip_bad: bool = False) -> tuple[LinePairs, list[Example], list[Example]]:
+    """:func:`split_pairs` of :func:`read_pairs`, cached per files (path, size, modification
+    time): resumes, later runs and the other ranks of a data-parallel run read the split."""
+    files = open_files(spec)
+    key = hashlib.sha256(json.dumps({"files": [(str(f.path.resolve()), f.path.stat().st_size, f.path.stat().st_mtime_ns)
+                                               for f in files], "skip_bad": skip_bad}).encode()).hexdigest()[:24]
+    folder = cache_dir() / "splits" / key
+    try:
+        held = json.loads((folder / "held_out.json").read_text(encoding="utf-8"))
+        lines = np.load(folder / "train.npy")
+        return (LinePairs(files, lines, normalised=True),
+                *([Example(ex["src"], ex["refs"]) for ex in held[split]] for split in ("valid", "test")))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"cached split {folder} is damaged ({err}); splitting the files again", flush=True)
+    train, valid, test = split_pairs(read_pairs(spec, skip_bad))
+    held = {"valid": [vars(ex) for ex in valid], "test": [vars(ex) for ex in test]}
+    atomic_write(folder / "held_out.json", json.dumps(held, ensure_ascii=False))
+    atomic_write(folder / "train.npy", lambda f: np.save(f, train.lines))  # last: it marks the split whole
+    return train, valid, test
 
 
 def _report_skipped(path: Path, lines: list[int], why: str) -> None:
