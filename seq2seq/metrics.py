@@ -50,7 +50,7 @@ def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
 
 
 def bleu_by_length(hyps: list[str], refs: list[list[str]], src_lens: list[int],
-                   edges: tuple[int, ...] = (5, 10, 15, 20, 30)) -> dict[str, tuple[float, int]]:
+                   edges: tuple[int, ...] = (5, 10, 15, 20, 25, 30, 40, 50)) -> dict[str, tuple[float, int]]:
     """BLEU per source-length bucket (``"6-10"`` -> (BLEU, sentences)), as in Cho/Bahdanau's curves.
     ``src_lens`` are source lengths in words; empty sources belong to no bucket."""
     buckets: dict[str, list[int]] = {}
