@@ -121,13 +121,15 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
         done = (n_ended >= k) | at_limit.squeeze(1)  # (live,)
         if bool(done.all()):
             break
+        kept = None
         if bool(done.any()):  # finished inputs leave the batch
             keep = (~done).nonzero().squeeze(1)  # (live',)
             new_scores, new_parent, new_token = new_scores[keep], new_parent[keep], new_token[keep]
             inputs, n_ended = inputs[keep], n_ended[keep]
-            memory = memory.index_select((keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1))
+            kept = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)  # (live'*k,) their rows
+            memory = memory.index_select(kept)
         rows = new_parent.view(-1)  # (live'*k,) the hypothesis each survivor extends
-        state = state.select(rows)
+        state = state.follow_beams(rows, kept)
         prev = new_token.view(-1)
         scores = new_scores
         trail.tokens.append(prev)

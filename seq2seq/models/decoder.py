@@ -37,13 +37,13 @@ class DecoderState:
     feed: Tensor | None  # (batch, hidden) previous attentional vector (input feeding only)
     keys: Tensor | None  # (batch, mem_len, key_dim) attention keys, computed once per memory
 
-    def select(self, index: Tensor) -> "DecoderState":
-        """Reorder the batch dimension (beam search keeps the hypotheses it extends)."""
-        return DecoderState(
-            select_state(self.hidden, index),
-            None if self.feed is None else self.feed.index_select(0, index),
-            None if self.keys is None else self.keys.index_select(0, index),
-        )
+    def follow_beams(self, parents: Tensor, kept: Tensor | None) -> "DecoderState":
+        """Beam search's reorder: the RNN state (and input feed) of each survivor is its parent
+        row's; the keys, alike for every row of one input, only lose the rows of inputs that
+        left the search (``kept``: the rows still searched; None when none left)."""
+        keys = self.keys if self.keys is None or kept is None else self.keys.index_select(0, kept)
+        return DecoderState(select_state(self.hidden, parents),
+                            None if self.feed is None else self.feed.index_select(0, parents), keys)
 
 
 class RNNDecoder(nn.Module):
