@@ -18,3 +18,26 @@ def test_forward_flops_counts_each_layer():
     attention = 2 * 5 * (12 + 12)  # scores and context over 5 source positions
     combine, out, bridge = 2 * 24 * 12, 2 * 12 * 24, 2 * 12 * 12 / 4
     assert flops["per_target_token"] == decoder + attention + combine + out + bridge
+
+
+def test_caption_benchmark_folder_holds_photos_and_icons(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    from seq2seq.data.images import load_image
+
+    monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
+    path = Path(__file__).resolve().parent.parent / "tools" / "caption_benchmark.py"
+    spec = importlib.util.spec_from_file_location("caption_benchmark", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    folder = tool.image_folder(10)
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    assert len(files) == 10 and tool.image_folder(10) == folder  # made once
+    icons = [p for p in files if p.suffix == ".png"]
+    assert len(icons) == 2 and all(Image.open(p).mode == "RGBA" for p in icons)
+    sizes = {Image.open(p).size for p in files if p.suffix == ".jpg"}
+    assert sizes <= set(tool.SIZES) | {(h, w) for w, h in tool.SIZES}
+    assert all(load_image(p).mode == "RGB" for p in files)
