@@ -96,7 +96,7 @@ class LoopingDecoder:
     def init_state(self, memory):
         return self
 
-    def select(self, rows):
+    def follow_beams(self, parents, kept):
         return self
 
     def step(self, prev, state, memory):
