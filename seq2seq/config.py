@@ -41,7 +41,7 @@ class DataConfig:
     joint_vocab: bool = False  # one sentencepiece model for both sides
     spm_model_type: str = "unigram"  # unigram | bpe
     max_len: int = 80  # drop training pairs longer than this many subwords on either side
-    batch_tokens: int = 6000  # padded source + target tokens per batch
+    batch_tokens: int = 3000  # padded source + target tokens per batch (per process in a data-parallel run)
     skip_bad_lines: bool = False  # data.corpus=files: skip (and count) lines that are not UTF-8 or lack a tab
 
 
@@ -97,7 +97,7 @@ class ModelConfig:
     dec_hidden: int = 512
     dec_layers: int = 1
     dropout: float = 0.1  # on embeddings, memory, between RNN layers and before the output layer
-    attention: str = "luong_general"  # none | bahdanau | luong_dot | luong_general
+    attention: str = "bahdanau"  # none | bahdanau | luong_dot | luong_general
     attention_dim: int = 256  # bahdanau: size of the additive scoring layer
     input_feeding: bool = False  # luong: feed the attentional vector to the next step
     init: str = "bridge"  # decoder initial state: zero | last | bridge

@@ -5,7 +5,7 @@ from seq2seq.config import Config, ConfigError, config_from_dict, load_config, p
 
 def test_defaults_validate():
     cfg = load_config()
-    assert cfg.model.attention == "luong_general"
+    assert cfg.model.attention == "bahdanau"
     assert cfg.train.time_budget == 15.0
 
 
