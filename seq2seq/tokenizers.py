@@ -31,6 +31,7 @@ class SubwordTokenizer:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.threads: int | None = None  # sentencepiece's threads per encode call (None: all cores)
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.load(str(self.path))
@@ -45,7 +46,7 @@ class SubwordTokenizer:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text, without start or end token."""
-        return self.sp.encode(texts, out_type=int)
+        return self.sp.encode(texts, out_type=int, num_threads=self.threads)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return [self.sp.decode([i for i in seq if i > EOS]) for seq in ids]

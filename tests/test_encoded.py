@@ -136,6 +136,30 @@ def test_the_encoded_corpus_yields_the_batches_of_the_in_memory_path(tmp_path, t
                 assert torch.equal(getattr(a, name), getattr(b, name))
 
 
+def test_worker_processes_encode_the_chunks_in_order(tmp_path, tokenizers, monkeypatch):
+    """Chunks encoded by a pool of workers (from files, each worker mapping them itself, and from
+    lists) give exactly the ids and order of encoding everything at once."""
+    src_tok, tgt_tok = tokenizers
+    pools = []
+
+    class CountedPool(encoded.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(encoded, "ProcessPoolExecutor", CountedPool)
+    monkeypatch.setattr(encoded, "CHUNK", 97)  # about 30 chunks, several in flight per worker
+    monkeypatch.setattr(encoded.os, "sched_getaffinity", lambda pid: {0, 1})
+    from_files = load_corpus("files", train=str(write_tsv(tmp_path / "train.tsv", toy_pairs()))).train
+    in_memory = split_corpus("x", toy_pairs()).train
+    for pairs in (from_files, in_memory):
+        enc = encode_corpus(pairs, src_tok, tgt_tok, max_len=10)
+        src, tgt = reference_encode(list(pairs), src_tok, tgt_tok, max_len=10)
+        assert [enc.src[i] for i in range(len(enc.src))] == src and [enc.tgt[i] for i in range(len(enc.tgt))] == tgt
+        assert enc.meta["pairs"] + enc.meta["dropped"] == len(pairs)
+    assert len(pools) == 2
+
+
 def test_an_encoded_corpus_is_written_once_and_rewritten_when_damaged(tmp_path, tokenizers, monkeypatch):
     src_tok, tgt_tok = tokenizers
     pairs = split_corpus("x", toy_pairs(300)).train

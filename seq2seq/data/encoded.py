@@ -1,9 +1,10 @@
 """Encoded training pairs: the ids of every sentence side by side in one flat array, plus offsets.
 
-Encoding streams the pairs through the tokenizers in chunks (sentencepiece encodes a chunk on
-all cores) into files in the cache, one folder per (pairs, tokenizers, ``max_len``). The folder
-is written once, renamed into place when complete, and memory-mapped by every later run,
-resume and rank, so memory does not grow with the corpus beyond the map.
+Encoding streams the pairs through the tokenizers in chunks (in a worker process per core,
+each reading its chunk itself when the pairs come from files) into files in the cache, one
+folder per (pairs, tokenizers, ``max_len``). The folder is written once, renamed into place
+when complete, and memory-mapped by every later run, resume and rank, so memory does not grow
+with the corpus beyond the map.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import json
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from seq2seq.data.fetch import cache_dir
-from seq2seq.tokenizers import SubwordTokenizer
+from seq2seq.tokenizers import SubwordTokenizer, Tokenizer, load_tokenizer_file
 
 CHUNK = 100_000  # pairs encoded at a time
 SIDES = ("src", "tgt")
@@ -74,7 +77,7 @@ class EncodedPairs:
                 f"{m['dropped']:,} of {total:,} dropped for length): {self.folder}")
 
 
-def encode_corpus(pairs: Sequence[tuple[str, str]], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
+def encode_corpus(pairs: Sequence[tuple[str, str]], src_tok: Tokenizer, tgt_tok: Tokenizer,
                   max_len: int) -> EncodedPairs:
     """Ids of both sides of ``pairs``, dropping pairs with an empty side or a side longer than
     ``max_len``: read from the cache, or encoded into it first."""
@@ -106,10 +109,10 @@ def _fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def _chunks(pairs: Sequence[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    it = iter(pairs)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
+def _chunks(pairs: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tuple[str, str]]]:
+    """Consecutive pieces of ``pairs``; pairs read on demand give pieces that read on demand too."""
+    for lo in range(0, len(pairs), size):
+        yield pairs.chunk(lo, lo + size) if hasattr(pairs, "chunk") else pairs[lo:lo + size]
 
 
 def _read_meta(folder: Path) -> dict | None:
@@ -129,8 +132,7 @@ def _read_meta(folder: Path) -> dict | None:
         return None
 
 
-def _encode(pairs: Sequence[tuple[str, str]], toks: dict[str, SubwordTokenizer], max_len: int,
-            folder: Path) -> None:
+def _encode(pairs: Sequence[tuple[str, str]], toks: dict[str, Tokenizer], max_len: int, folder: Path) -> None:
     """Stream ``pairs`` through the tokenizers into ``folder`` (written aside, then renamed)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by an encoding that was killed
@@ -143,17 +145,12 @@ def _encode(pairs: Sequence[tuple[str, str]], toks: dict[str, SubwordTokenizer],
     start, done, dropped = time.monotonic(), 0, 0
     files = {side: open(tmp / f"{side}.ids", "wb") for side in SIDES}
     try:
-        for chunk in _chunks(pairs, CHUNK):
-            ids = {side: toks[side].encode([pair[k] for pair in chunk]) for k, side in enumerate(SIDES)}
-            keep = [i for i in range(len(chunk)) if 0 < len(ids["src"][i]) <= max_len
-                    and 0 < len(ids["tgt"][i]) <= max_len]
+        for encoded in _encoded_chunks(pairs, toks, max_len, dtypes):
             for side in SIDES:
-                kept = [ids[side][i] for i in keep]
-                lens = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
-                flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=dtypes[side], count=int(lens.sum()))
+                lens, flat = encoded[side]
                 flat.tofile(files[side])
                 lengths[side].append(lens)
-            done, dropped = done + len(chunk), dropped + len(chunk) - len(keep)
+            done, dropped = done + encoded["pairs"], dropped + encoded["pairs"] - len(lens)
             if done % (10 * CHUNK) == 0:
                 print(f"encoded {done:,} of {len(pairs):,} pairs ({done / (time.monotonic() - start):,.0f} pairs/s)",
                       flush=True)
@@ -170,6 +167,58 @@ def _encode(pairs: Sequence[tuple[str, str]], toks: dict[str, SubwordTokenizer],
         os.replace(tmp, folder)
     except OSError:  # another process finished the same encoding first
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _encoded_chunks(pairs: Sequence[tuple[str, str]], toks: dict[str, Tokenizer], max_len: int,
+                    dtypes: dict[str, np.dtype]) -> Iterator[dict]:
+    """:func:`_encode_chunk` of every chunk of ``pairs``, in order: in worker processes (one per
+    core, each reading and encoding whole chunks on one thread) when there are several chunks
+    and cores, else here."""
+    workers = min(len(os.sched_getaffinity(0)), -(-len(pairs) // CHUNK))
+    if workers < 2:
+        for chunk in _chunks(pairs, CHUNK):
+            yield _encode_chunk(chunk, toks, max_len, dtypes)
+        return
+    paths = {side: str(tok.path) for side, tok in toks.items()}
+    pool = ProcessPoolExecutor(workers, initializer=_load_worker_tokenizers, initargs=(paths,))
+    try:
+        pending: deque[Future] = deque()  # at most two chunks per worker in flight bound the memory
+        for chunk in _chunks(pairs, CHUNK):
+            pending.append(pool.submit(_encode_in_worker, chunk, max_len, dtypes))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _encode_chunk(chunk: Sequence[tuple[str, str]], toks: dict[str, Tokenizer], max_len: int,
+                  dtypes: dict[str, np.dtype]) -> dict:
+    """The kept pairs of ``chunk`` (both sides non-empty and at most ``max_len`` ids): per side,
+    their lengths and their ids flat; and how many pairs the chunk held."""
+    ids = {side: toks[side].encode([pair[k] for pair in chunk]) for k, side in enumerate(SIDES)}
+    keep = [i for i in range(len(chunk)) if 0 < len(ids["src"][i]) <= max_len and 0 < len(ids["tgt"][i]) <= max_len]
+    out: dict = {"pairs": len(chunk)}
+    for side in SIDES:
+        kept = [ids[side][i] for i in keep]
+        lens = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))  # (kept,)
+        out[side] = lens, np.fromiter(itertools.chain.from_iterable(kept), dtype=dtypes[side], count=int(lens.sum()))
+    return out
+
+
+_worker_toks: dict[str, Tokenizer] = {}  # a worker process's tokenizers
+
+
+def _load_worker_tokenizers(paths: dict[str, str]) -> None:
+    for side, path in paths.items():
+        _worker_toks[side] = tok = load_tokenizer_file(path)
+        if isinstance(tok, SubwordTokenizer):
+            tok.threads = 1  # the workers are the parallelism
+
+
+def _encode_in_worker(chunk: Sequence[tuple[str, str]], max_len: int, dtypes: dict[str, np.dtype]) -> dict:
+    return _encode_chunk(chunk, _worker_toks, max_len, dtypes)
 
 
 def _alive(pid: int) -> bool:

@@ -33,12 +33,8 @@ class LineFile:
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                size = f.seek(0, 2)
-                self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        except OSError as err:
-            raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
+        self.data = self._map(path)
+        size = len(self.data)
         raw = np.frombuffer(self.data, dtype=np.uint8) if size else np.zeros(0, np.uint8)
         newlines = np.concatenate([np.zeros(0, np.int64)] + [
             np.flatnonzero(raw[a:a + SCAN_BYTES] == ord("\n")) + a for a in range(0, size, SCAN_BYTES)])
@@ -46,6 +42,26 @@ class LineFile:
         self.ends = np.concatenate([newlines, [size]]).astype(np.int64)
         if size == 0 or newlines.size and newlines[-1] == size - 1:
             self.starts, self.ends = self.starts[:-1], self.ends[:-1]
+
+    @staticmethod
+    def _map(path: Path) -> mmap.mmap | bytes:
+        try:
+            with open(path, "rb") as f:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if f.seek(0, 2) else b""
+        except OSError as err:
+            raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
+
+    def subset(self, lines: np.ndarray) -> "LineFile":
+        """The file with only ``lines`` (renumbered from 0), sharing its map."""
+        part = object.__new__(LineFile)
+        part.path, part.data, part.starts, part.ends = self.path, self.data, self.starts[lines], self.ends[lines]
+        return part
+
+    def __getstate__(self) -> dict:  # a worker process maps the file again: only the spans travel
+        return {"path": self.path, "starts": self.starts, "ends": self.ends}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, data=self._map(state["path"]))
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -86,6 +102,12 @@ class LinePairs:
     def take(self, indices: list[int] | np.ndarray) -> "LinePairs":
         """The pairs at ``indices``, still read on demand."""
         return LinePairs(self.files, self.lines[np.asarray(indices, dtype=np.int64)], self.normalised)
+
+    def chunk(self, lo: int, hi: int) -> "LinePairs":
+        """Pairs ``lo`` to ``hi`` on their own: small to send to a worker process, which pickles
+        them as the files' paths and the spans of these lines only."""
+        lines = self.lines[lo:hi]
+        return LinePairs([f.subset(lines) for f in self.files], np.arange(len(lines)), self.normalised)
 
     def fingerprint(self) -> str:
         """What the pairs depend on: the files (path, size, modification time) and the lines."""
