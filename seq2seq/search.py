@@ -86,9 +86,8 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
     limits = _limits(max_len, batch).to(device)
     if int(limits.max()) < 1:
         return [[] for _ in range(batch)]
-    memory = memory.repeat_interleave(k)  # (batch*k, ...) k rows per live input
-    state = decoder.init_state(memory)
-    prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
+    state = decoder.init_state(memory)  # one row per input: the first step is alike for its k hypotheses
+    prev = torch.full((batch,), BOS, dtype=torch.long, device=device)
     scores = torch.full((batch, k), float("-inf"), device=device)  # (live, k) summed log-probabilities
     scores[:, 0] = 0.0  # all hypotheses start equal: keep one so the first step does not repeat it
     inputs = torch.arange(batch, device=device)  # (live,) the input each block of k rows searches for
@@ -97,6 +96,11 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
     ends: list[_Ends] = []
     for t in range(int(limits.max())):
         logits, state, weights = decoder.step(prev, state, memory)
+        if t == 0:  # branch out: k rows per input from here on
+            rows = torch.arange(batch, device=device).repeat_interleave(k)  # (batch*k,)
+            logits, memory = logits.index_select(0, rows), memory.index_select(rows)
+            state = state.follow_beams(rows, rows)
+            weights = None if weights is None else weights.index_select(0, rows)
         trail.attention.append(weights)  # (rows before this step's selection, mem_len) or None
         logp = torch.log_softmax(logits.float(), dim=-1)  # (live*k, vocab)
         live, vocab = scores.shape[0], logp.size(-1)

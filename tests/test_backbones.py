@@ -38,6 +38,24 @@ def test_cached_frozen_blocks_feed_the_finetuned_ones():
         tuned(cached[:, :255])
 
 
+@torch.no_grad()
+def test_frozen_blocks_run_with_their_batch_norms_folded():
+    """The folded copy computes what the frozen blocks compute, and follows their weights."""
+    torch.manual_seed(0)
+    enc = ImageEncoder("mobilenet_v2", grid_block=6).eval()
+    for m in enc.cnn.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics and scales unlike the initial ones
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+    images = torch.randn(2, 3, 64, 64)
+    first = enc.frozen_map(images)
+    torch.testing.assert_close(first, enc.cnn(images), rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc._folded[1].modules())
+    enc.cnn[0][0].weight.mul_(2)  # new weights (as a loaded checkpoint brings): folded again
+    torch.testing.assert_close(enc.frozen_map(images), enc.cnn(images), rtol=1e-4, atol=1e-4)
+    assert (enc.frozen_map(images) - first).abs().max() > 1e-3  # and the output moved with them
+
+
 def test_frozen_and_finetuned_blocks():
     frozen = ImageEncoder("resnet18")
     assert frozen.frozen and not any(p.requires_grad for p in frozen.parameters())

@@ -133,7 +133,8 @@ def test_finished_inputs_leave_the_batch():
     src, lens = padded_batch([4, 2, 3])
     recorder = RecordingDecoder(model.decoder)
     hyps = beam_search(recorder, model.encode(src, lens), 3, torch.tensor([5, 2, 3]), nbest=3)
-    assert recorder.rows == [9, 9, 6, 3, 3]  # 3 inputs x beam 3, then the inputs at limits 2 and 3 drop out
+    # the first step once per input, then 3 inputs x beam 3, then the inputs at limits 2 and 3 drop out
+    assert recorder.rows == [3, 9, 6, 3, 3]
     assert [len(h[0].tokens) for h in hyps] == [5, 2, 3]
     alone = beam_search(model.decoder, model.encode(src[:1, :4], lens[:1]), 3, 5, nbest=3)[0]
     assert [h.tokens for h in alone] == [h.tokens for h in hyps[0]]

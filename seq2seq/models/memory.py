@@ -21,12 +21,8 @@ class Memory:
     def lengths(self) -> Tensor:
         return self.mask.sum(dim=1)  # (batch,)
 
-    def repeat_interleave(self, k: int) -> "Memory":
-        """Each row repeated ``k`` times in place (for ``k`` beam hypotheses per input)."""
-        return Memory(self.states.repeat_interleave(k, dim=0), self.mask.repeat_interleave(k, dim=0),
-                      self.summary.repeat_interleave(k, dim=0))
-
     def index_select(self, rows: Tensor) -> "Memory":
-        """The rows ``rows`` (beam search drops the inputs it has finished)."""
+        """The rows ``rows`` (beam search branches each input into its hypotheses, and drops the
+        inputs it has finished)."""
         return Memory(self.states.index_select(0, rows), self.mask.index_select(0, rows),
                       self.summary.index_select(0, rows))

@@ -13,7 +13,6 @@ from torch import Tensor
 from seq2seq.config import Config
 from seq2seq.data.images import ImageTransform, load_image
 from seq2seq.models.model import Seq2Seq, build_captioning_model
-from seq2seq.plotting import attention_overlay
 from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import search
 from seq2seq.tasks.features import image_loader
@@ -99,7 +98,7 @@ class Captioner:
             if isinstance(inputs, Tensor):
                 images = inputs[span.start:span.stop].float()  # (batch, cells, channels)
             else:
-                images = torch.stack([self.transform(load_image(p)) for p in inputs[span.start:span.stop]])
+                images = torch.stack([self.transform.read(p) for p in inputs[span.start:span.stop]])
             with self.autocast():
                 return list(self.model.encode(images.to(self.device)).summary.float().cpu())
 
@@ -122,6 +121,8 @@ class Captioner:
         """The caption's attention over the model's view of the image (None without attention)."""
         if caption.attention is None:
             return None
+        from seq2seq.plotting import attention_overlay  # here: matplotlib costs the tool half a second to import
+
         picture = load_image(image) if isinstance(image, Path) else image
         pixels = self.transform.denormalise(self.transform(picture))  # (3, crop, crop)
         view = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).astype("uint8"))

@@ -157,7 +157,7 @@ class CaptionData:
         if self.grids is not None:
             pixels = self.grids[images].float()  # (batch, cells, channels)
         else:
-            pixels = torch.stack([self.transform(load_image(self.examples[i].image)) for i in images])
+            pixels = torch.stack([self.transform.read(self.examples[i].image) for i in images])
         tgt_in, _ = pad_ids([[BOS] + self.pairs[i][1] for i in indices])
         tgt_out, _ = pad_ids([self.pairs[i][1] + [EOS] for i in indices])
         return CaptionBatch(pixels, tgt_in, tgt_out)

@@ -2,9 +2,10 @@
 per image (all of it when it is frozen; the blocks before the fine-tuned ones otherwise).
 
 The cache key covers everything the features depend on: the frozen blocks' weights (hashed),
-their number, the transform, the precision it runs at and each image file's path, size and
-modification time. Grids are stored in the dtype the CNN produced them in (bf16 under bf16
-autocast, else fp32), so training on cached grids sees the numbers the caption tool computes.
+their number, the transform, the precision it runs at, how pixels are decoded and laid out,
+and each image file's path, size and modification time. Grids are stored in the dtype the CNN
+produced them in (bf16 under bf16 autocast, else fp32), so training on cached grids sees the
+numbers the caption tool computes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from seq2seq.data.fetch import cache_dir
-from seq2seq.data.images import ImageError, ImageTransform, load_image
+from seq2seq.data.images import ImageError, ImageTransform
 from seq2seq.experiment import log
 from seq2seq.models.encoders import ImageEncoder
 from seq2seq.runtime import autocast, precision_name
@@ -39,7 +40,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor | None, str]:
         try:
-            return self.transform(load_image(self.paths[i])), ""
+            return self.transform.read(self.paths[i]), ""
         except ImageError as err:
             return None, str(err)
 
@@ -93,6 +94,7 @@ def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTrans
     frozen = encoder.cnn[: encoder.frozen_blocks]
     key = hashlib.sha256(json.dumps({"cnn": weights_digest(frozen), "blocks": len(frozen),
                                      "transform": repr(transform), "precision": precision_name(amp_dtype),
+                                     "pixels": "JPEG drafts at the resize size; channels-last CNN, batch norms folded",
                                      "files": stats}).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.pt"
     if path.exists():
