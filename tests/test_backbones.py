@@ -51,9 +51,13 @@ def test_frozen_blocks_run_with_their_batch_norms_folded():
     first = enc.frozen_map(images)
     torch.testing.assert_close(first, enc.cnn(images), rtol=1e-4, atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc._folded[1].modules())
-    enc.cnn[0][0].weight.mul_(2)  # new weights (as a loaded checkpoint brings): folded again
+    enc.cnn[0][0].weight.mul_(2)  # a parameter changed in place: folded again
     torch.testing.assert_close(enc.frozen_map(images), enc.cnn(images), rtol=1e-4, atol=1e-4)
-    assert (enc.frozen_map(images) - first).abs().max() > 1e-3  # and the output moved with them
+    assert (enc.frozen_map(images) - first).abs().max() > 1e-3  # and the output moved with it
+    state = {k: v.clone() for k, v in enc.state_dict().items()}
+    state["cnn.0.1.running_mean"] += 1.0  # a state dict loaded: folded again
+    enc.load_state_dict(state)
+    torch.testing.assert_close(enc.frozen_map(images), enc.cnn(images), rtol=1e-4, atol=1e-4)
 
 
 def test_frozen_and_finetuned_blocks():

@@ -1,6 +1,7 @@
 """The user's files read on demand, and encoded corpora memory-mapped from the cache: the same
 splits, pairs and batches as the in-memory path."""
 
+import pickle
 import random
 
 import numpy as np
@@ -158,6 +159,17 @@ def test_worker_processes_encode_the_chunks_in_order(tmp_path, tokenizers, monke
         assert [enc.src[i] for i in range(len(enc.src))] == src and [enc.tgt[i] for i in range(len(enc.tgt))] == tgt
         assert enc.meta["pairs"] + enc.meta["dropped"] == len(pairs)
     assert len(pools) == 2
+
+
+def test_a_chunk_of_a_file_travels_as_its_spans_and_notices_a_changed_file(tmp_path):
+    path = write_tsv(tmp_path / "train.tsv", toy_pairs(50))
+    pairs = read_pairs(str(path))
+    chunk = pairs.chunk(10, 20)
+    assert list(pickle.loads(pickle.dumps(chunk))) == [pairs[i] for i in range(10, 20)]
+    assert len(pickle.dumps(chunk)) < len(pickle.dumps(pairs))  # only the chunk's spans travel
+    path.write_text(path.read_text(encoding="utf-8") + "more\tlines\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="changed while it was being read"):
+        pickle.loads(pickle.dumps(chunk))
 
 
 def test_an_encoded_corpus_is_written_once_and_rewritten_when_damaged(tmp_path, tokenizers, monkeypatch):

@@ -9,11 +9,15 @@ with the corpus beyond the map.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -145,15 +149,15 @@ def _encode(pairs: Sequence[tuple[str, str]], toks: dict[str, Tokenizer], max_le
     start, done, dropped = time.monotonic(), 0, 0
     files = {side: open(tmp / f"{side}.ids", "wb") for side in SIDES}
     try:
-        for encoded in _encoded_chunks(pairs, toks, max_len, dtypes):
-            for side in SIDES:
-                lens, flat = encoded[side]
-                flat.tofile(files[side])
-                lengths[side].append(lens)
-            done, dropped = done + encoded["pairs"], dropped + encoded["pairs"] - len(lens)
-            if done % (10 * CHUNK) == 0:
-                print(f"encoded {done:,} of {len(pairs):,} pairs ({done / (time.monotonic() - start):,.0f} pairs/s)",
-                      flush=True)
+        with contextlib.closing(_encoded_chunks(pairs, toks, max_len, dtypes)) as chunks:  # closed: the pool stops
+            for chunk in chunks:
+                for side in SIDES:
+                    chunk.ids[side].tofile(files[side])
+                    lengths[side].append(chunk.lengths[side])
+                done, dropped = done + chunk.pairs, dropped + chunk.pairs - chunk.kept
+                if done % (10 * CHUNK) == 0:
+                    print(f"encoded {done:,} of {len(pairs):,} pairs "
+                          f"({done / (time.monotonic() - start):,.0f} pairs/s)", flush=True)
     finally:
         for f in files.values():
             f.close()
@@ -169,20 +173,32 @@ def _encode(pairs: Sequence[tuple[str, str]], toks: dict[str, Tokenizer], max_le
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass
+class _EncodedChunk:
+    pairs: int  # pairs the chunk held, kept or not
+    lengths: dict[str, np.ndarray]  # per side: (kept,) ids per kept sentence
+    ids: dict[str, np.ndarray]  # per side: (tokens,) the kept sentences' ids, flat
+
+    @property
+    def kept(self) -> int:
+        return len(self.lengths["src"])
+
+
 def _encoded_chunks(pairs: Sequence[tuple[str, str]], toks: dict[str, Tokenizer], max_len: int,
-                    dtypes: dict[str, np.dtype]) -> Iterator[dict]:
+                    dtypes: dict[str, np.dtype]) -> Iterator[_EncodedChunk]:
     """:func:`_encode_chunk` of every chunk of ``pairs``, in order: in worker processes (one per
-    core, each reading and encoding whole chunks on one thread) when there are several chunks
-    and cores, else here."""
-    workers = min(len(os.sched_getaffinity(0)), -(-len(pairs) // CHUNK))
+    core, each reading and encoding whole chunks on one thread; the platform's start method,
+    fork on Linux) when there are several chunks and cores, else here."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores, -(-len(pairs) // CHUNK))
     if workers < 2:
         for chunk in _chunks(pairs, CHUNK):
             yield _encode_chunk(chunk, toks, max_len, dtypes)
         return
     paths = {side: str(tok.path) for side, tok in toks.items()}
-    pool = ProcessPoolExecutor(workers, initializer=_load_worker_tokenizers, initargs=(paths,))
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(paths, os.getpid()))
     try:
-        pending: deque[Future] = deque()  # at most two chunks per worker in flight bound the memory
+        pending: deque[Future] = deque()  # at most 2 * workers + 1 chunks in flight bound the memory
         for chunk in _chunks(pairs, CHUNK):
             pending.append(pool.submit(_encode_in_worker, chunk, max_len, dtypes))
             if len(pending) > 2 * workers:
@@ -194,30 +210,37 @@ def _encoded_chunks(pairs: Sequence[tuple[str, str]], toks: dict[str, Tokenizer]
 
 
 def _encode_chunk(chunk: Sequence[tuple[str, str]], toks: dict[str, Tokenizer], max_len: int,
-                  dtypes: dict[str, np.dtype]) -> dict:
-    """The kept pairs of ``chunk`` (both sides non-empty and at most ``max_len`` ids): per side,
-    their lengths and their ids flat; and how many pairs the chunk held."""
+                  dtypes: dict[str, np.dtype]) -> _EncodedChunk:
+    """The pairs of ``chunk`` with both sides non-empty and at most ``max_len`` ids, encoded."""
     ids = {side: toks[side].encode([pair[k] for pair in chunk]) for k, side in enumerate(SIDES)}
     keep = [i for i in range(len(chunk)) if 0 < len(ids["src"][i]) <= max_len and 0 < len(ids["tgt"][i]) <= max_len]
-    out: dict = {"pairs": len(chunk)}
+    out = _EncodedChunk(len(chunk), {}, {})
     for side in SIDES:
         kept = [ids[side][i] for i in keep]
-        lens = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))  # (kept,)
-        out[side] = lens, np.fromiter(itertools.chain.from_iterable(kept), dtype=dtypes[side], count=int(lens.sum()))
+        out.lengths[side] = lens = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
+        out.ids[side] = np.fromiter(itertools.chain.from_iterable(kept), dtype=dtypes[side], count=int(lens.sum()))
     return out
 
 
 _worker_toks: dict[str, Tokenizer] = {}  # a worker process's tokenizers
 
 
-def _load_worker_tokenizers(paths: dict[str, str]) -> None:
+def _start_worker(paths: dict[str, str], parent: int) -> None:
+    """A worker's set-up: its tokenizers on one thread each; Ctrl-C is the parent's to handle
+    (it stops the pool), and on Linux the worker ends with its parent, however that ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent was gone before the line above
+            os._exit(1)
     for side, path in paths.items():
         _worker_toks[side] = tok = load_tokenizer_file(path)
         if isinstance(tok, SubwordTokenizer):
             tok.threads = 1  # the workers are the parallelism
 
 
-def _encode_in_worker(chunk: Sequence[tuple[str, str]], max_len: int, dtypes: dict[str, np.dtype]) -> dict:
+def _encode_in_worker(chunk: Sequence[tuple[str, str]], max_len: int, dtypes: dict[str, np.dtype]) -> _EncodedChunk:
+    """A chunk encoded in a worker, with the tokenizers :func:`_start_worker` loaded."""
     return _encode_chunk(chunk, _worker_toks, max_len, dtypes)
 
 

@@ -34,6 +34,7 @@ class LineFile:
     def __init__(self, path: Path):
         self.path = path
         self.data = self._map(path)
+        self.identity = _identity(path)  # device, inode, size, modification time of the file mapped
         size = len(self.data)
         raw = np.frombuffer(self.data, dtype=np.uint8) if size else np.zeros(0, np.uint8)
         newlines = np.concatenate([np.zeros(0, np.int64)] + [
@@ -54,14 +55,18 @@ class LineFile:
     def subset(self, lines: np.ndarray) -> "LineFile":
         """The file with only ``lines`` (renumbered from 0), sharing its map."""
         part = object.__new__(LineFile)
-        part.path, part.data, part.starts, part.ends = self.path, self.data, self.starts[lines], self.ends[lines]
+        part.path, part.data, part.identity = self.path, self.data, self.identity
+        part.starts, part.ends = self.starts[lines], self.ends[lines]
         return part
 
     def __getstate__(self) -> dict:  # a worker process maps the file again: only the spans travel
-        return {"path": self.path, "starts": self.starts, "ends": self.ends}
+        return {"path": self.path, "identity": self.identity, "starts": self.starts, "ends": self.ends}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, data=self._map(state["path"]))
+        data = self._map(state["path"])
+        if _identity(state["path"]) != state["identity"]:
+            raise CorpusError(f"{state['path']} changed while it was being read; run again on a file left alone")
+        self.__dict__.update(state, data=data)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -116,6 +121,11 @@ class LinePairs:
         digest.update(np.ascontiguousarray(self.lines).tobytes())
         digest.update(b"normalised" if self.normalised else b"raw")
         return digest.hexdigest()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def open_files(spec: str) -> list[LineFile]:

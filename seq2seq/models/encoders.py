@@ -3,7 +3,6 @@ for the shared decoder."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -88,6 +87,7 @@ class ImageEncoder(nn.Module):
         for block in self.cnn[: self.frozen_blocks]:
             block.requires_grad_(False)
         self._folded: tuple[tuple, nn.Module] | None = None  # the frozen blocks, batch norms folded; see frozen_map
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_folded", None))
         self.output_dim = _channels(self.cnn)
         self.summary_dim = self.output_dim
         self.dropout = Dropout(dropout)
@@ -107,11 +107,14 @@ class ImageEncoder(nn.Module):
 
         Frozen blocks always run in evaluation mode, so they run with their batch norms folded
         into the convolutions (1.6x faster on the CPU): a copy made on first use and again
-        whenever their weights change (a checkpoint loaded, a move to another device)."""
+        whenever their weights change (a state dict loaded, a move to another device, an
+        in-place change of a parameter). Buffers count by place only: a data-parallel run
+        copies rank 0's (equal) statistics into them before every step."""
         if not self.frozen_blocks:
             return _channels_last(images)
         frozen = self.cnn[: self.frozen_blocks]
-        stamp = tuple((t.data_ptr(), t._version) for t in itertools.chain(frozen.parameters(), frozen.buffers()))
+        stamp = (tuple((p.data_ptr(), p._version) for p in frozen.parameters()),
+                 tuple(b.data_ptr() for b in frozen.buffers()))
         if self._folded is None or self._folded[0] != stamp:
             self._folded = (stamp, fold_batch_norms(frozen))  # a tuple: not registered as a submodule
         return self._folded[1](_channels_last(images))

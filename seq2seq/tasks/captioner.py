@@ -11,7 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from seq2seq.config import Config
-from seq2seq.data.images import ImageTransform, load_image
+from seq2seq.data.images import ImageTransform
 from seq2seq.models.model import Seq2Seq, build_captioning_model
 from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import search
@@ -123,8 +123,8 @@ class Captioner:
             return None
         from seq2seq.plotting import attention_overlay  # here: matplotlib costs the tool half a second to import
 
-        picture = load_image(image) if isinstance(image, Path) else image
-        pixels = self.transform.denormalise(self.transform(picture))  # (3, crop, crop)
+        pixels = self.transform.read(image) if isinstance(image, Path) else self.transform(image)  # (3, crop, crop)
+        pixels = self.transform.denormalise(pixels)
         view = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).astype("uint8"))
         words = self.tokenizer.pieces(caption.tokens) + ["</s>"]
         return attention_overlay(view, caption.attention, words)
