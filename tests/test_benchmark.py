@@ -1,3 +1,8 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from conftest import tiny_model
 
@@ -22,7 +27,6 @@ def test_forward_flops_counts_each_layer():
 
 def test_caption_benchmark_folder_holds_photos_and_icons(tmp_path, monkeypatch):
     import importlib.util
-    from pathlib import Path
 
     from PIL import Image
 
@@ -41,3 +45,18 @@ def test_caption_benchmark_folder_holds_photos_and_icons(tmp_path, monkeypatch):
     sizes = {Image.open(p).size for p in files if p.suffix == ".jpg"}
     assert sizes <= set(tool.SIZES) | {(h, w) for w, h in tool.SIZES}
     assert all(load_image(p).mode == "RGB" for p in files)
+
+
+def test_translation_benchmark_runs_on_a_trained_run(toy_run):
+    """tools/benchmark.py end to end on a tiny run: every figure printed, the beam's cost a ratio."""
+    tool = Path(__file__).resolve().parent.parent / "tools" / "benchmark.py"
+    proc = subprocess.run([sys.executable, str(tool), "--run-dir", str(toy_run), "--steps", "2", "--warmup", "1",
+                           "--test-sentences", "10", "--beam", "3", "--decode-repeats", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = dict(line.rsplit(None, 1) for line in proc.stdout.splitlines() if line.strip())
+    greedy, beam = (float(figures[k].replace(",", "")) for k in ("greedy_sentences_per_second",
+                                                                  "beam3_sentences_per_second"))
+    assert greedy > 0 and beam > 0
+    assert float(figures["beam3_cost_over_greedy"]) == pytest.approx(greedy / beam, rel=1e-3)
+    assert 0 < float(figures["train_utilisation_of_matmul_rate"]) < 1

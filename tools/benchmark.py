@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--test-sentences", type=int, default=500, help="test sentences decoded")
     parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--decode-repeats", type=int, default=3,
+                        help="alternating greedy/beam rounds over the test sentences; the best of each is kept")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="profile this many more training steps: time by part of the model")
     parser.add_argument("--trace", type=Path, help="with --profile: write a Chrome trace (chrome://tracing, Perfetto)")
@@ -59,7 +61,7 @@ def main() -> int:
         tests = [ex.src for ex in spread(corpus.test, args.test_sentences)]
         log(f"benchmarking on {corpus.name}: {args.steps} training steps, {len(tests)} test sentences")
         result = benchmark_translation(cfg, translator, data, tests, args.steps, args.warmup, args.beam, args.profile,
-                                       args.trace)
+                                       args.trace, args.decode_repeats)
     print(result.table())
     return 0
 
