@@ -47,7 +47,7 @@ def greedy_search(decoder: RNNDecoder, memory: Memory, max_len: Tensor | int) ->
     alive = torch.ones(batch, dtype=torch.bool, device=prev.device)
     for t in range(int(limits.max())):
         logits, state, weights = decoder.step(prev, state, memory)
-        lp, prev = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)  # (batch,)
+        lp, prev = torch.log_softmax(logits, dim=-1, dtype=torch.float32).max(dim=-1)  # (batch,)
         steps_tok.append(prev)
         steps_lp.append(lp)
         steps_att.append(weights)
@@ -102,9 +102,9 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
             state = state.follow_beams(rows, rows)
             weights = None if weights is None else weights.index_select(0, rows)
         trail.attention.append(weights)  # (rows before this step's selection, mem_len) or None
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (live*k, vocab)
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (live*k, vocab), upcast inside
         live, vocab = scores.shape[0], logp.size(-1)
-        cand = (scores.view(-1, 1) + logp).view(live, k * vocab)
+        cand = logp.add_(scores.view(-1, 1)).view(live, k * vocab)  # every extension's summed log-probability
         top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (live, 2k)
         parent = idx // vocab + (torch.arange(live, device=device) * k).unsqueeze(1)  # the rows they extend
         token = idx % vocab
