@@ -129,10 +129,11 @@ class RNNDecoder(nn.Module):
             x = self.tie_proj(x)
         return self.out(x)
 
-    def _advance(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One recurrence step: prev (batch,) ids -> pre-output (batch, 1, pre_dim), new state,
-        attention (batch, 1, mem_len)."""
-        emb = self.dropout(self.embed(prev)).unsqueeze(1)  # (batch, 1, emb)
+    def _recur(self, emb: Tensor, state: DecoderState, memory: Memory
+               ) -> tuple[Tensor, RNNState, Tensor | None, Tensor | None]:
+        """One recurrence step from the embedded previous token emb (batch, 1, emb): the RNN output
+        (batch, 1, hidden), its new state, and Cho's or Bahdanau's context (batch, 1, ctx_dim) and
+        Bahdanau's attention (batch, 1, mem_len), where they exist."""
         parts, ctx, weights = [emb], None, None
         if self.kind == "none":
             ctx = memory.summary.unsqueeze(1)  # (batch, 1, summary_dim)
@@ -144,13 +145,19 @@ class RNNDecoder(nn.Module):
         if self.input_feeding:
             parts.append(state.feed.unsqueeze(1))
         out, hidden = self.rnn(torch.cat(parts, dim=-1), state.hidden)  # (batch, 1, hidden)
+        return out, hidden, ctx, weights
+
+    def _advance(self, emb: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One step from the embedded previous token emb (batch, 1, emb) to the pre-output
+        (batch, 1, pre_dim), new state and attention (batch, 1, mem_len)."""
+        out, hidden, ctx, weights = self._recur(emb, state, memory)
         pre, luong_weights = self._pre_output(out, emb, ctx, memory, state.keys)
         feed = pre.squeeze(1) if self.input_feeding else None
         return pre, DecoderState(hidden, feed, state.keys), weights if luong_weights is None else luong_weights
 
     def step(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One step: prev (batch,) ids -> logits (batch, vocab), new state, attention (batch, mem_len)."""
-        pre, state, weights = self._advance(prev, state, memory)
+        pre, state, weights = self._advance(self.dropout(self.embed(prev)).unsqueeze(1), state, memory)
         return self._logits(pre).squeeze(1), state, None if weights is None else weights.squeeze(1)
 
     def forward(self, tgt_in: Tensor, memory: Memory, teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor | None]:
@@ -160,8 +167,10 @@ class RNNDecoder(nn.Module):
         prediction instead of the reference with probability ``1 - teacher_forcing``.
         """
         state = self.init_state(memory)
-        if self.parallel and teacher_forcing >= 1.0:
-            emb = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, emb)
+        if teacher_forcing < 1.0:
+            return self._sampled(tgt_in, state, memory, teacher_forcing)
+        emb = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, emb)
+        if self.parallel:
             ctx = None
             rnn_in = emb
             if self.kind == "none":
@@ -170,22 +179,40 @@ class RNNDecoder(nn.Module):
             out, _ = self.rnn(rnn_in, state.hidden)  # (batch, tgt_len, hidden)
             pre, weights = self._pre_output(out, emb, ctx, memory, state.keys)
             return self._logits(pre), weights
-        # step by step; nothing feeds back from the output layer but sampled tokens, so without
-        # sampling it runs once over all steps (one large matrix product instead of one per step)
-        sampling = teacher_forcing < 1.0
-        outputs, steps_weights = [], []  # per step: logits (sampling) or pre-outputs, (batch, 1, .)
+        # step by step, but what does not feed back runs once over all steps: the embeddings, the
+        # output layer and (Bahdanau) the readout; with input feeding, h~ is part of the recurrence
+        outs, ctxs, steps_weights = [], [], []  # per step (batch, 1, .)
+        for t in range(tgt_in.size(1)):
+            if self.input_feeding:
+                pre, state, weights = self._advance(emb[:, t:t + 1], state, memory)
+                outs.append(pre)
+            else:
+                out, hidden, ctx, weights = self._recur(emb[:, t:t + 1], state, memory)
+                state = DecoderState(hidden, None, state.keys)
+                outs.append(out)
+                ctxs.append(ctx)
+            steps_weights.append(weights)
+        weights = torch.cat(steps_weights, dim=1)  # (batch, tgt_len, mem_len)
+        if self.input_feeding:
+            return self._logits(torch.cat(outs, dim=1)), weights
+        pre, _ = self._pre_output(torch.cat(outs, dim=1), emb, torch.cat(ctxs, dim=1), memory, None)
+        return self._logits(pre), weights
+
+    def _sampled(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
+                 teacher_forcing: float) -> tuple[Tensor, Tensor | None]:
+        """Scheduled sampling: at each step a sentence feeds its reference token with probability
+        ``teacher_forcing``, otherwise a token sampled from its previous prediction."""
+        logits, steps_weights = [], []  # per step (batch, 1, .)
         prev = tgt_in[:, 0]
         for t in range(tgt_in.size(1)):
             if t > 0:
                 prev = tgt_in[:, t]
-                if sampling:
-                    probs = torch.softmax(outputs[-1].squeeze(1).detach().float(), dim=-1)
-                    sampled = torch.multinomial(probs, 1).squeeze(1)
-                    use_model = torch.rand(prev.shape, device=prev.device) >= teacher_forcing
-                    prev = torch.where(use_model & (prev != PAD), sampled, prev)
-            pre, state, weights = self._advance(prev, state, memory)
-            outputs.append(self._logits(pre) if sampling else pre)
+                probs = torch.softmax(logits[-1].squeeze(1).detach().float(), dim=-1)
+                sampled = torch.multinomial(probs, 1).squeeze(1)
+                use_model = torch.rand(prev.shape, device=prev.device) >= teacher_forcing
+                prev = torch.where(use_model & (prev != PAD), sampled, prev)
+            pre, state, weights = self._advance(self.dropout(self.embed(prev)).unsqueeze(1), state, memory)
+            logits.append(self._logits(pre))
             steps_weights.append(weights)
-        logits = torch.cat(outputs, dim=1) if sampling else self._logits(torch.cat(outputs, dim=1))
         weights = None if steps_weights[0] is None else torch.cat(steps_weights, dim=1)
-        return logits, weights
+        return torch.cat(logits, dim=1), weights
