@@ -182,12 +182,13 @@ class RNNDecoder(nn.Module):
         # step by step, but what does not feed back runs once over all steps: the embeddings, the
         # output layer and (Bahdanau) the readout; with input feeding, h~ is part of the recurrence
         outs, ctxs, steps_weights = [], [], []  # per step (batch, 1, .)
-        for t in range(tgt_in.size(1)):
+        for emb_t in emb.unbind(1):  # one backward node for all steps (slices would make one each)
+            emb_t = emb_t.unsqueeze(1)  # (batch, 1, emb)
             if self.input_feeding:
-                pre, state, weights = self._advance(emb[:, t:t + 1], state, memory)
+                pre, state, weights = self._advance(emb_t, state, memory)
                 outs.append(pre)
             else:
-                out, hidden, ctx, weights = self._recur(emb[:, t:t + 1], state, memory)
+                out, hidden, ctx, weights = self._recur(emb_t, state, memory)
                 state = DecoderState(hidden, None, state.keys)
                 outs.append(out)
                 ctxs.append(ctx)
