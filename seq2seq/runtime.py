@@ -7,6 +7,7 @@ names another, so the scores in ``results.json`` belong to the outputs the tools
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
         return None
     fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
     if name == "bf16" or fast:
+        if device.type == "cpu":
+            # oneDNN keeps the kernels it compiled for the last 1,024 shapes by default; a run's
+            # batches (forward and backward, every layer) need more, read at its first product
+            os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
         return torch.bfloat16
     return None
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seq2seq.models.rnn import Dropout, make_rnn, select_state, top_hidden
+from seq2seq.models.rnn import Dropout, Linear, make_rnn, padded_rows, select_state, top_hidden
 
 
 @pytest.mark.parametrize("cell, mode", [("rnn", "RNN_TANH"), ("gru", "GRU"), ("lstm", "LSTM")])
@@ -37,3 +37,25 @@ def test_fast_dropout_drops_p_and_keeps_the_mean():
     layer.eval()
     assert layer(x) is x
     assert Dropout(0.0).train()(x) is x
+
+
+def test_padded_rows_round_up_by_at_most_a_sixteenth():
+    assert [padded_rows(n) for n in (1, 15, 16, 17, 31, 33, 1000, 1024, 1025)] == [1, 15, 16, 17, 31, 34, 1024, 1024, 1088]
+    assert all(n <= padded_rows(n) <= n * 17 / 16 for n in range(1, 5000))
+    assert len({padded_rows(n) for n in range(1025, 2049)}) == 16  # 1088, 1152, ..., 2048
+
+
+def test_linear_with_padded_rows_equals_nn_linear():
+    torch.manual_seed(0)
+    layer = Linear(5, 3)
+    ref = torch.nn.Linear(5, 3)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 7, 5, requires_grad=True)  # 21 rows, computed as 22
+    y = layer(x)
+    torch.testing.assert_close(y, ref(x))
+    y.square().sum().backward()
+    grads = [x.grad.clone(), layer.weight.grad.clone()]
+    x.grad = None
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(grads[0], x.grad)
+    torch.testing.assert_close(grads[1], ref.weight.grad)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from seq2seq.models.rnn import Linear
+
 
 class Attention(nn.Module):
     def keys(self, states: Tensor) -> Tensor:
@@ -33,9 +35,9 @@ class BahdanauAttention(Attention):
 
     def __init__(self, query_dim: int, memory_dim: int, attention_dim: int):
         super().__init__()
-        self.key_proj = nn.Linear(memory_dim, attention_dim, bias=False)  # U
-        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)  # W
-        self.v = nn.Linear(attention_dim, 1, bias=False)
+        self.key_proj = Linear(memory_dim, attention_dim, bias=False)  # U
+        self.query_proj = Linear(query_dim, attention_dim, bias=False)  # W
+        self.v = Linear(attention_dim, 1, bias=False)
 
     def keys(self, states: Tensor) -> Tensor:
         return self.key_proj(states)  # (batch, mem_len, attention_dim)
@@ -54,7 +56,7 @@ class LuongAttention(Attention):
             raise ValueError(f"unknown Luong score {kind!r}; choose dot or general")
         if kind == "dot" and query_dim != memory_dim:
             raise ValueError(f"dot attention needs equal query and memory sizes, got {query_dim} and {memory_dim}")
-        self.key_proj = nn.Linear(memory_dim, query_dim, bias=False) if kind == "general" else None
+        self.key_proj = Linear(memory_dim, query_dim, bias=False) if kind == "general" else None
 
     def keys(self, states: Tensor) -> Tensor:
         return states if self.key_proj is None else self.key_proj(states)  # (batch, mem_len, query_dim)

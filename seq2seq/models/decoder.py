@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from seq2seq.models.attention import make_attention
 from seq2seq.models.memory import Memory
-from seq2seq.models.rnn import Dropout, RNNState, make_rnn, select_state, top_hidden
+from seq2seq.models.rnn import Dropout, Linear, RNNState, make_rnn, select_state, top_hidden
 from seq2seq.tokenizers import PAD
 
 
@@ -67,20 +67,20 @@ class RNNDecoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
         self.dropout = Dropout(dropout)
         self.attention = make_attention(attention, hidden, memory_dim, attention_dim)
-        self.gate = nn.Linear(hidden, 1) if context_gate else None  # Show, Attend and Tell's beta
+        self.gate = Linear(hidden, 1) if context_gate else None  # Show, Attend and Tell's beta
         # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
         ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)
         self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout,
                             recurrent_gain=recurrent_gain)
-        self.bridge = nn.Linear(summary_dim, hidden) if init == "bridge" else None
+        self.bridge = Linear(summary_dim, hidden) if init == "bridge" else None
         if self.luong:
-            self.combine = nn.Linear(memory_dim + hidden, hidden, bias=False)  # W_c
+            self.combine = Linear(memory_dim + hidden, hidden, bias=False)  # W_c
             pre_dim = hidden
         else:
-            self.readout = nn.Linear(hidden + emb_dim + ctx_dim, 2 * readout_dim)  # maxout, pool 2
+            self.readout = Linear(hidden + emb_dim + ctx_dim, 2 * readout_dim)  # maxout, pool 2
             pre_dim = readout_dim
-        self.tie_proj = nn.Linear(pre_dim, emb_dim, bias=False) if tied_embeddings and pre_dim != emb_dim else None
-        self.out = nn.Linear(emb_dim if tied_embeddings else pre_dim, vocab_size)
+        self.tie_proj = Linear(pre_dim, emb_dim, bias=False) if tied_embeddings and pre_dim != emb_dim else None
+        self.out = Linear(emb_dim if tied_embeddings else pre_dim, vocab_size)
         if tied_embeddings:
             self.out.weight = self.embed.weight
 

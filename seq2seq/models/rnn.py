@@ -1,4 +1,5 @@
-"""Layers shared by encoders and the decoder: tanh RNN, GRU or LSTM, and dropout."""
+"""Layers shared by encoders and the decoder: tanh RNN, GRU or LSTM, dropout, and a linear
+layer whose matrix shapes repeat."""
 
 from __future__ import annotations
 
@@ -71,3 +72,27 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.threshold / 256:.4f}"
+
+
+def padded_rows(n: int) -> int:
+    """``n`` rounded up to one of 16 sizes per power of two (at most 1/16 more)."""
+    step = max(1, (1 << (n.bit_length() - 1)) // 16)
+    return -(-n // step) * step
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` that, on the CPU, multiplies a row count rounded up by :func:`padded_rows`.
+
+    bf16 products on the CPU run in oneDNN, which compiles a kernel for each new matrix shape
+    (tens of milliseconds for an output layer) and caches it. A batch's token count changes
+    from step to step, so unrounded, most steps would compile their output layer's kernels
+    anew; rounded, a run sees a few dozen shapes. The padding rows are zeros, cut off after.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // x.size(-1) if x.size(-1) else 0
+        padded = padded_rows(rows) if rows and x.device.type == "cpu" else rows
+        if padded == rows:
+            return super().forward(x)
+        flat = F.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))  # (padded, in)
+        return super().forward(flat)[:rows].view(*x.shape[:-1], self.out_features)
