@@ -37,7 +37,7 @@ class BahdanauAttention(Attention):
         super().__init__()
         self.key_proj = Linear(memory_dim, attention_dim, bias=False)  # U
         self.query_proj = Linear(query_dim, attention_dim, bias=False)  # W
-        self.v = Linear(attention_dim, 1, bias=False)
+        self.v = nn.Linear(attention_dim, 1, bias=False)  # per step over every memory vector: no padded copy
 
     def keys(self, states: Tensor) -> Tensor:
         return self.key_proj(states)  # (batch, mem_len, attention_dim)
