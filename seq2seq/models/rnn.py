@@ -81,17 +81,20 @@ def padded_rows(n: int) -> int:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` that, on the CPU, multiplies a row count rounded up by :func:`padded_rows`.
+    """``nn.Linear`` that, computing in bf16 on the CPU, multiplies a row count rounded up by
+    :func:`padded_rows`.
 
     bf16 products on the CPU run in oneDNN, which compiles a kernel for each new matrix shape
     (tens of milliseconds for an output layer) and caches it. A batch's token count changes
     from step to step, so unrounded, most steps would compile their output layer's kernels
     anew; rounded, a run sees a few dozen shapes. The padding rows are zeros, cut off after.
+    fp32 products (MKL) and GPUs build nothing per shape: there it is ``nn.Linear``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.size(-1) if x.size(-1) else 0
-        padded = padded_rows(rows) if rows and x.device.type == "cpu" else rows
+        bf16_cpu = x.device.type == "cpu" and (x.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu"))
+        padded = padded_rows(rows) if rows and bf16_cpu else rows
         if padded == rows:
             return super().forward(x)
         flat = F.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))  # (padded, in)
