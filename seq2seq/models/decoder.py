@@ -129,6 +129,10 @@ class RNNDecoder(nn.Module):
             x = self.tie_proj(x)
         return self.out(x)
 
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """Token ids (batch, steps) -> embeddings with dropout (batch, steps, emb)."""
+        return self.dropout(self.embed(tokens))
+
     def _recur(self, emb: Tensor, state: DecoderState, memory: Memory
                ) -> tuple[Tensor, RNNState, Tensor | None, Tensor | None]:
         """One recurrence step from the embedded previous token emb (batch, 1, emb): the RNN output
@@ -157,7 +161,7 @@ class RNNDecoder(nn.Module):
 
     def step(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One step: prev (batch,) ids -> logits (batch, vocab), new state, attention (batch, mem_len)."""
-        pre, state, weights = self._advance(self.dropout(self.embed(prev)).unsqueeze(1), state, memory)
+        pre, state, weights = self._advance(self._embed(prev.unsqueeze(1)), state, memory)
         return self._logits(pre).squeeze(1), state, None if weights is None else weights.squeeze(1)
 
     def forward(self, tgt_in: Tensor, memory: Memory, teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor | None]:
@@ -169,7 +173,7 @@ class RNNDecoder(nn.Module):
         state = self.init_state(memory)
         if teacher_forcing < 1.0:
             return self._sampled(tgt_in, state, memory, teacher_forcing)
-        emb = self.dropout(self.embed(tgt_in))  # (batch, tgt_len, emb)
+        emb = self._embed(tgt_in)  # (batch, tgt_len, emb)
         if self.parallel:
             ctx = None
             rnn_in = emb
@@ -212,7 +216,7 @@ class RNNDecoder(nn.Module):
                 sampled = torch.multinomial(probs, 1).squeeze(1)
                 use_model = torch.rand(prev.shape, device=prev.device) >= teacher_forcing
                 prev = torch.where(use_model & (prev != PAD), sampled, prev)
-            pre, state, weights = self._advance(self.dropout(self.embed(prev)).unsqueeze(1), state, memory)
+            pre, state, weights = self._advance(self._embed(prev.unsqueeze(1)), state, memory)
             logits.append(self._logits(pre))
             steps_weights.append(weights)
         weights = None if steps_weights[0] is None else torch.cat(steps_weights, dim=1)
