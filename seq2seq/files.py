@@ -16,6 +16,12 @@ class WriteError(OSError):
     """A file could not be written (full disk, read-only folder, no permission)."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line for an error naming a file (its type when it has no message)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def write_error(path: Path, err: OSError) -> WriteError:
     cause = err.strerror or str(err) or type(err).__name__
     return WriteError(f"cannot write {path}: {cause}")

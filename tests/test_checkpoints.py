@@ -1,3 +1,5 @@
+import random
+
 import pytest
 import torch
 
@@ -36,6 +38,15 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty.pt"):
         load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_random_bytes_are_refused_with_a_checkpoint_error(tmp_path, recwarn):
+    path = tmp_path / "noise.pt"
+    for seed in range(400):  # random bytes make torch's unpickler fail as IndexError, KeyError, ...
+        path.write_bytes(random.Random(seed).randbytes(1024))
+        with pytest.raises(CheckpointError, match="noise.pt: not a readable checkpoint"):
+            load_checkpoint(path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 
 
 def test_pickled_code_is_refused(tmp_path):

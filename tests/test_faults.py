@@ -4,6 +4,7 @@ line on stderr, without a traceback, and nothing that existed before may be lost
 
 import contextlib
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -275,7 +276,7 @@ def test_a_damaged_feature_cache_is_rebuilt_with_a_message(tmp_path, monkeypatch
     if damage == "truncate":  # a write cut short (by a copy, a disk) that still sits under the entry's name
         entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 3])
     elif damage == "garbage":
-        entry.write_bytes(os.urandom(4096))
+        entry.write_bytes(random.Random(0).randbytes(4096))
     else:
         save_checkpoint(entry, {"grids": grids[:-1], "files": len(paths)})
     capsys.readouterr()

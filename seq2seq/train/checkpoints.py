@@ -8,8 +8,7 @@ and it is read with ``weights_only=True``.
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from seq2seq.config import Config, ConfigError, config_from_dict
-from seq2seq.files import atomic_write
+from seq2seq.files import atomic_write, first_line
 from seq2seq.tokenizers import Tokenizer, TokenizerError, load_tokenizer_file
 
 FORMAT = "seq2seq-checkpoint"
@@ -42,11 +41,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError,
-            ValueError, AttributeError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        with warnings.catch_warnings():  # damaged bytes read as an odd pickle protocol: the error says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # damaged bytes make the unpickler fail in any way (IndexError, KeyError, ...)
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a seq2seq checkpoint")
     if payload.get("version") != VERSION:
@@ -108,5 +107,5 @@ def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str,
         model = build(cfg, tokenizers)
         model.load_state_dict(ckpt["model"])
     except (KeyError, ConfigError, TokenizerError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({first_line(err)})") from None
     return Trained(model, cfg, tokenizers, ckpt.get("precision"))
