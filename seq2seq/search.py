@@ -39,7 +39,7 @@ def max_lengths(mem_lens: Tensor, ratio: float, offset: int) -> Tensor:
 @torch.no_grad()
 def greedy_search(decoder: RNNDecoder, memory: Memory, max_len: Tensor | int) -> list[Hypothesis]:
     """The most probable token at each step, for a whole batch at once."""
-    batch = memory.states.size(0)
+    batch, memory = memory.states.size(0), memory.for_search()
     limits = _limits(max_len, batch)
     state = decoder.init_state(memory)
     prev = torch.full((batch,), BOS, dtype=torch.long, device=memory.states.device)
@@ -81,7 +81,7 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
-    batch, k = memory.states.size(0), beam
+    batch, k, memory = memory.states.size(0), beam, memory.for_search()
     device = memory.states.device
     limits = _limits(max_len, batch).to(device)
     if int(limits.max()) < 1:
@@ -96,10 +96,10 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
     ends: list[_Ends] = []
     for t in range(int(limits.max())):
         logits, state, weights = decoder.step(prev, state, memory)
-        if t == 0:  # branch out: k rows per input from here on
+        if t == 0:  # branch out: k rows per input from here on, all reading the input's one memory row
             rows = torch.arange(batch, device=device).repeat_interleave(k)  # (batch*k,)
-            logits, memory = logits.index_select(0, rows), memory.index_select(rows)
-            state = state.follow_beams(rows, rows)
+            logits = logits.index_select(0, rows)
+            state = state.follow_beams(rows, None)
             weights = None if weights is None else weights.index_select(0, rows)
         trail.attention.append(weights)  # (rows before this step's selection, mem_len) or None
         logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (live*k, vocab), upcast inside
@@ -125,15 +125,14 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
         done = (n_ended >= k) | at_limit.squeeze(1)  # (live,)
         if bool(done.all()):
             break
-        kept = None
+        keep = None
         if bool(done.any()):  # finished inputs leave the batch
             keep = (~done).nonzero().squeeze(1)  # (live',)
             new_scores, new_parent, new_token = new_scores[keep], new_parent[keep], new_token[keep]
             inputs, n_ended = inputs[keep], n_ended[keep]
-            kept = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)  # (live'*k,) their rows
-            memory = memory.index_select(kept)
+            memory = memory.index_select(keep)
         rows = new_parent.view(-1)  # (live'*k,) the hypothesis each survivor extends
-        state = state.follow_beams(rows, kept)
+        state = state.follow_beams(rows, keep)
         prev = new_token.view(-1)
         scores = new_scores
         trail.tokens.append(prev)

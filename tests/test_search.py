@@ -112,17 +112,17 @@ def test_a_finished_hypothesis_beats_an_endless_loop():
 
 
 class RecordingDecoder:
-    """Wraps a decoder and records the batch size of each step."""
+    """Wraps a decoder and records the hypotheses and the memory rows of each step."""
 
     def __init__(self, decoder):
-        self.decoder, self.rows = decoder, []
+        self.decoder, self.rows, self.memory_rows = decoder, [], []
 
     def init_state(self, memory):
         return self.decoder.init_state(memory)
 
     def step(self, prev, state, memory):
-        assert memory.states.size(0) == prev.size(0)  # memory rows follow the live hypotheses
         self.rows.append(prev.size(0))
+        self.memory_rows.append(memory.states.size(0))
         return self.decoder.step(prev, state, memory)
 
 
@@ -135,7 +135,28 @@ def test_finished_inputs_leave_the_batch():
     hyps = beam_search(recorder, model.encode(src, lens), 3, torch.tensor([5, 2, 3]), nbest=3)
     # the first step once per input, then 3 inputs x beam 3, then the inputs at limits 2 and 3 drop out
     assert recorder.rows == [3, 9, 6, 3, 3]
+    assert recorder.memory_rows == [3, 3, 2, 1, 1]  # one memory row per live input, never copied per hypothesis
     assert [len(h[0].tokens) for h in hyps] == [5, 2, 3]
     alone = beam_search(model.decoder, model.encode(src[:1, :4], lens[:1]), 3, 5, nbest=3)[0]
     assert [h.tokens for h in alone] == [h.tokens for h in hyps[0]]
     assert [h.score for h in alone] == pytest.approx([h.score for h in hyps[0]], abs=1e-5)
+
+
+
+def test_search_casts_the_memory_once_under_autocast_and_finds_the_same(monkeypatch):
+    model = tiny_model("gru", "bahdanau", seed=3).eval()
+    src, lens = padded_batch([5, 3, 4])
+
+    def searched() -> list:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            memory = model.encode(src, lens)
+            assert memory.states.dtype == torch.float32  # the encoder's GRU runs in fp32 under autocast
+            beams = beam_search(model.decoder, memory, 3, 6, nbest=3)
+            greedy = [[(h.tokens, h.score) for h in greedy_search(model.decoder, memory, 6)]]
+            return [[(h.tokens, h.score) for h in b] for b in beams] + greedy
+
+    with torch.autocast("cpu", torch.bfloat16):
+        assert model.encode(src, lens).for_search().states.dtype == torch.bfloat16
+    cast_once = searched()
+    monkeypatch.setattr(Memory, "for_search", lambda self: self)  # each step's attention casts the states
+    assert searched() == cast_once

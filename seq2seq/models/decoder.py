@@ -39,8 +39,8 @@ class DecoderState:
 
     def follow_beams(self, parents: Tensor, kept: Tensor | None) -> "DecoderState":
         """Beam search's reorder: the RNN state (and input feed) of each survivor is its parent
-        row's; the keys, alike for every row of one input, only lose the rows of inputs that
-        left the search (``kept``: the rows still searched; None when none left)."""
+        row's; the keys, one row per input for all of its hypotheses, only lose the inputs that
+        left the search (``kept``: the inputs still searched; None when none left)."""
         keys = self.keys if self.keys is None or kept is None else self.keys.index_select(0, kept)
         return DecoderState(select_state(self.hidden, parents),
                             None if self.feed is None else self.feed.index_select(0, parents), keys)
@@ -106,8 +106,16 @@ class RNNDecoder(nn.Module):
         return DecoderState(hidden, feed, keys)
 
     def attend(self, query: Tensor, keys: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
-        """Context (batch, steps, mem_dim), scaled by the gate sigma(w.query + b) if any, and weights."""
-        ctx, weights = self.attention(query, keys, memory.states, memory.mask)
+        """Query (rows, steps, hidden) -> context (rows, steps, mem_dim), scaled by the gate
+        sigma(w.query + b) if any, and weights (rows, steps, mem_len).
+
+        The rows may be a multiple of the memory's: consecutive groups of rows (the hypotheses
+        of one input in beam search) then query one memory row together, which is not copied.
+        """
+        rows, steps = query.shape[:2]
+        grouped = query.reshape(keys.size(0), -1, query.size(-1))  # (batch, rows/batch * steps, hidden)
+        ctx, weights = self.attention(grouped, keys, memory.states, memory.mask)
+        ctx, weights = ctx.view(rows, steps, -1), weights.view(rows, steps, -1)
         if self.gate is not None:
             ctx = torch.sigmoid(self.gate(query)) * ctx
         return ctx, weights
@@ -140,7 +148,8 @@ class RNNDecoder(nn.Module):
         Bahdanau's attention (batch, 1, mem_len), where they exist."""
         parts, ctx, weights = [emb], None, None
         if self.kind == "none":
-            ctx = memory.summary.unsqueeze(1)  # (batch, 1, summary_dim)
+            rows = emb.size(0) // memory.summary.size(0)  # hypotheses per input in beam search
+            ctx = memory.summary.repeat_interleave(rows, dim=0).unsqueeze(1)  # (batch, 1, summary_dim)
             parts.append(ctx)
         elif self.kind == "bahdanau":  # query with the previous state s_{t-1}
             query = top_hidden(state.hidden).unsqueeze(1)  # (batch, 1, hidden)
@@ -160,7 +169,10 @@ class RNNDecoder(nn.Module):
         return pre, DecoderState(hidden, feed, state.keys), weights if luong_weights is None else luong_weights
 
     def step(self, prev: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One step: prev (batch,) ids -> logits (batch, vocab), new state, attention (batch, mem_len)."""
+        """One step: prev (batch,) ids -> logits (batch, vocab), new state, attention (batch, mem_len).
+
+        ``batch`` may be a multiple of the memory's batch: each memory row then serves that many
+        consecutive rows (an input's beam), as ``state.keys`` does."""
         pre, state, weights = self._advance(self._embed(prev.unsqueeze(1)), state, memory)
         return self._logits(pre).squeeze(1), state, None if weights is None else weights.squeeze(1)
 

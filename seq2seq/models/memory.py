@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -22,7 +23,14 @@ class Memory:
         return self.mask.sum(dim=1)  # (batch,)
 
     def index_select(self, rows: Tensor) -> "Memory":
-        """The rows ``rows`` (beam search branches each input into its hypotheses, and drops the
-        inputs it has finished)."""
+        """The rows ``rows`` (beam search drops the inputs it has finished)."""
         return Memory(self.states.index_select(0, rows), self.mask.index_select(0, rows),
                       self.summary.index_select(0, rows))
+
+    def for_search(self) -> "Memory":
+        """The states in autocast's dtype where autocast is on. Attention reads them at every step
+        and would cast them anew each time; search needs no gradient, so they are cast once."""
+        kind = self.states.device.type
+        if not torch.is_autocast_enabled(kind):
+            return self
+        return Memory(self.states.to(torch.get_autocast_dtype(kind)), self.mask, self.summary)
