@@ -33,9 +33,10 @@ def test_teacher_forced_forward_equals_step_by_step(cell, attention, feeding):
         torch.testing.assert_close(weights.sum(-1), torch.ones(3, 7))
 
 
-@pytest.mark.parametrize("cell, attention, feeding", COMBOS)
+@pytest.mark.parametrize("cell, attention, feeding", COMBOS + [("lstm", "bahdanau", "2 layers")])
 def test_a_memory_row_serves_its_group_of_rows_as_its_copies_would(cell, attention, feeding):
-    model = tiny_model(cell, attention, feeding is True, context_gate=feeding == "gate").eval()
+    layers = 2 if feeding == "2 layers" else 1
+    model = tiny_model(cell, attention, feeding is True, context_gate=feeding == "gate", dec_layers=layers).eval()
     src, lens = padded_batch([6, 3])
     memory = model.encode(src, lens)
     rows = torch.arange(2).repeat_interleave(3)  # three hypotheses per input, as in beam search
@@ -43,12 +44,17 @@ def test_a_memory_row_serves_its_group_of_rows_as_its_copies_would(cell, attenti
     grouped_state, copied_state = model.decoder.init_state(memory), model.decoder.init_state(copied)
     grouped_state = grouped_state.follow_beams(rows, None)
     prev = torch.randint(4, 24, (6, 4), generator=torch.Generator().manual_seed(2))
+    parents = torch.tensor([2, 0, 0, 4, 5, 3])  # each hypothesis follows one of its own input's rows
     for t in range(4):
         grouped, grouped_state, gw = model.decoder.step(prev[:, t], grouped_state, memory)
         alone, copied_state, cw = model.decoder.step(prev[:, t], copied_state, copied)
+        grouped_state, copied_state = grouped_state.follow_beams(parents, None), copied_state.follow_beams(parents, None)
         torch.testing.assert_close(grouped, alone, atol=1e-6, rtol=1e-5)
         if attention != "none":
             torch.testing.assert_close(gw, cw, atol=1e-6, rtol=1e-5)
+    if attention != "none":
+        with pytest.raises(ValueError, match="4 query rows cannot share a memory of 3 rows"):
+            model.decoder.attend(torch.zeros(4, 1, 32), torch.zeros(3, 6, 32), memory)
 
 
 @pytest.mark.parametrize("init", ["zero", "last", "bridge"])

@@ -152,8 +152,8 @@ def test_search_casts_the_memory_once_under_autocast_and_finds_the_same(monkeypa
             memory = model.encode(src, lens)
             assert memory.states.dtype == torch.float32  # the encoder's GRU runs in fp32 under autocast
             beams = beam_search(model.decoder, memory, 3, 6, nbest=3)
-            greedy = [[(h.tokens, h.score) for h in greedy_search(model.decoder, memory, 6)]]
-            return [[(h.tokens, h.score) for h in b] for b in beams] + greedy
+            greedy = [greedy_search(model.decoder, memory, 6)]
+            return [[(h.tokens, h.score, h.attention.dtype, h.attention.tolist()) for h in b] for b in beams + greedy]
 
     with torch.autocast("cpu", torch.bfloat16):
         assert model.encode(src, lens).for_search().states.dtype == torch.bfloat16

@@ -23,11 +23,11 @@ class Attention(nn.Module):
         raise NotImplementedError
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Context vectors (batch, q_len, mem_dim) and weights (batch, q_len, mem_len)."""
+        """Context vectors (batch, q_len, mem_dim) and float32 weights (batch, q_len, mem_len)."""
         scores = self.score(query, keys)
         scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        weights = torch.softmax(scores.float(), dim=-1).to(values.dtype)
-        return torch.bmm(weights, values), weights
+        weights = torch.softmax(scores.float(), dim=-1)
+        return torch.bmm(weights.to(values.dtype), values), weights
 
 
 class BahdanauAttention(Attention):

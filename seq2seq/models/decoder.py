@@ -113,6 +113,8 @@ class RNNDecoder(nn.Module):
         of one input in beam search) then query one memory row together, which is not copied.
         """
         rows, steps = query.shape[:2]
+        if rows % keys.size(0):
+            raise ValueError(f"{rows} query rows cannot share a memory of {keys.size(0)} rows")
         grouped = query.reshape(keys.size(0), -1, query.size(-1))  # (batch, rows/batch * steps, hidden)
         ctx, weights = self.attention(grouped, keys, memory.states, memory.mask)
         ctx, weights = ctx.view(rows, steps, -1), weights.view(rows, steps, -1)

@@ -44,6 +44,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         with warnings.catch_warnings():  # damaged bytes read as an odd pickle protocol: the error says enough
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             payload = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:  # a sound file too big for this machine is not a damaged one
+        raise
     except Exception as err:  # damaged bytes make the unpickler fail in any way (IndexError, KeyError, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
