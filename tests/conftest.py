@@ -21,6 +21,13 @@ def _no_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same random state, whichever tests ran before it (or alone)."""
+    torch.manual_seed(0)
+    random.seed(0)
+
+
 def tiny_model(cell: str = "gru", attention: str = "luong_general", input_feeding: bool = False,
                src_vocab: int = 20, tgt_vocab: int = 24, seed: int = 0, **kw) -> Seq2Seq:
     """Embedding 10, hidden 6 per direction (decoder 12), as JoeyNMT's tests do."""
