@@ -119,7 +119,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     schedule: str = "warmup_decay"  # warmup_decay | plateau | constant
     warmup_steps: int = 200
-    decay: str = "cosine"  # warmup_decay: cosine | linear | inverse_sqrt (over steps or time budget)
+    decay: str = "cosine"  # warmup_decay: cosine | linear (over the run's step horizon) | inverse_sqrt
     min_lr_ratio: float = 0.05  # warmup_decay: the final lr as a fraction of lr
     plateau_factor: float = 0.5  # plateau: lr multiplier when valid BLEU stalls
     plateau_patience: int = 2  # plateau: validations without improvement before decaying
@@ -130,13 +130,15 @@ class TrainConfig:
     sampling_k: float = 2000.0  # inverse_sigmoid: k; linear: steps to reach teacher_forcing
     max_steps: int | None = None
     max_epochs: int | None = None
-    time_budget: float | None = 15.0  # minutes of training (validation included); None = no limit
+    time_budget: float | None = 15.0  # minutes of training (validation included), spent as a step horizon
+    #   estimated from the run's speed after its first minute; None = no limit
     valid_every: int = 1000  # steps between validations
     checkpoint_minutes: float = 5.0  # also save checkpoints/last.pt this often: a kill loses at most that; 0 = off
     valid_sentences: int = 400  # greedy BLEU on at most this many validation sentences
     patience: int = 8  # validations without a better BLEU before stopping early
     log_every: int = 50  # steps between training log lines
     gradient_flow_every: int = 0  # steps between gradient-flow probes (seq2seq.train.gradients), from step 0; 0 = off
+    allow_mismatched_resume: bool = False  # resume at another resolved precision or number of processes
 
 
 @dataclass
@@ -238,6 +240,14 @@ class Config:
             raise ConfigError("model.context_gate needs attention (bahdanau or luong_*)")
         if m.input_feeding and not m.attention.startswith("luong"):
             raise ConfigError("model.input_feeding applies to luong_dot/luong_general attention only")
+        if (t.schedule == "warmup_decay" and t.decay != "inverse_sqrt"
+                and t.max_steps is None and t.max_epochs is None and t.time_budget is None):
+            raise ConfigError(f"train.decay={t.decay} decays over the run's horizon, and this run has none: set "
+                              f"train.max_steps, train.max_epochs or train.time_budget, or train.decay=inverse_sqrt")
+        for name, value in [("train.max_steps", t.max_steps), ("train.max_epochs", t.max_epochs),
+                            ("train.time_budget", t.time_budget)]:
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be positive (or null for no limit), got {value}")
         if d.corpus == "files" and not d.train:
             raise ConfigError("data.corpus=files needs data.train (a TSV file or 'SRC_FILE,TGT_FILE')")
         return self

@@ -23,12 +23,12 @@ from seq2seq.models.backbones import BackboneError
 from seq2seq.tokenizers import TokenizerError
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
 from seq2seq.train.distributed import current, join
-from seq2seq.train.faults import RunFolderBusy, RunLock
+from seq2seq.train.faults import ResumeRefused, RunFolderBusy, RunLock
 from seq2seq.train.progress import Progress, finish_reason
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,
-               FloatingPointError, WriteError, RunFolderBusy)
+               FloatingPointError, WriteError, RunFolderBusy, ResumeRefused)
 
 
 class RunFinished(Exception):
@@ -66,7 +66,7 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config without the options that may change when a run is resumed."""
     out = json.loads(json.dumps(cfg))
     for key in ("time_budget", "max_steps", "max_epochs", "patience", "device", "checkpoint_minutes",
-                "gradient_flow_every", "log_every"):
+                "gradient_flow_every", "log_every", "allow_mismatched_resume"):
         out["train"].pop(key, None)
     out.pop("tracking", None)
     return out
@@ -176,14 +176,20 @@ def same_run_config(run_dir: Path, cfg: Config) -> bool:
     return _comparable(json.loads(json.dumps(old.to_dict()))) == _comparable(json.loads(json.dumps(cfg.to_dict())))
 
 
-def finished_run_reason(run_dir: Path, cfg: Config) -> str:
+def run_progress(run_dir: Path) -> Progress | None:
+    """Where the run in ``run_dir`` stands (its last checkpoint's progress), or None before one."""
+    last = run_dir / "checkpoints" / "last.pt"
+    return Progress(**load_checkpoint(last, mmap=True)["progress"]) if last.is_file() else None
+
+
+def finished_run_reason(run_dir: Path, cfg: Config, progress: Progress | None = None) -> str:
     """Why the run in ``run_dir`` is finished under ``cfg`` (its limits reached, its results
     written for its last step), or "" when it is new, unfinished, or asked to go further."""
-    last, results = run_dir / "checkpoints" / "last.pt", run_dir / "results.json"
-    if not results.is_file() or not last.is_file():
+    results = run_dir / "results.json"
+    if not results.is_file():
         return ""
-    progress = Progress(**load_checkpoint(last)["progress"])
-    if progress.last_validation != progress.step:
+    progress = progress or run_progress(run_dir)
+    if progress is None or progress.last_validation != progress.step:
         return ""
     try:
         scored_step = json.loads(results.read_text(encoding="utf-8")).get("train_steps")

@@ -5,6 +5,7 @@ leaves the old file (or none), never half of one, and a failed write is a one-li
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -56,3 +57,21 @@ def atomic_write(path: str | Path, data: bytes | memoryview | str | Callable[[Bi
 def write_lines(path: str | Path, lines: list[str]) -> Path:
     """One line per item, each ending in a newline."""
     return atomic_write(path, "".join(line + "\n" for line in lines))
+
+
+REFERENCES = "test.refs.jsonl"  # every scored run folder: each test item's references, one JSON list a line
+
+
+def write_references(run_dir: Path, refs: list[list[str]]) -> Path:
+    """The test references beside a run's hypotheses, so that runs can be compared (paired tests)
+    without the corpus."""
+    return write_lines(Path(run_dir) / REFERENCES, [json.dumps(r, ensure_ascii=False) for r in refs])
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines :func:`write_lines` wrote."""
+    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def read_references(run_dir: Path) -> list[list[str]]:
+    return [json.loads(line) for line in read_lines(Path(run_dir) / REFERENCES)]

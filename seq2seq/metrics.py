@@ -17,7 +17,7 @@ class Score:
     brevity_penalty: float | None = None  # BLEU only
 
 
-def _ref_streams(refs: list[list[str]]) -> list[list[str | None]]:
+def ref_streams(refs: list[list[str]]) -> list[list[str | None]]:
     """Per-sentence reference lists -> sacreBLEU's reference streams (None where a sentence has fewer)."""
     if not refs:
         return [[]]
@@ -37,15 +37,24 @@ def bleu(hyps: list[str], refs: list[list[str]], tokenize: str = "13a", max_ngra
     """Corpus BLEU (cased unless ``lowercase``); ``refs[i]`` holds every reference of ``hyps[i]``."""
     _check(hyps, refs)
     metric = BLEU(tokenize=tokenize, max_ngram_order=max_ngram_order, lowercase=lowercase)
-    result = metric.corpus_score(hyps, _ref_streams(refs))
+    result = metric.corpus_score(hyps, ref_streams(refs))
     return Score(f"BLEU-{max_ngram_order}" if max_ngram_order != 4 else "BLEU", result.score,
                  str(metric.get_signature()), str(result), result.bp)
+
+
+def bleu_interval(hyps: list[str], refs: list[list[str]], lowercase: bool = False,
+                  samples: int = 1000) -> list[float]:
+    """sacreBLEU's 95 % bootstrap interval of corpus BLEU (test-set sampling alone, not training
+    noise): ``[mean - ci, mean + ci]`` as its ``μ = mean ± ci`` reports it."""
+    _check(hyps, refs)
+    score = BLEU(lowercase=lowercase).corpus_score(hyps, ref_streams(refs), n_bootstrap=samples)
+    return [score._mean - score._ci, score._mean + score._ci]
 
 
 def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
     _check(hyps, refs)
     metric = CHRF()
-    result = metric.corpus_score(hyps, _ref_streams(refs))
+    result = metric.corpus_score(hyps, ref_streams(refs))
     return Score("chrF2", result.score, str(metric.get_signature()), str(result))
 
 

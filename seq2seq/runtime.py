@@ -74,21 +74,3 @@ def seed_everything(seed: int) -> None:
     spm.set_random_generator_seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def machine_description() -> str:
-    """The machine in a line: CPU model and cores (bf16 support), GPU, torch version."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    bf16 = " with fast bf16" if _cpu_has_fast_bf16() else ""
-    return f"{cpu}, {os.cpu_count()} cores{bf16}{gpu}; torch {torch.__version__}"

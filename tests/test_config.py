@@ -11,7 +11,7 @@ def test_defaults_validate():
 
 def test_overrides_are_typed():
     cfg = load_config(overrides=["train.lr=1e-3", "model.bidirectional=false", "data.max_train_pairs=100",
-                                 "train.time_budget=null", "train.betas=[0.8, 0.9]"])
+                                 "train.time_budget=null", "train.max_steps=10", "train.betas=[0.8, 0.9]"])
     assert cfg.train.lr == 1e-3 and cfg.model.bidirectional is False
     assert cfg.data.max_train_pairs == 100 and cfg.train.time_budget is None
     assert cfg.train.betas == (0.8, 0.9)

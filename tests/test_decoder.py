@@ -48,7 +48,8 @@ def test_a_memory_row_serves_its_group_of_rows_as_its_copies_would(cell, attenti
     for t in range(4):
         grouped, grouped_state, gw = model.decoder.step(prev[:, t], grouped_state, memory)
         alone, copied_state, cw = model.decoder.step(prev[:, t], copied_state, copied)
-        grouped_state, copied_state = grouped_state.follow_beams(parents, None), copied_state.follow_beams(parents, None)
+        grouped_state = grouped_state.follow_beams(parents, None)
+        copied_state = copied_state.follow_beams(parents, None)
         torch.testing.assert_close(grouped, alone, atol=1e-6, rtol=1e-5)
         if attention != "none":
             torch.testing.assert_close(gw, cw, atol=1e-6, rtol=1e-5)

@@ -136,12 +136,17 @@ def test_a_two_process_run_is_interrupted_resumed_alone_and_translates(tmp_path)
     assert 20 <= stopped["step"] < 80 and f"stopping at step {stopped['step']}" in output, output
     assert not (run_dir / "results.json").exists()
 
+    refused = subprocess.run([sys.executable, *_translate_command(run_dir, *extra)], capture_output=True, text=True,
+                             env=_env(), timeout=300)  # one process would take half the batch per step
+    assert refused.returncode == 2 and "processes 2 -> 1 mid-run" in refused.stderr, refused.stderr[-2000:]
+    extra.append("train.allow_mismatched_resume=true")  # asked for explicitly
     resumed = subprocess.run([sys.executable, *_translate_command(run_dir, *extra)], capture_output=True, text=True,
                              env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at step {stopped['step']}" in resumed.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["train_steps"] == 80 and results["processes"] == 1 and "test_bleu_beam" in results
+    assert results["train_steps"] == 80 and "test_bleu_beam" in results
+    assert results["processes"] == "2 + 1" and results["training_sessions"] == 2  # the summary flags it
     tool = subprocess.run([sys.executable, str(ROOT / "tools" / "translate.py"), str(run_dir)], input="the cat\n",
                           capture_output=True, text=True, env=_env(), timeout=120)
     assert tool.returncode == 0 and tool.stdout.strip(), tool.stderr
@@ -211,5 +216,5 @@ def test_a_study_runs_data_parallel_under_torchrun(tmp_path):
     for name in ("gru", "rnn"):
         results = json.loads((folder / name / "results.json").read_text())
         assert results["processes"] == 2 and results["train_steps"] == 10
-    assert "| gru | finished |" in (folder / "summary.md").read_text()
+    assert "| `gru` | finished | 1 |" in (folder / "summary.md").read_text()
     assert proc.stdout.count("summary: ") == 1  # rank 0 alone reports

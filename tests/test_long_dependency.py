@@ -23,7 +23,8 @@ from seq2seq.train.gradients import gradient_flow
 
 SMALL = ["model.attention=none", "model.bidirectional=false", "model.emb_dim=16", "model.enc_hidden=32",
          "model.dec_hidden=32", "model.readout_dim=16", "model.dropout=0", "train.label_smoothing=0",
-         "train.precision=fp32", "train.device=cpu", "train.time_budget=null", "train.log_every=10",
+         "train.precision=fp32", "train.device=cpu", "train.time_budget=null", "train.max_steps=100",
+         "train.log_every=10",
          "tracking.enabled=false"]
 
 
@@ -133,4 +134,4 @@ def test_a_long_dependency_study_crosses_runs_with_lengths(tmp_path):
     assert 0 <= results["test_mse"] and results["test_baseline_mse"] == pytest.approx(1 / 6)
     for plot in ("by_sequence_length", "gradient_flow", "grad_norm"):
         assert (folder / f"{plot}.png").stat().st_size > 0, plot
-    assert "| copy_rnn,length=4 | finished |" in (folder / "summary.md").read_text()
+    assert "| `copy_rnn,length=4` | finished | 1 |" in (folder / "summary.md").read_text()

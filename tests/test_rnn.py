@@ -40,7 +40,8 @@ def test_fast_dropout_drops_p_and_keeps_the_mean():
 
 
 def test_padded_rows_round_up_by_at_most_a_sixteenth():
-    assert [padded_rows(n) for n in (1, 15, 16, 17, 31, 33, 1000, 1024, 1025)] == [1, 15, 16, 17, 31, 34, 1024, 1024, 1088]
+    assert [padded_rows(n) for n in (1, 15, 16, 17, 31, 33, 1000, 1024, 1025)] == [1, 15, 16, 17, 31, 34, 1024,
+                                                                                    1024, 1088]
     assert all(n <= padded_rows(n) <= n * 17 / 16 for n in range(1, 5000))
     assert len({padded_rows(n) for n in range(1025, 2049)}) == 16  # 1088, 1152, ..., 2048
 

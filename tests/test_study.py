@@ -1,13 +1,12 @@
 """The study runner: a tiny study end to end, resumed and skipped runs, decode studies, bad files."""
 
-import dataclasses
 
 import pytest
+import torch
 import yaml
 from conftest import toy_overrides
 
 from seq2seq.config import ConfigError
-from seq2seq.experiment import open_run_dir
 from seq2seq.study import load_study, run_study
 from seq2seq.study.runner import describe_runs
 
@@ -18,9 +17,22 @@ def _study(tmp_path, name="tiny", **fields):
     return load_study(path)
 
 
-def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
-    from seq2seq.tasks.translation import run
+def _crash_after_checkpoint(monkeypatch, at_step):
+    """The next training run dies at ``at_step`` (after a checkpoint), as a killed process would."""
+    import seq2seq.train.trainer as training
 
+    real = training.Trainer.train_step
+
+    def step(self, batch):
+        if self.progress.step == at_step:
+            monkeypatch.setattr(training.Trainer, "train_step", real)
+            raise RuntimeError("simulated crash")
+        return real(self, batch)
+
+    monkeypatch.setattr(training.Trainer, "train_step", step)
+
+
+def test_a_tiny_study_runs_resumes_and_skips(tmp_path, monkeypatch):
     root = tmp_path / "studies"
     study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=5",
                                                                                 "train.gradient_flow_every=5"),
@@ -30,9 +42,9 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
     lstm = study.run_specs()[1]
     assert lstm.config.train.max_steps == 10 and lstm.config.train.time_budget is None
     assert lstm.config.tracking.group == "tiny" and lstm.config.tracking.name == "tiny/lstm"
-    half = dataclasses.replace(lstm.config, train=dataclasses.replace(lstm.config.train, max_steps=5))
-    open_run_dir(half, root / "tiny" / "lstm")
-    run(half, root / "tiny" / "lstm")  # an interrupted study: lstm trained 5 of its 10 steps
+    _crash_after_checkpoint(monkeypatch, 7)  # an interrupted study: lstm has last.pt at step 5 of its 10
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_study(study, root, only=["lstm"], log=lambda _: None)
     assert [line.split()[1] for line in describe_runs(study, root)[2:]] == ["pending", "partial"]
 
     logs = []
@@ -41,8 +53,10 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
     for name in ("gru", "lstm"):
         results = yaml.safe_load((folder / name / "results.json").read_text())
         assert results["train_steps"] == 10 and results["stop_reason"] == "max_steps=10 reached"
+        assert results["budget"] == {"max_steps": 10} and results["schedule_horizon"] == 10
     md = (folder / "summary.md").read_text()
-    assert "| gru | finished |" in md and "| lstm | finished |" in md and "every run trains for 10 training steps" in md
+    assert "| `gru` | finished | 1 |" in md and "| `lstm` | finished | 1 |" in md
+    assert "recorded a budget of 10 training steps and trained 10 steps" in md
     assert "![bleu_by_length](bleu_by_length.png)" in md and (folder / "metrics.png").stat().st_size > 0
     assert (folder / "attention.png").stat().st_size > 0  # the same sentences, one column per run
     assert (folder / "gradient_flow.png").stat().st_size > 0  # steps 0 and 10 of both runs
@@ -53,6 +67,127 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path):
     run_study(study, root, log=logs.append)  # the same command again: nothing to train
     assert [line.split(": ", 1)[1] for line in logs] == ["finished, skipped", "finished, skipped"]
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def _summary_rows(folder, name="summary.csv"):
+    import csv
+
+    return list(csv.DictReader((folder / name).open(encoding="utf-8")))
+
+
+def test_another_budget_never_mixes_with_the_first(tmp_path, monkeypatch):
+    """--budget 15 after a 30-step study: its own folder, trained at 15; the 30-step runs, asked
+    for 15 in place, are 'changed' and give no figures; a run interrupted under another budget is
+    not stretched to this one."""
+    root = tmp_path / "studies"
+    fields = {"task": "translation", "overrides": toy_overrides(tmp_path, "train.valid_every=15"),
+              "runs": {"a": [], "b": ["train.lr=0.002"]}}
+    study = _study(tmp_path, budget={"max_steps": 30}, **fields)
+    run_study(study, root, log=lambda _: None)
+    quick = study.with_budget(15)
+    assert quick.folder == "tiny-budget-15" and quick.name == "tiny"
+    folder = run_study(quick, root, log=lambda _: None)
+    rows = _summary_rows(folder)
+    assert [r["train_steps_mean"] for r in rows] == ["15.0", "15.0"] and {r["state"] for r in rows} == {"finished"}
+
+    edited = _study(tmp_path, budget={"max_steps": 15}, **fields)  # the study file's budget changed in place
+    assert [line.split()[1] for line in describe_runs(edited, root)[2:]] == ["changed", "changed"]
+    logs = []
+    folder = run_study(edited, root, log=logs.append)
+    assert all("other options or another budget" in line for line in logs)
+    rows = _summary_rows(folder)
+    assert {r["state"] for r in rows} == {"changed"} and {r["test_bleu_beam_mean"] for r in rows} == {""}
+    assert "| `a` | changed | 0 | – |" in (folder / "summary.md").read_text()
+
+    longer = _study(tmp_path, name="other", budget={"max_steps": 30}, **fields)
+    _crash_after_checkpoint(monkeypatch, 17)  # interrupted at step 17 of 30 (last.pt at 15)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_study(longer, root, only=["a"], log=lambda _: None)
+    stretched = _study(tmp_path, name="other", budget={"max_steps": 60}, **fields)
+    assert describe_runs(stretched, root)[2].split()[1] == "changed"  # never resumed onto another horizon
+
+
+def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
+    """Two runs, two seeds: the layout, the mean ± sd columns, every run's bootstrap interval and
+    provenance, and the paired test of a run that is clearly worse."""
+    import json
+
+    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=40"),
+                   budget={"max_steps": 40}, seeds=[1, 2], baseline="good",
+                   runs={"good": [], "starved": ["train.lr=0.0002"]}, summary={"plots": ["metrics", "bleu_by_length"]})
+    folder = run_study(study, tmp_path / "studies", log=lambda _: None)
+    for run in ("good", "starved"):
+        for seed in (1, 2):
+            results = json.loads((folder / run / f"seed-{seed}" / "results.json").read_text())
+            assert results["seed"] == seed and results["train_steps"] == 40
+            low, high = results["test_bleu_beam_ci95"]
+            assert low <= results["test_bleu_beam"] <= high
+            assert results["precision"] == "fp32" and results["processes"] == 1 and results["device_name"]
+            assert len(results["git_commit"] or "x" * 40) == 40 and results["torch_version"] == torch.__version__
+    rows = {r["run"]: r for r in _summary_rows(folder)}
+    for column in ("run", "state", "seeds", "test_bleu_beam_mean", "test_bleu_beam_sd", "delta", "ci95_low",
+                   "ci95_high", "p_value", "significant", "precision", "device_name", "git_commit"):
+        assert column in rows["good"], column
+    good, starved = rows["good"], rows["starved"]
+    assert good["seeds"] == starved["seeds"] == "2" and float(good["test_bleu_beam_sd"]) >= 0
+    assert good["delta"] == "" and float(starved["delta"]) < 0  # the baseline is not tested against itself
+    assert float(starved["ci95_low"]) <= float(starved["delta"]) <= float(starved["ci95_high"]) < 0
+    assert float(starved["p_value"]) < 0.05 and starved["significant"] == "True"
+    seeds = _summary_rows(folder, "summary_seeds.csv")
+    assert [(r["run"], r["seed"]) for r in seeds] == [("good", "1"), ("good", "2"), ("starved", "1"),
+                                                        ("starved", "2")]
+    assert all(r["p_value"] for r in seeds if r["run"] == "starved") and not seeds[0]["p_value"]
+    md = (folder / "summary.md").read_text()
+    assert " ± " in md and "Holm" in md and "**yes**" in md and "seeds 1, 2" in md
+
+
+def test_stale_rows_show_their_state_and_no_figures(tmp_path, monkeypatch):
+    """A folder trained with other options, a partial run holding an earlier horizon's results,
+    and a failed run: none of their numbers reach the table."""
+    import json
+
+    root = tmp_path / "studies"
+    fields = {"task": "translation", "overrides": toy_overrides(tmp_path, "train.valid_every=10"),
+              "budget": {"max_steps": 10}}
+    study = _study(tmp_path, runs={"a": [], "b": [], "c": []}, **fields)
+    run_study(study, root, log=lambda _: None)
+    (root / "tiny" / "c" / "error.txt").write_text("diverged\n")
+    edited = _study(tmp_path, runs={"a": ["train.lr=0.001"], "b": [], "c": []}, **fields)
+    results = root / "tiny" / "b" / "results.json"
+    stale = json.loads(results.read_text())
+    stale["train_steps"] = 5  # as results of an earlier, shorter horizon beside a later checkpoint
+    results.write_text(json.dumps(stale))
+    from seq2seq.study.runner import run_state
+    from seq2seq.study.summary import write_summary
+
+    specs = edited.run_specs()
+    states = [run_state(edited, s, root / "tiny" / s.folder) for s in specs]
+    assert states == ["changed", "partial", "failed"]
+    write_summary(edited, root / "tiny", specs, states)
+    rows = _summary_rows(root / "tiny")
+    assert [r["state"] for r in rows] == states and {r["test_bleu_beam_mean"] for r in rows} == {""}
+
+
+def test_transient_failures_leave_the_run_pending_and_stop_the_study(tmp_path, monkeypatch):
+    import seq2seq.tasks.translation as translation
+    from seq2seq.data.fetch import FetchError
+    from seq2seq.files import WriteError
+
+    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path), budget={"max_steps": 4},
+                   runs={"a": [], "b": []})
+    real = translation.run
+    for error in (WriteError("cannot write x: No space left on device"), FetchError("fetching y failed")):
+        def fail(cfg, run_dir, error=error):
+            raise error
+
+        monkeypatch.setattr(translation, "run", fail)
+        with pytest.raises(type(error)):
+            run_study(study, tmp_path / "studies", log=lambda _: None)
+        assert not list((tmp_path / "studies").rglob("error.txt"))
+        assert [line.split()[1] for line in describe_runs(study, tmp_path / "studies")[2:]] == ["pending", "pending"]
+    monkeypatch.setattr(translation, "run", real)
+    folder = run_study(study, tmp_path / "studies", log=lambda _: None)  # the cause fixed: the same command goes on
+    assert {r["state"] for r in _summary_rows(folder)} == {"finished"}
 
 
 def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
@@ -71,21 +206,33 @@ def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch)
     logs = []
     folder = run_study(study, tmp_path / "studies", log=logs.append)
     assert "became nan" in (folder / "a" / "error.txt").read_text() and (folder / "b" / "results.json").is_file()
-    assert "| a | failed |" in (folder / "summary.md").read_text()
+    assert "| `a` | failed | 0 |" in (folder / "summary.md").read_text()
     logs.clear()
     run_study(study, tmp_path / "studies", log=logs.append)
     assert "--only a retries it" in logs[0]
 
 
-def test_a_decode_study_reuses_a_trained_model(toy_run, tmp_path):
-    study = _study(tmp_path, name="beams", task="decode", model=str(toy_run),
+def test_a_decode_study_reuses_a_trained_model_and_notices_when_it_moves(toy_run, tmp_path):
+    import shutil
+
+    from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(toy_run, model)
+    study = _study(tmp_path, name="beams", task="decode", model=str(model),
                    grid={"search.beam": [1, 3], "search.length_penalty": [0.0, 1.0]}, summary={"plots": ["search"]})
     folder = run_study(study, tmp_path / "studies", log=lambda _: None)
     rows = (folder / "summary.csv").read_text().splitlines()
-    assert rows[0].startswith("run,state,test_bleu,brevity_penalty") and len(rows) == 5
+    assert rows[0].startswith("run,state,seeds,test_bleu_mean,test_bleu_sd,brevity_penalty_mean") and len(rows) == 5
     results = yaml.safe_load((folder / "beam=3,length_penalty=1.0" / "results.json").read_text())
     assert results["beam"] == 3 and results["length_penalty"] == 1.0 and 0 < results["brevity_penalty"] <= 1
-    assert (folder / "search.png").is_file()
+    assert len(results["checkpoint_sha256"]) == 64 and (folder / "search.png").is_file()
+
+    best = model / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(best)
+    next(iter(ckpt["model"].values())).add_(0.01)  # the model trained further since it was decoded
+    save_checkpoint(best, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    assert {line.split()[1] for line in describe_runs(study, tmp_path / "studies")[2:]} == {"changed"}
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -122,3 +269,50 @@ def test_a_run_made_before_an_option_existed_keeps_its_config(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
     assert same_run_config(tmp_path, cfg)
     assert not same_run_config(tmp_path, load_config(overrides=["model.attention=none"]))
+
+
+def _study_command(study_file, root, *extra):
+    import os
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
+    return [sys.executable, "-m", "seq2seq.cli.study", str(study_file), "--root", str(root), *extra], env
+
+
+def test_two_workers_and_a_second_process_share_one_study(tmp_path):
+    """--workers 2 and another process started beside it: every run trained exactly once, none failed."""
+    import subprocess
+
+    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=20"),
+                   budget={"max_steps": 20}, seeds=[1, 2], runs={"a": [], "b": ["train.lr=0.002"]})
+    root = tmp_path / "studies"
+    pool, env = _study_command(study.path, root, "--workers", "2")
+    second, _ = _study_command(study.path, root)
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd in (pool, second)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    log = "".join(outputs)
+    assert "starting 2 workers with 1 thread(s) each" in log
+    for folder in ("a/seed-1", "a/seed-2", "b/seed-1", "b/seed-2"):
+        label = f"{folder.split('/')[0]} (seed {folder[-1]})"
+        assert log.count(f"{label}: starting") == 1 and f"{label}: resuming" not in log, log
+        assert (root / "tiny" / folder / "results.json").is_file()
+    assert not list(root.rglob("error.txt"))
+    assert {r["state"] for r in _summary_rows(root / "tiny")} == {"finished"}
+
+
+def test_a_study_on_a_cluster_through_submitit(tmp_path):
+    """--slurm submits one job per unfinished run (here with submitit's local executor), waits, summarises."""
+    import subprocess
+
+    pytest.importorskip("submitit")
+    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=10"),
+                   budget={"max_steps": 10}, runs={"a": [], "b": ["train.lr=0.002"]})
+    root = tmp_path / "studies"
+    command, env = _study_command(study.path, root, "--slurm", "cluster=local", "timeout_min=10")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "submitted 2 job(s) to local" in proc.stdout
+    assert {r["state"] for r in _summary_rows(root / "tiny")} == {"finished"}
+    assert list((root / "tiny" / "slurm").glob("*/*_log.out"))  # submitit's job logs

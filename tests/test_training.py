@@ -89,16 +89,16 @@ def test_learning_rate_schedules():
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=100, time_budget=None, min_lr_ratio=0.0)
     sched = LRSchedule(opt, cfg)
-    assert sched.lr(0, 0) == pytest.approx(0.1) and 0.95 < sched.lr(9, 0) < 1.0  # warm-up, then decay
-    assert sched.lr(50, 0) == pytest.approx(0.5, abs=0.01) and sched.lr(100, 0) == pytest.approx(0.0)
-    cfg.time_budget, cfg.max_steps = 10.0, None  # the horizon may be the time budget
-    assert sched.lr(20, 300) == pytest.approx(0.5, abs=0.01)
+    assert sched.lr(0, 100) == pytest.approx(0.1) and 0.95 < sched.lr(9, 100) < 1.0  # warm-up, then decay
+    assert sched.lr(50, 100) == pytest.approx(0.5, abs=0.01) and sched.lr(100, 100) == pytest.approx(0.0)
+    assert sched.lr(150, 100) == pytest.approx(0.0)  # past the horizon (trained further): the floor
+    assert sched.lr(9, 0) == pytest.approx(1.0)  # no horizon yet (a time budget before its estimate): no decay
     cfg.decay = "inverse_sqrt"
-    assert sched.lr(39, 0) == pytest.approx(math.sqrt(10 / 40))
+    assert sched.lr(39, 100) == pytest.approx(math.sqrt(10 / 40))
     cfg.schedule, cfg.plateau_patience, cfg.plateau_factor = "plateau", 2, 0.5
     for score in (1.0, 2.0, 2.0, 1.0):
         sched.on_validation(score)
-    assert sched.lr(0, 0) == pytest.approx(0.5)
+    assert sched.lr(0, 100) == pytest.approx(0.5)
 
 
 def test_scheduled_sampling_ratios():
@@ -220,3 +220,81 @@ def test_a_diverging_run_logs_its_last_steps_before_it_stops(tmp_path):
         trainer.train()
     last = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and math.isinf(last["train/loss"])  # visible in W&B, though step 10 never came
+
+
+def test_a_time_budgeted_run_freezes_its_horizon_and_resumes_bit_identically(tmp_path, monkeypatch):
+    """The learning rate follows the step, not the clock: once the horizon is estimated it is
+    frozen in the checkpoint, and a resumed run (whose own estimate would differ) repeats the
+    uninterrupted run's updates exactly, and ends at the same step."""
+    import seq2seq.train.trainer as training
+
+    monkeypatch.setattr(training, "warm", lambda cfg, step, elapsed: step >= 8)  # warm at step 8, whatever the clock
+    monkeypatch.setattr(training, "time_horizon", lambda *args: 25)
+    torch.manual_seed(0)
+    straight = _trainer(tmp_path / "a", max_steps=None, time_budget=10.0)
+    straight.train()
+    assert straight.progress.horizon == straight.progress.step == 25
+    assert "time budget of 10 min" in straight.progress.horizon_basis and "25 steps" in straight.progress.stop_reason
+
+    torch.manual_seed(0)
+    crashed = _trainer(tmp_path / "b", CrashAt(14), max_steps=None, time_budget=10.0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.train()
+    monkeypatch.setattr(training, "time_horizon", lambda *args: 99)  # a slower machine would estimate otherwise
+    resumed = _trainer(tmp_path / "b", max_steps=None, time_budget=10.0)
+    resumed.resume(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert resumed.progress.step == 10 and resumed.progress.horizon == 25  # frozen at step 8
+    resumed.train()
+    assert resumed.progress.step == 25
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_the_horizon_estimate_counts_validations():
+    from seq2seq.train.schedules import time_horizon
+
+    cfg = TrainConfig(time_budget=10.0, valid_every=100)
+    assert time_horizon(cfg, 50, 0.0, 1.0, 0.0) == 650  # 600 s at 1 s per step
+    assert time_horizon(cfg, 50, 0.0, 1.0, 10.0) == 590  # 6 validations of 10 s: 60 steps fewer
+
+
+def test_an_epoch_budget_decays_to_the_floor(tmp_path):
+    class Rates(Tracker):
+        def __init__(self):
+            self.lr = {}
+
+        def log(self, metrics, step):
+            if "train/lr" in metrics:
+                self.lr[step] = metrics["train/lr"]
+
+    rates = Rates()
+    trainer = _trainer(tmp_path, rates, max_steps=None, max_epochs=2, lr=1e-2, min_lr_ratio=0.05)
+    steps = sum(len(trainer.data.epoch(e)) for e in range(2))
+    progress = trainer.train()
+    assert progress.horizon == progress.step == steps and "max_epochs=2" in progress.horizon_basis
+    assert rates.lr[steps] == pytest.approx(1e-2 * 0.05, abs=1e-2 * 0.01)  # cosine over the epochs' steps
+
+
+def test_a_schedule_without_a_horizon_is_refused():
+    from seq2seq.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="has none"):
+        load_config(overrides=["train.time_budget=null"])
+    assert load_config(overrides=["train.time_budget=null", "train.decay=inverse_sqrt"])
+
+
+def test_resuming_at_another_precision_or_number_of_processes_is_refused(tmp_path):
+    from seq2seq.train.checkpoints import load_checkpoint
+    from seq2seq.train.faults import ResumeRefused, check_resumable
+
+    crashed = _trainer(tmp_path, CrashAt(14))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.train()
+    last = tmp_path / "checkpoints" / "last.pt"
+    with pytest.raises(ResumeRefused, match="precision fp32 -> bf16"):
+        _trainer(tmp_path, precision="bf16").resume(last)
+    _trainer(tmp_path, precision="bf16", allow_mismatched_resume=True).resume(last)  # asked for explicitly
+    with pytest.raises(ResumeRefused, match="processes 1 -> 2"):
+        check_resumable(last, load_checkpoint(last), "fp32", 2)  # torchrun with 2 ranks: twice the batch per step
+    session = load_checkpoint(last)["sessions"][0]
+    assert session["precision"] == "fp32" and session["processes"] == 1 and session["torch_version"]

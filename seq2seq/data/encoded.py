@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seq2seq.data.fetch import cache_dir
+from seq2seq.data.fetch import cache_dir, cache_lock
 from seq2seq.tokenizers import SubwordTokenizer, Tokenizer, load_tokenizer_file
 
 CHUNK = 100_000  # pairs encoded at a time
@@ -88,9 +88,10 @@ def encode_corpus(pairs: Sequence[tuple[str, str]], src_tok: Tokenizer, tgt_tok:
     key = hashlib.sha256(json.dumps({"pairs": _fingerprint(pairs), "src": src_tok.sha256(), "tgt": tgt_tok.sha256(),
                                      "max_len": max_len}).encode()).hexdigest()[:24]
     folder = cache_dir() / "encoded" / key
-    fresh = _read_meta(folder) is None
-    if fresh:
-        _encode(pairs, {"src": src_tok, "tgt": tgt_tok}, max_len, folder)
+    with cache_lock(str(folder)):  # a second process waits, then reads what the first encoded
+        fresh = _read_meta(folder) is None
+        if fresh:
+            _encode(pairs, {"src": src_tok, "tgt": tgt_tok}, max_len, folder)
     return open_encoded(folder, fresh)
 
 

@@ -7,19 +7,56 @@ under :func:`cache_dir`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 CACHE_ENV = "SEQ2SEQ_CACHE"
 
 
 class FetchError(RuntimeError):
     """A package could not be fetched or did not match its checksum."""
+
+
+F = TypeVar("F", bound=Callable)
+_held: set[str] = set()  # cache locks this process holds (a nested take of the same one passes)
+
+
+@contextlib.contextmanager
+def cache_lock(key: str) -> Iterator[None]:
+    """Hold the lock of one cache entry while it is fetched or built: another process (a second
+    worker of a study) waits for it, then finds the entry made instead of building it too."""
+    if key in _held:
+        yield
+        return
+    path = cache_dir() / ".locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cache_locked(fn: F) -> F:
+    """``fn`` run under the cache lock of its call (its name and its small arguments)."""
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with cache_lock(f"{fn.__module__}.{fn.__qualname__}{args!r}{sorted(kwargs.items())!r}"):
+            return fn(*args, **kwargs)
+    return locked  # type: ignore[return-value]
 
 
 def cache_dir() -> Path:
@@ -48,6 +85,7 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path
                          + " | ".join(tail))
 
 
+@cache_locked
 def fetch_pypi_file(requirement: str, filename: str, sha256: str, sdist: bool = False) -> Path:
     """Download one distribution file of ``requirement`` with pip (no install) into the cache.
 
@@ -84,6 +122,7 @@ def _keep_checked(got: Path, target: Path, sha256: str, what: str) -> None:
     got.replace(target)
 
 
+@cache_locked
 def fetch_deb(package: str) -> Path:
     """Download and unpack the Debian package ``package``; returns the unpacked root folder.
 
@@ -115,6 +154,7 @@ def fetch_deb(package: str) -> Path:
     return root
 
 
+@cache_locked
 def fetch_npm_file(spec: str, filename: str, sha256: str) -> Path:
     """Download one npm package tarball (``npm pack``, nothing installed) into the cache, checked by sha256."""
     target = cache_dir() / "npm" / filename

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from seq2seq.data.corpora import CorpusError, Example, normalise
-from seq2seq.data.fetch import cache_dir
+from seq2seq.data.fetch import cache_dir, cache_lock
 from seq2seq.files import atomic_write
 
 SCAN_BYTES = 1 << 26  # newlines are searched 64 MiB at a time
@@ -217,6 +217,12 @@ def split_files(spec: str, skip_bad: bool = False) -> tuple[LinePairs, list[Exam
     key = hashlib.sha256(json.dumps({"files": [(str(f.path.resolve()), f.path.stat().st_size, f.path.stat().st_mtime_ns)
                                                for f in files], "skip_bad": skip_bad}).encode()).hexdigest()[:24]
     folder = cache_dir() / "splits" / key
+    with cache_lock(str(folder)):  # a second process waits, then reads the split the first made
+        return _cached_split(spec, skip_bad, files, folder)
+
+
+def _cached_split(spec: str, skip_bad: bool, files: list, folder: Path) -> tuple[LinePairs, list[Example],
+                                                                                  list[Example]]:
     try:
         held = json.loads((folder / "held_out.json").read_text(encoding="utf-8"))
         lines = np.load(folder / "train.npy")

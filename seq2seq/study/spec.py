@@ -6,6 +6,8 @@ comparable, and what the summary shows.
     base: ../configs/default.yaml      # optional, relative to the study file
     overrides: [data.corpus=tatoeba]   # every run
     budget: {max_steps: 2000}          # or {time_budget: MINUTES} or {max_epochs: N}
+    seeds: [1, 2, 3]                   # optional: every run once per seed, in <run>/seed-<n>/
+    baseline: cho2014                  # optional: every other run is tested against it (paired)
     runs:                              # name -> its overrides, or {config: FILE, overrides: [...]}
       cho2014: [model.attention=none]
       luong2015: {config: ../configs/luong2015.yaml, overrides: [train.lr=1e-3]}
@@ -17,6 +19,9 @@ comparable, and what the summary shows.
 
 A ``decode`` study trains nothing: it decodes the test set of a finished run (``model``, a
 run folder relative to the working directory) once per search setting of its runs and grid.
+
+``--budget`` on the command line makes another study, in its own folder
+(``<study>-budget-<value>``): runs trained to one budget are never mixed with another's.
 """
 
 from __future__ import annotations
@@ -32,12 +37,26 @@ TASKS = ("translation", "captioning", "long_dependency", "decode")
 BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
 
 
+def run_folder(name: str, seed: int | None) -> str:
+    return name if seed is None else f"{name}/seed-{seed}"
+
+
 @dataclass
 class RunSpec:
     name: str
     overrides: list[str]  # the run's own overrides (what makes it differ)
-    config: Config  # resolved: base, study overrides, run overrides, budget, tracking
+    config: Config  # resolved: base, study overrides, run overrides, budget, seed, tracking
     config_file: Path | None = None  # the run's own config file, in place of the study's base
+    seed: int | None = None  # a seed replicate of the study's seeds (None: the config's seed, no subfolder)
+
+    @property
+    def folder(self) -> str:
+        """Its run folder, relative to the study's folder."""
+        return run_folder(self.name, self.seed)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.seed is None else f"{self.name} (seed {self.seed})"
 
 
 @dataclass
@@ -53,25 +72,43 @@ class Study:
     model: Path | None = None  # decode studies: the finished run they decode with
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # seed replicates (empty: one run each, the config's seed)
+    baseline: str | None = None  # the run every other run is tested against
+    folder_name: str = ""  # the study's folder under the root (default: its name)
+
+    @property
+    def folder(self) -> str:
+        return self.folder_name or self.name
 
     def budget_line(self) -> str:
-        """How the runs are made comparable, in words."""
+        """How the runs are meant to be comparable, in words (the summary says what they recorded)."""
         if self.task == "decode":
             return f"every run decodes the test set of the same trained model ({self.model})"
         (key, value), = self.budget.items()
         return f"every run trains for {value:g} {BUDGETS[key]}" + (
             " (equal steps)" if key == "max_steps" else " (equal wall-clock time: CPU contention matters)"
-            if key == "time_budget" else "")
+            if key == "time_budget" else " (equal epochs of the batch plan)")
 
     def with_budget(self, value: float) -> "Study":
-        """The same study with another budget value in the same unit (``--budget``)."""
+        """The same study at another budget value in the same unit (``--budget``), in a folder of its own."""
         if self.task == "decode":
             raise ConfigError(f"study {self.name} decodes a trained model: it has no training budget")
-        (key, _), = self.budget.items()
-        return Study(**{**self.__dict__, "budget": {key: value}})
+        (key, old), = self.budget.items()
+        if key == "max_steps" or key == "max_epochs":
+            if not float(value).is_integer():
+                raise ConfigError(f"--budget {value:g}: study {self.name} counts {BUDGETS[key]}, a whole number")
+            value = int(value)
+        if value == old:
+            return self
+        return Study(**{**self.__dict__, "budget": {key: value}, "folder_name": f"{self.name}-budget-{value:g}"})
+
+    def with_seeds(self, seeds: list[int]) -> "Study":
+        """The same study with these seed replicates (``--seeds``)."""
+        return Study(**{**self.__dict__, "seeds": _seeds(self.path, seeds, self.task)})
 
     def run_specs(self) -> list[RunSpec]:
-        """Every run with its resolved config (one-line ConfigError naming the run when one is bad)."""
+        """Every run (every seed of it) with its resolved config (one-line ConfigError naming the
+        run when one is bad)."""
         budget = [f"train.{k}={v}" for k, v in self.budget.items()]
         if self.budget and "time_budget" not in self.budget:
             budget.append("train.time_budget=null")
@@ -80,12 +117,14 @@ class Study:
             raise ConfigError(f"study {self.name}: model {self.model} is not a run folder (train it first)")
         specs = []
         for name, (config_file, own) in self.runs.items():
-            tracking = [f"tracking.group={self.name}", f"tracking.name={self.name}/{name}"]
-            try:
-                cfg = load_config(config_file or base, [*self.overrides, *own, *budget, *tracking])
-            except ConfigError as err:
-                raise ConfigError(f"study {self.name}, run {name}: {err}") from None
-            specs.append(RunSpec(name, own, cfg, config_file))
+            for seed in self.seeds or [None]:
+                extra = [f"train.seed={seed}"] * (seed is not None) + [
+                    f"tracking.group={self.folder}", f"tracking.name={self.folder}/{run_folder(name, seed)}"]
+                try:
+                    cfg = load_config(config_file or base, [*self.overrides, *own, *budget, *extra])
+                except ConfigError as err:
+                    raise ConfigError(f"study {self.name}, run {name}: {err}") from None
+                specs.append(RunSpec(name, own, cfg, config_file, seed))
         return specs
 
 
@@ -95,7 +134,8 @@ def load_study(path: str | Path) -> Study:
     if not path.suffix and not path.exists():  # a bare name means experiments/studies/NAME.yaml
         path = Path(__file__).resolve().parents[2] / "experiments" / "studies" / f"{path}.yaml"
     raw = read_yaml_mapping(path, "study file", "a mapping (task, runs, ...)")
-    known = {"description", "task", "base", "overrides", "budget", "runs", "grid", "model", "summary"}
+    known = {"description", "task", "base", "overrides", "budget", "runs", "grid", "model", "summary", "seeds",
+             "baseline"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"study file {path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -112,7 +152,12 @@ def load_study(path: str | Path) -> Study:
         model=Path(raw["model"]) if raw.get("model") else None,
         metrics=_strings(path, "summary.metrics", summary.get("metrics") or []),
         plots=_strings(path, "summary.plots", summary.get("plots") or []),
+        seeds=_seeds(path, raw.get("seeds") or [], task),
+        baseline=str(raw["baseline"]) if raw.get("baseline") is not None else None,
     )
+    if study.baseline is not None and study.baseline not in study.runs:
+        raise ConfigError(f"study file {path}: baseline {study.baseline!r} is not one of its runs "
+                          f"({', '.join(study.runs)})")
     if task == "decode" and study.model is None:
         raise ConfigError(f"study file {path}: a decode study needs 'model', the run folder it decodes with")
     from seq2seq.study.plots import PLOTTERS  # here: the plots module reads this one's types
@@ -127,6 +172,17 @@ def _strings(path: Path, key: str, value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
         raise ConfigError(f"study file {path}: '{key}' must be a list of strings")
     return [str(v) for v in value]
+
+
+def _seeds(path: Path, value: Any, task: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"study file {path}: 'seeds' must be a list of whole numbers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"study file {path}: 'seeds' lists a seed twice: {value}")
+    if value and task == "decode":
+        raise ConfigError(f"study file {path}: a decode study decodes one trained model deterministically: "
+                          f"it takes no seeds")
+    return list(value)
 
 
 def _budget(path: Path, value: Any, task: str) -> dict[str, float]:

@@ -1,12 +1,16 @@
-"""A study's summary: one table (Markdown and CSV) of every run's scores beside what it cost,
-the plots the study asks for, and one W&B run in the study's group holding both."""
+"""A study's summary: per run, the mean ± sd over its finished seeds of every metric beside
+what it cost, the paired test against the baseline, what trained it; per seed the same in
+``summary_seeds.csv``; the plots the study asks for; one W&B run in the study's group.
+
+Only finished runs (at the study's budget, with the study's options) give figures: the
+others show their state and no numbers."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import io
-import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,9 @@ from typing import Any
 from PIL import Image
 
 from seq2seq.files import atomic_write
-from seq2seq.runtime import machine_description
+from seq2seq.study.aggregate import RunSummary, collect, compare, differing_provenance
 from seq2seq.study.plots import PLOTTERS
-from seq2seq.study.spec import RunSpec, Study
+from seq2seq.study.spec import BUDGETS, RunSpec, Study
 from seq2seq.tracking import make_tracker
 
 DEFAULT_METRICS = {
@@ -32,16 +36,16 @@ COST = {  # what a run cost, beside its scores
     "long_dependency": ["train_steps", "train_minutes", "train_steps_per_second", "clipped_fraction", "parameters"],
     "decode": [],
 }
-
-
-def _results(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "results.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+SIGNIFICANCE = ["delta", "ci95_low", "ci95_high", "p_value", "p_holm", "significant"]
+PROVENANCE = ["precision", "processes", "device_name", "git_commit", "git_dirty", "torch_version"]
+CI_KEY = "test_bleu_beam_ci95"  # sacreBLEU's bootstrap interval of a run's test BLEU (BLEU-4 for captioning)
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -49,46 +53,143 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _mean_sd(run: RunSummary, metric: str) -> str:
+    mean, sd = run.mean(metric), run.sd(metric)
+    if mean is None:
+        return "–"
+    return _cell(mean) if sd is None else f"{_cell(mean)} ± {_cell(sd)}"
+
+
+def _ci_halfwidth(run: RunSummary) -> float | None:
+    """The mean half-width of the runs' bootstrap intervals (what test-set sampling alone moves a score by)."""
+    widths = [(r.results[CI_KEY][1] - r.results[CI_KEY][0]) / 2 for r in run.finished if r.results.get(CI_KEY)]
+    return sum(widths) / len(widths) if widths else None
+
+
+def _significance(run: RunSummary) -> list[Any]:
+    c = run.comparison
+    if c is None:
+        return [None] * len(SIGNIFICANCE)
+    return [c.delta, c.ci95[0], c.ci95[1], c.p_value, run.adjusted_p, run.significant]
+
+
+def budget_line(study: Study, runs: list[RunSummary]) -> str:
+    """What the finished runs recorded of their budget and schedule horizon, in words."""
+    if study.task == "decode":
+        return study.budget_line()
+    done = [r.results for run in runs for r in run.finished]
+    if not done:
+        return f"{study.budget_line()}; no run has finished yet"
+    budgets = {tuple(sorted((r.get("budget") or {}).items())) for r in done}
+    horizons = sorted({r.get("schedule_horizon") for r in done if r.get("schedule_horizon")})
+    steps = sorted({r.get("train_steps") for r in done if r.get("train_steps") is not None})
+    if len(budgets) != 1:
+        listed = "; ".join(str(dict(b)) for b in budgets)
+        return f"the finished runs recorded different budgets ({listed}): not comparable"
+    budget = dict(next(iter(budgets)))
+    words = ", ".join(f"{v:g} {BUDGETS.get(k, k)}" for k, v in budget.items()) or "no recorded budget"
+    trained = f"{steps[0]:,} steps" if len(steps) == 1 else f"{steps[0]:,}–{steps[-1]:,} steps (not equal steps)"
+    horizon = f"; the learning rate decays over {horizons[0]:,} steps" if len(horizons) == 1 else (
+        f"; schedule horizons {horizons[0]:,}–{horizons[-1]:,} steps" if horizons else "")
+    return f"every finished run recorded a budget of {words} and trained {trained}{horizon} ({len(done)} runs)"
+
+
+def machine_line(runs: list[RunSummary]) -> str:
+    """The machines, torch versions and precisions the finished runs recorded."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        for r in run.finished:
+            key = (f"{r.results.get('device_name', 'not recorded')}, {r.results.get('precision', '?')}, "
+                   f"torch {r.results.get('torch_version', '?')}, {r.results.get('processes', 1)} process(es)")
+            counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} ({n} run{'s' * (n > 1)})" for k, n in counts.items()) or "no run has finished yet"
+
+
 def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list[str]) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary.csv`` and the plots into ``folder``; log them to W&B."""
+    """Write ``summary.md``, ``summary.csv``, ``summary_seeds.csv`` and the plots into ``folder``; log to W&B."""
     metrics = study.metrics or DEFAULT_METRICS[study.task]
-    columns = ["run", "state", *metrics, *(c for c in COST[study.task] if c not in metrics)]
-    results = {s.name: _results(folder / s.name) for s in specs}
-    rows = [[s.name, state, *(results[s.name].get(k) for k in columns[2:])] for s, state in zip(specs, states)]
-    written = {"csv": folder / "summary.csv", "md": folder / "summary.md"}
-    table = io.StringIO(newline="")
-    writer = csv.writer(table)
-    writer.writerow(columns)
-    writer.writerows(rows)
-    atomic_write(written["csv"], table.getvalue())
+    cost = [c for c in COST[study.task] if c not in metrics]
+    runs = collect(study, folder, specs, states)
+    compare(study, runs, metrics[0])
+    has_ci = any(r.results.get(CI_KEY) for run in runs for r in run.finished)
+
+    columns = ["run", "state", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd")),
+               *(f"{c}_mean" for c in cost), *(["bootstrap_ci95_halfwidth"] if has_ci else []),
+               *SIGNIFICANCE, *PROVENANCE]
+    rows = [[run.name, run.state, len(run.finished), *(x for m in metrics for x in (run.mean(m), run.sd(m))),
+             *(run.mean(c) for c in cost), *([_ci_halfwidth(run)] if has_ci else []), *_significance(run),
+             *(run.provenance(k) for k in PROVENANCE)] for run in runs]
+    seed_columns = ["run", "seed", "state", *metrics, *cost, *([f"{CI_KEY}_low", f"{CI_KEY}_high"] if has_ci else []),
+                    "delta", "ci95_low", "ci95_high", "p_value", *PROVENANCE]
+    seed_rows = []
+    for run in runs:
+        for r in run.replicates:
+            c = run.per_seed.get(r.spec.seed)
+            ci = r.results.get(CI_KEY) or [None, None]
+            seed_rows.append([run.name, r.spec.seed, r.state, *(r.results.get(k) for k in [*metrics, *cost]),
+                              *(ci if has_ci else []), *([c.delta, c.ci95[0], c.ci95[1], c.p_value] if c else
+                                                         [None] * 4), *(r.results.get(k) for k in PROVENANCE)])
+    written = {"csv": folder / "summary.csv", "seeds_csv": folder / "summary_seeds.csv", "md": folder / "summary.md"}
+    for path, head, body in ((written["csv"], columns, rows), (written["seeds_csv"], seed_columns, seed_rows)):
+        table = io.StringIO(newline="")
+        csv.writer(table).writerows([head, *body])
+        atomic_write(path, table.getvalue())
     plots = {kind: folder / f"{kind}.png" for kind in study.plots}
     for kind, path in list(plots.items()):
-        picture = PLOTTERS[kind](study, folder, specs, results, metrics)
+        picture = PLOTTERS[kind](study, runs, metrics)
         if picture is None:
             del plots[kind]
         else:
             atomic_write(path, lambda f, picture=picture: picture.save(f, format="PNG"))
-    lines = [f"# Study `{study.name}`", "", study.description, "",
-             f"- Comparison: {study.budget_line()}.",
-             f"- Machine: {machine_description()}.",
-             f"- Command: `python experiments/study.py {study.path.stem}`; written {time.strftime('%Y-%m-%d %H:%M')}.",
-             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    lines += ["", "Runs:"] + [f"- `{s.name}`: " + " ".join(
-        ([f"config `{s.config_file.name}`"] if s.config_file else []) + [f"`{o}`" for o in s.overrides]
-    ) if s.config_file or s.overrides else f"- `{s.name}`: the base config" for s in specs]
+    lines = _markdown(study, runs, metrics, cost, has_ci)
     lines += [""] + [f"![{kind}]({path.name})" for kind, path in plots.items()]
     atomic_write(written["md"], "\n".join(lines) + "\n")
     _log_to_wandb(study, folder, specs, columns, rows, plots)
     return {**written, **plots}
 
 
+def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: list[str], has_ci: bool) -> list[str]:
+    seeds = (f"seeds {', '.join(map(str, study.seeds))} (each run once per seed; cells are mean ± sample sd over "
+             f"the finished seeds)" if study.seeds else "one seeded run per row (its config's train.seed)")
+    lines = [f"# Study `{study.name}`", "", study.description, "",
+             f"- Comparison: {budget_line(study, runs)}.", f"- Replicates: {seeds}.",
+             f"- Trained on: {machine_line(runs)}.",
+             f"- Command: `python experiments/study.py {study.path.stem}`; written {time.strftime('%Y-%m-%d %H:%M')}."]
+    tested = [r for r in runs if r.comparison is not None]
+    if study.baseline:
+        lines.append(f"- Baseline: `{study.baseline}`; {metrics[0]} of every other run against it"
+                     + (f" ({tested[0].comparison.test}); significant: p < 0.05 after Holm's correction for "
+                        f"{len(tested)} comparison(s)" if tested else " (no finished pair yet)") + ".")
+    head = ["run", "state", "seeds", *metrics, *cost, *(["bootstrap ±95 %"] if has_ci else []),
+            *([f"Δ {metrics[0]} [95 % CI]", "p (Holm)", "significant"] if study.baseline else [])]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        cells = [f"`{run.name}`" + (" (baseline)" if run.name == study.baseline else ""), run.state,
+                 str(len(run.finished)), *(_mean_sd(run, m) for m in [*metrics, *cost])]
+        if has_ci:
+            cells.append(_cell(_ci_halfwidth(run)))
+        if study.baseline:
+            c = run.comparison
+            cells += ([f"{c.delta:+.2f} [{c.ci95[0]:+.2f}, {c.ci95[1]:+.2f}]", f"{_cell(c.p_value)} "
+                       f"({_cell(run.adjusted_p)})", "**yes**" if run.significant else "no"] if c else
+                      ["–", "–", run.note or "–"] if run.name != study.baseline else ["–", "–", "–"])
+        lines.append("| " + " | ".join(cells) + " |")
+    differ = differing_provenance(runs)
+    for key, seen in differ.items():
+        lines.append(f"\n**Provenance differs: {key}.** " + "; ".join(
+            f"`{v}`: {', '.join(who[:6])}{' …' if len(who) > 6 else ''}" for v, who in seen.items()))
+    lines += ["", "Runs:"] + [f"- `{run.name}`: " + (" ".join(
+        ([f"config `{run.spec.config_file.name}`"] if run.spec.config_file else [])
+        + [f"`{o}`" for o in run.spec.overrides]) or "the base config") for run in runs]
+    return lines
+
+
 def _log_to_wandb(study: Study, folder: Path, specs: list[RunSpec], columns: list[str], rows: list[list[Any]],
                   plots: dict[str, Path]) -> None:
     """One summary run per study in the study's W&B group: the table and the plots."""
-    tracking = dataclasses.replace(specs[0].config.tracking, name=f"{study.name}/summary")
+    tracking = dataclasses.replace(specs[0].config.tracking, name=f"{study.folder}/summary")
     (folder / "wandb_id.txt").unlink(missing_ok=True)  # each summary is a new W&B run
-    tracker = make_tracker(tracking, folder, {"study": study.name, "runs": {s.name: s.overrides for s in specs}},
+    tracker = make_tracker(tracking, folder, {"study": study.name, "runs": {s.folder: s.overrides for s in specs}},
                            job_type="study-summary")
     tracker.table("study/summary", columns, [[_cell(v) for v in row] for row in rows], step=0)
     if plots:

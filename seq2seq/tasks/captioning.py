@@ -33,8 +33,8 @@ from seq2seq.data.emoji import emoji_corpus, twemoji_examples
 from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import load_image
 from seq2seq.experiment import log, spread
-from seq2seq.files import write_lines
-from seq2seq.metrics import bleu
+from seq2seq.files import write_lines, write_references
+from seq2seq.metrics import bleu, bleu_interval
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
@@ -287,6 +287,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         results.update({f"test_{k}": v for k, v in beam.items() if k.startswith("bleu")})
         results.update({
             "test_bleu4_greedy": greedy["bleu4"],
+            "test_bleu_beam_ci95": bleu_interval(beam["hypotheses"], refs, lowercase=True),  # of test_bleu4
             "test_bleu4_nearest_neighbour": bleu_scores(nn_caps, refs)["bleu4"],
             "test_bleu4_unseen_base": bleu_scores([beam["hypotheses"][i] for i in unseen],
                                                   [refs[i] for i in unseen])["bleu4"] if unseen else None,
@@ -297,6 +298,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         })
         if current().main:
             _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
+            write_lines(run_dir / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])  # for paired tests
+            write_references(run_dir, refs)
         if cfg.captions.corpus == "emoji" and cfg.captions.twemoji_test:
             results.update(_twemoji_scores(cfg, captioner, test, beam["hypotheses"], grids["test"] is not None))
     results.update({
@@ -305,8 +308,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(device), "processes": current().world,
-        "precision": precision_name(amp), "eval_precision": precision_name(captioner.amp_dtype),
+        "parameters": model.num_parameters(), "device": str(device), **trainer.record(),
+        "eval_precision": precision_name(captioner.amp_dtype),
         "seed": cfg.train.seed, "total_minutes": (time.monotonic() - t0) / 60,
     })
     tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})

@@ -10,6 +10,7 @@ numbers the caption tool computes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from seq2seq.data.fetch import cache_dir
+from seq2seq.data.fetch import cache_dir, cache_lock
 from seq2seq.data.images import ImageError, ImageTransform
 from seq2seq.experiment import log
 from seq2seq.models.encoders import ImageEncoder
@@ -97,6 +98,13 @@ def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTrans
                                      "pixels": "JPEG drafts at the resize size; channels-last CNN, batch norms folded",
                                      "files": stats}).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.pt"
+    # one process extracts, another waits and reads (not across the ranks of one run: they extract together)
+    with contextlib.nullcontext() if current().active else cache_lock(str(path)):
+        return _cached(path, encoder, paths, transform, device, amp_dtype, workers, progress)
+
+
+def _cached(path: Path, encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
+            amp_dtype: torch.dtype | None, workers: int, progress: Callable[[int, int], None] | None) -> Tensor:
     if path.exists():
         problem = ""
         try:

@@ -30,7 +30,7 @@ from seq2seq.config import Config, SyntheticConfig
 from seq2seq.data.batching import SourceBatch, TextBatch
 from seq2seq.experiment import log
 from seq2seq.models.model import LossSum, Regressor, Seq2Seq, build_text_encoder, build_translation_model
-from seq2seq.runtime import precision_name, seed_everything
+from seq2seq.runtime import seed_everything
 from seq2seq.search import greedy_search
 from seq2seq.tokenizers import BOS, EOS
 from seq2seq.tracking import make_tracker
@@ -181,8 +181,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps": progress.step, "train_steps_per_second": progress.step / max(progress.train_time, 1e-9),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(trainer.device),
-        "precision": precision_name(trainer.amp_dtype), "seed": cfg.train.seed,
+        "parameters": model.num_parameters(), "device": str(trainer.device), **trainer.record(),
+        "seed": cfg.train.seed,
         "total_minutes": (time.monotonic() - t0) / 60,
     }
     tracker.summary(results)

@@ -13,8 +13,8 @@ from seq2seq.data.batching import ParallelData, TextBatch, collate, token_batche
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
 from seq2seq.data.encoded import encode_corpus
 from seq2seq.experiment import log, spread
-from seq2seq.files import write_lines
-from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, chrf
+from seq2seq.files import write_lines, write_references
+from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, bleu_interval, chrf
 from seq2seq.models.model import build_translation_model, check_attention_sizes, teacher_forced_nll
 from seq2seq.plotting import attention_heatmap
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
@@ -158,8 +158,10 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             write_lines(run_dir / "test.greedy.txt", greedy["hypotheses"])
             write_lines(run_dir / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])
             write_lines(run_dir / "test.src.txt", [ex.src for ex in corpus.test])
+            write_references(run_dir, [ex.refs for ex in corpus.test])
         results.update({
             "test_bleu_greedy": greedy["bleu"], "test_bleu_beam": beam["bleu"], "test_chrf_beam": beam["chrf"],
+            "test_bleu_beam_ci95": bleu_interval(beam["hypotheses"], [ex.refs for ex in corpus.test]),
             "test_bleu_beam_detail": beam["bleu_detail"], "test_brevity_penalty_beam": beam["brevity_penalty"],
             "test_attention_entropy_beam": beam["attention_entropy"],
             "test_perplexity": perplexity(trainer, reference_batches(translator, corpus.test, cfg.data.batch_tokens)),
@@ -176,8 +178,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(trainer.device), "processes": current().world,
-        "precision": precision_name(trainer.amp_dtype), "eval_precision": precision_name(translator.amp_dtype),
+        "parameters": model.num_parameters(), "device": str(trainer.device), **trainer.record(),
+        "eval_precision": precision_name(translator.amp_dtype),
         "seed": cfg.train.seed,
         "total_minutes": (time.monotonic() - t0) / 60,
     })

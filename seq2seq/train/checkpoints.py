@@ -35,15 +35,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, buffer.getbuffer())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely; any problem becomes a one-line CheckpointError naming the file."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely; any problem becomes a one-line CheckpointError naming the file.
+    ``mmap`` maps the file instead of reading it: only what is used is read (a run's progress)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with warnings.catch_warnings():  # damaged bytes read as an odd pickle protocol: the error says enough
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except MemoryError:  # a sound file too big for this machine is not a damaged one
         raise
     except Exception as err:  # damaged bytes make the unpickler fail in any way (IndexError, KeyError, ...)

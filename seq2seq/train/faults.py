@@ -29,6 +29,23 @@ class RunFolderBusy(RuntimeError):
     """Another process is training in this run folder."""
 
 
+class ResumeRefused(RuntimeError):
+    """Resuming here would change how the run computes mid-way (precision, processes)."""
+
+
+def check_resumable(path: Path, ckpt: dict[str, Any], precision: str, processes: int) -> None:
+    """Refuse to go on at another resolved precision (other arithmetic) or number of processes
+    (another batch per step) than the checkpoint's run trained with."""
+    last = (ckpt.get("sessions") or [{}])[-1]
+    now = {"precision": precision, "processes": processes}
+    was = {"precision": ckpt.get("precision", precision), "processes": last.get("processes", 1)}
+    changed = [f"{k} {was[k]} -> {now[k]}" for k in now if was[k] != now[k]]
+    if changed:
+        raise ResumeRefused(f"{path} was trained with {', '.join(f'{k} {was[k]}' for k in now)}; resuming here "
+                            f"would change {', '.join(changed)} mid-run: resume it where it ran, or set "
+                            f"train.allow_mismatched_resume=true to go on anyway")
+
+
 class RunLock:
     """An exclusive lock on a run folder, held until :meth:`release` or the process ends."""
 

@@ -1,9 +1,11 @@
 """Where a training run stands (saved in every checkpoint), what one step reports, the
-statistics between log lines, and when a run is finished."""
+statistics between log lines, how they are shown, and when a run is finished."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from typing import Any
 
 from seq2seq.config import TrainConfig
 
@@ -25,6 +27,9 @@ class Progress:
     last_validation: int = -1  # step of the last validation
     clipped_steps: int = 0  # steps whose gradient norm was above train.clip_norm
     stop_reason: str = ""
+    horizon: int = 0  # the steps the schedule decays over, frozen once planned (0: not yet)
+    horizon_basis: str = ""  # how it was planned, in words
+    budget: dict[str, float] = field(default_factory=dict)  # the limits it was planned for (max_steps, ...)
 
 
 @dataclass
@@ -61,9 +66,16 @@ class Window:
 
 
 def finish_reason(cfg: TrainConfig, p: Progress) -> str:
-    """Why a run at ``p`` is done under ``cfg`` (budget, step or epoch limit, early stopping), or ""."""
-    if cfg.time_budget is not None and p.elapsed >= cfg.time_budget * 60:
-        return f"time budget of {cfg.time_budget:g} min reached"
+    """Why a run at ``p`` is done under ``cfg`` (budget, step or epoch limit, early stopping), or "".
+
+    A time budget whose horizon was estimated ends at that horizon, not at the clock, so a
+    resumed or slowed-down run ends at the same step; a raised budget goes back to the clock."""
+    if cfg.time_budget is not None:
+        planned = p.horizon and p.budget.get("time_budget") == cfg.time_budget and "time budget" in p.horizon_basis
+        if planned and p.step >= p.horizon:
+            return f"time budget of {cfg.time_budget:g} min reached: its horizon of {p.horizon:,} steps"
+        if not planned and p.elapsed >= cfg.time_budget * 60:
+            return f"time budget of {cfg.time_budget:g} min reached"
     if cfg.max_steps is not None and p.step >= cfg.max_steps:
         return f"max_steps={cfg.max_steps} reached"
     if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
@@ -71,3 +83,46 @@ def finish_reason(cfg: TrainConfig, p: Progress) -> str:
     if p.bad_validations >= cfg.patience:
         return f"no better validation score for {cfg.patience} validations"
     return ""
+
+
+class Display:
+    """Training progress for a person: a tqdm bar on a terminal, else plain log lines."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def open(self, cfg: TrainConfig) -> None:
+        if not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
+        if cfg.time_budget:
+            self.bar = tqdm(total=int(cfg.time_budget * 60), unit="s", desc="training", dynamic_ncols=True)
+        else:
+            self.bar = tqdm(total=cfg.max_steps, unit="step", desc="training", dynamic_ncols=True)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def report(self, cfg: TrainConfig, p: Progress, stats: dict[str, float]) -> None:
+        """A log line (or the bar's state) after ``train.log_every`` steps."""
+        if self.bar is not None:
+            self.bar.n = min(self.bar.total, int(p.elapsed if cfg.time_budget else p.step)) \
+                if self.bar.total else p.step
+            self.bar.set_postfix(step=p.step, loss=f"{stats['train/loss']:.3f}",
+                                 tok_s=f"{stats['train/tokens_per_second']:.0f}", refresh=False)
+            self.bar.refresh()
+            return
+        eta = ""
+        if cfg.time_budget:
+            eta = f", eta {max(0.0, cfg.time_budget * 60 - p.elapsed) / 60:.1f} min"
+        print(f"step {p.step} epoch {stats['train/epoch']:.2f}: loss {stats['train/loss']:.3f}, "
+              f"lr {stats['train/lr']:.2e}, {stats['train/tokens_per_second']:.0f} tok/s{eta}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -3,15 +3,15 @@
 A :class:`Trainer` takes a model, its training data (anything with ``epoch(n)`` returning
 batches of indices and ``batch(indices)`` building a batch) and a ``validate`` function
 returning metrics with a ``score`` to maximise. It handles teacher forcing and scheduled
-sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.train.schedules`, periodic validation,
-early stopping, a time budget, atomic checkpoints and exact resumption.
+sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.train.schedules` (over a step
+horizon planned once and frozen), periodic validation, early stopping, a time budget, atomic
+checkpoints and exact resumption (refused where precision or world size would change mid-run).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from seq2seq import provenance
 from seq2seq.config import TrainConfig
 from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
@@ -28,10 +29,10 @@ from seq2seq.runtime import autocast, pick_device, pick_precision, precision_nam
 from seq2seq.tracking import Tracker
 from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.train.distributed import Dist, current
-from seq2seq.train.faults import StopNow, StopSignals, non_finite_parameter
+from seq2seq.train.faults import StopNow, StopSignals, check_resumable, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
-from seq2seq.train.progress import Progress, StepStats, Window, finish_reason
-from seq2seq.train.schedules import LRSchedule, teacher_forcing_ratio
+from seq2seq.train.progress import Display, Progress, StepStats, Window, finish_reason
+from seq2seq.train.schedules import LRSchedule, budget_of, step_horizon, teacher_forcing_ratio, time_horizon, warm
 
 
 class Batch(Protocol):
@@ -80,11 +81,13 @@ class Trainer:
         self.loss = loss or self.sequence_loss  # (model output, batch) -> the terms of the loss to minimise
         self.schedule = LRSchedule(self.optimizer, cfg)
         self.progress = Progress()
-        self._bar = None  # the progress bar while training on a terminal
+        self.display = Display()  # a progress bar on a terminal, else log lines (rank 0)
         self.signals = StopSignals()  # Ctrl-C / SIGTERM: stop after the current step
         self._clock = time.monotonic()  # when progress.elapsed was last brought up to date
         self._saved: dict[str, int] = {}  # checkpoint name -> the step it holds
         self._last_save = time.monotonic()
+        self.sessions: list[dict[str, Any]] = []  # provenance of every training session of this run
+        self._speed_mark: tuple[int, float] | None = None  # (step, elapsed) where the speed estimate starts
 
     # --- checkpoints -----------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "rng": rng,
             "precision": precision_name(self.amp_dtype),  # what evaluation and the tools run at
+            "sessions": self.sessions,
             **self.checkpoint_extra,
         })
 
@@ -134,15 +138,64 @@ class Trainer:
         # read on the CPU: the optimiser moves its moments to the parameters' device and keeps
         # Adam's step counters on the CPU, where they cost no device sync
         ckpt = load_checkpoint(path, map_location="cpu")
+        if not self.cfg.allow_mismatched_resume:
+            check_resumable(path, ckpt, precision_name(self.amp_dtype), self.dist.world)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.progress = Progress(**ckpt["progress"])
+        self.sessions = list(ckpt.get("sessions", []))
         self._saved = {"last": self.progress.step} if Path(path) == self.checkpoint_path("last") else {}
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         random.setstate(_as_tuple(ckpt["rng"]["python"]))
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+
+    def record(self) -> dict[str, Any]:
+        """What trained this run (see :mod:`seq2seq.provenance`) and the plan it followed, for results.json."""
+        p = self.progress
+        return {**provenance.summarise(self.sessions), "budget": p.budget, "schedule_horizon": p.horizon,
+                "schedule_horizon_basis": p.horizon_basis}
+
+    # --- the horizon -------------------------------------------------------------------
+
+    def _plan_horizon(self) -> None:
+        """Freeze the schedule's horizon from max_steps or max_epochs, unless a time budget
+        will estimate it (:meth:`_estimate_horizon`) or it is frozen already."""
+        p = self.progress
+        if p.horizon or self.cfg.time_budget:
+            return
+        p.horizon, p.horizon_basis = step_horizon(self.cfg, self.data, self.dist.world)
+        p.budget = budget_of(self.cfg)
+
+    def _estimate_horizon(self) -> None:
+        """A time-budgeted run, once warm: validate once (its cost counts), then freeze the
+        horizon the budget allows at the speed measured since the middle of the warm-up window.
+        Rank 0 decides and estimates; every rank applies its figures."""
+        p, cfg = self.progress, self.cfg
+        if not cfg.time_budget or p.horizon:
+            return
+        if self._speed_mark is None and warm(cfg, 2 * p.step, 2 * p.elapsed):
+            self._speed_mark = (p.step, p.elapsed)
+        ready = self._speed_mark is not None and p.step > self._speed_mark[0] and warm(cfg, p.step, p.elapsed)
+        if not self.dist.from_main(ready):
+            return
+        started = time.monotonic()
+        self.validate(save=False)
+        seconds_per_validation = time.monotonic() - started
+        plan = None
+        if self.dist.main:
+            mark_step, mark_elapsed = self._speed_mark
+            speed = (p.elapsed - seconds_per_validation - mark_elapsed) / (p.step - mark_step)
+            estimate = time_horizon(cfg, p.step, p.elapsed, speed, seconds_per_validation)
+            steps, basis = step_horizon(cfg, self.data, self.dist.world)
+            plan = (min(steps, estimate), basis) if steps and steps < estimate else (estimate, (
+                f"time budget of {cfg.time_budget:g} min ({estimate:,} steps, estimated at step {p.step} from "
+                f"{speed:.3f} s per step and {seconds_per_validation:.1f} s per validation)"))
+        p.horizon, p.horizon_basis = self.dist.from_main(plan)
+        p.budget = budget_of(cfg)
+        self.log(f"schedule horizon: {p.horizon:,} steps, from the {p.horizon_basis}")
+        self.save("last")
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -205,8 +258,8 @@ class Trainer:
         self.progress.stop_reason = self.dist.from_main(finish_reason(self.cfg, self.progress))
         return not self.progress.stop_reason
 
-    def validate(self) -> dict[str, float]:
-        """Run the task's validation, track the best score, checkpoint best and last."""
+    def validate(self, save: bool = True) -> dict[str, float]:
+        """Run the task's validation, track the best score, checkpoint best (and ``save``: last)."""
         p = self.progress
         self.model.eval()
         with torch.no_grad(), self.autocast():
@@ -225,16 +278,13 @@ class Trainer:
         self._tick()  # the checkpoints count this validation's time: a resumed run keeps its budget
         if improved:
             self.save("best")
-        self.save("last")
+        if save:
+            self.save("last")
         return metrics
 
     def log(self, message: str) -> None:
-        if not self.dist.main:
-            return
-        if self._bar is not None:
-            self._bar.write(message)
-        else:
-            print(message, flush=True)
+        if self.dist.main:
+            self.display.write(message)
 
     def fit(self) -> Progress:
         """Resume from ``checkpoints/last.pt`` when the run folder has one, then :meth:`train`."""
@@ -256,7 +306,11 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         if not self._budget_left() and p.last_validation == p.step:
             return p
-        self._bar = _progress_bar(cfg) if self.dist.main else None
+        self._plan_horizon()
+        self.sessions = provenance.add_session(self.sessions, provenance.session(
+            self.device, precision_name(self.amp_dtype), self.dist.world))
+        if self.dist.main:
+            self.display.open(cfg)
         self.signals.install()
         if self.dist.active:  # each rank its own dropout masks (the weights are rank 0's already)
             torch.manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1) + p.step)
@@ -271,7 +325,7 @@ class Trainer:
                 # each step takes the next `world` batches of the epoch's plan, one per rank
                 while p.batch_in_epoch + world <= len(batches) and self._budget_left():
                     t0 = time.monotonic()
-                    lr = self.schedule.update(p.step, p.elapsed)
+                    lr = self.schedule.update(p.step, p.horizon)
                     batch = self.data.batch(batches[p.batch_in_epoch + rank]).to(self.device)
                     step = self.train_step(batch)
                     loss, grad_norm = step.loss, step.grad_norm
@@ -298,8 +352,10 @@ class Trainer:
                                  "train/teacher_forcing": teacher_forcing_ratio(cfg, p.step),
                                  "train/epoch": p.epoch + p.batch_in_epoch / len(batches)}
                         self.tracker.log(stats, step=p.step)
-                        self._report(stats)
+                        if self.dist.main:
+                            self.display.report(cfg, p, stats)
                         window = Window()
+                    self._estimate_horizon()
                     if p.step % cfg.valid_every == 0:
                         self.validate()  # saves last.pt too
                     elif cfg.checkpoint_minutes and time.monotonic() - self._last_save >= cfg.checkpoint_minutes * 60:
@@ -326,38 +382,8 @@ class Trainer:
                 self.log(f"stopped during the save; the run resumes from {self.checkpoint_path('last')}")
         finally:
             self.signals.restore()
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
+            self.display.close()
         return p
-
-    def _report(self, stats: dict[str, float]) -> None:
-        p = self.progress
-        if not self.dist.main:
-            return
-        if self._bar is not None:
-            self._bar.n = min(self._bar.total, int(p.elapsed if self.cfg.time_budget else p.step)) \
-                if self._bar.total else p.step
-            self._bar.set_postfix(step=p.step, loss=f"{stats['train/loss']:.3f}",
-                                  tok_s=f"{stats['train/tokens_per_second']:.0f}", refresh=False)
-            self._bar.refresh()
-        else:
-            eta = ""
-            if self.cfg.time_budget:
-                eta = f", eta {max(0.0, self.cfg.time_budget * 60 - p.elapsed) / 60:.1f} min"
-            print(f"step {p.step} epoch {stats['train/epoch']:.2f}: loss {stats['train/loss']:.3f}, "
-                  f"lr {stats['train/lr']:.2e}, {stats['train/tokens_per_second']:.0f} tok/s{eta}", flush=True)
-
-
-def _progress_bar(cfg: TrainConfig):
-    """A tqdm bar over the time budget (or steps) on a terminal; None for plain log lines."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    if cfg.time_budget:
-        return tqdm(total=int(cfg.time_budget * 60), unit="s", desc="training", dynamic_ncols=True)
-    return tqdm(total=cfg.max_steps, unit="step", desc="training", dynamic_ncols=True)
 
 
 def _as_tuple(value: Any) -> Any:

@@ -1,0 +1,143 @@
+"""Run a study: several runs that differ by a few options (each once per seed), then one summary.
+
+    python experiments/study.py attention                 # experiments/studies/attention.yaml
+    python experiments/study.py attention --list          # the runs and their state
+    python experiments/study.py attention --seeds 1,2,3   # every run once per seed
+    python experiments/study.py attention --only luong_dot --budget 500   # its own folder: attention-budget-500
+    python experiments/study.py attention --workers 2     # two runs at once, one thread each
+    python experiments/study.py attention --slurm slurm_partition=gpu gpus_per_node=1 timeout_min=120
+    python experiments/study.py my_study.yaml --dry-run   # print every run's resolved config
+    python experiments/study.py gradients exploding       # several studies, one after another
+
+Runs go to studies/<study>/<run>[/seed-<n>]/ (ordinary run folders); running the same command
+again skips finished runs and resumes an interrupted one, and a second command on the same
+study (another terminal, another machine sharing the folder) trains the runs the first does
+not hold. The summary is studies/<study>/summary.md, summary.csv, summary_seeds.csv and PNG
+plots, and a W&B run in the study's group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from seq2seq.config import ConfigError
+from seq2seq.experiment import log, run_cli
+from seq2seq.study import Study, describe_runs, dry_run, load_study, run_study
+from seq2seq.study.runner import run_state, select
+from seq2seq.study.summary import write_summary
+from seq2seq.study.workers import run_workers, set_threads, slurm_options, submit
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+", metavar="STUDY",
+                        help="a study file, or the name of one in experiments/studies/ (several: run in turn)")
+    parser.add_argument("--root", type=Path, default=Path("studies"), help="where study folders go")
+    parser.add_argument("--list", action="store_true", help="show the runs and their state, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config of every run")
+    parser.add_argument("--only", action="append", metavar="RUN",
+                        help="run only this run (all its seeds), or RUN/seed-N (repeatable)")
+    parser.add_argument("--budget", type=float,
+                        help="per-run budget, in the study's unit (steps, minutes, epochs): a study of its own")
+    parser.add_argument("--seeds", type=_seed_list, metavar="N,N,...",
+                        help="train every run once per seed (replaces the study file's seeds)")
+    parser.add_argument("--workers", type=int, default=1, help="train this many runs at once, sharing the cores")
+    parser.add_argument("--slurm", nargs="*", metavar="KEY=VALUE",
+                        help="submit each unfinished run as a job through submitit (cluster=local: this machine)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process of --workers
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.budget is not None and args.budget <= 0:
+        parser.error("--budget must be positive")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes whole numbers separated by commas, got {text!r}") from None
+
+
+def prepare(name: str, budget: float | None = None, seeds: list[int] | None = None) -> Study:
+    """The study a command line describes: its file, then --budget and --seeds."""
+    study = load_study(name)
+    if budget is not None:
+        study = study.with_budget(budget)
+    if seeds is not None:
+        study = study.with_seeds(seeds)
+    return study
+
+
+def _forwarded(args: argparse.Namespace, study: str) -> list[str]:
+    """The command line of one study for a worker process."""
+    out = [study, "--root", str(args.root)]
+    if args.budget is not None:
+        out += ["--budget", f"{args.budget:g}"]
+    if args.seeds is not None:
+        out += ["--seeds", ",".join(map(str, args.seeds))]
+    for name in args.only or []:
+        out += ["--only", name]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        set_threads(args.threads)
+    studies = [prepare(name, args.budget, args.seeds) for name in args.studies]  # every file checked first
+    names = {name for study in studies for spec in study.run_specs() for name in (spec.name, spec.folder)}
+    unknown = [name for name in args.only or [] if name not in names]
+    if unknown:  # before anything trains
+        raise ConfigError(f"no study here has a run named {', '.join(unknown)}")
+    status = 0
+    for name, study in zip(args.studies, studies):
+        if args.list:
+            print("\n".join(describe_runs(study, args.root)))
+            continue
+        if args.dry_run:
+            print(dry_run(study))
+            continue
+        only = [n for n in args.only or [] if n in {x for s in study.run_specs() for x in (s.name, s.folder)}]
+        if args.only and not only:
+            continue  # --only names runs of the other studies
+        if not args.worker:
+            log(f"study {study.name}: {len(study.runs)} runs" + (f" x {len(study.seeds)} seeds" if study.seeds else "")
+                + f"; {study.budget_line()}")
+        if args.slurm is not None:
+            status = max(status, _on_cluster(args, name, study, only))
+        elif args.workers > 1:
+            status = max(status, run_workers(_forwarded(args, name), args.workers, log))
+            _summarise(study, args.root)
+        else:
+            run_study(study, args.root, only or None, log, summary=not args.worker)
+        if not args.worker:
+            log(f"summary: {args.root / study.folder / 'summary.md'}")
+    return status
+
+
+def _summarise(study: Study, root: Path) -> None:
+    specs = study.run_specs()
+    folder = root / study.folder
+    write_summary(study, folder, specs, [run_state(study, s, folder / s.folder) for s in specs])
+
+
+def _on_cluster(args: argparse.Namespace, name: str, study: Study, only: list[str]) -> int:
+    """One job per unfinished run, then the summary."""
+    folder = args.root / study.folder
+    todo = [s.folder for s in select(study, only or None)
+            if run_state(study, s, folder / s.folder) in ("pending", "partial") or only]
+    study_args: dict[str, Any] = {"budget": args.budget, "seeds": args.seeds}
+    failed = submit(study.path, args.root, study_args, todo, slurm_options(args.slurm), folder / "slurm", log) \
+        if todo else []
+    _summarise(study, args.root)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,115 @@
+"""Is a difference a finding? Paired tests of a system against a baseline on one test set,
+with sacreBLEU's own resampling (approximate randomisation for p, paired bootstrap for the
+interval), pooled over seed replicates as MultEval does (Clark et al. 2011), Holm's correction
+for several comparisons, and Welch's t-test for metrics measured once per run.
+
+Pooling: the test set of every seed is concatenated, paired seed by seed (seed n of the system
+against seed n of the baseline), and the corpus score of the concatenation is the statistic.
+Shuffling or resampling then mixes sentences of every replicate, so a system whose gain comes
+from one lucky seed is not a finding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from sacrebleu.metrics.base import Metric
+from sacrebleu.significance import PairedTest, _bootstrap_resample
+
+from seq2seq.metrics import ref_streams
+
+AR_TRIALS = 10_000  # sacreBLEU's default
+BOOTSTRAP_SAMPLES = 1_000  # sacreBLEU's default
+ALPHA = 0.05
+
+
+@dataclass
+class Comparison:
+    """A system against the baseline: the difference of their scores, its 95 % interval and p."""
+
+    delta: float  # system - baseline (the pooled corpus score for several seeds)
+    ci95: tuple[float, float]
+    p_value: float  # two-sided
+    seeds: int  # replicates pooled
+    test: str  # how p and the interval were found, in words
+
+
+@contextmanager
+def _fixed_seed() -> Iterator[None]:
+    """sacreBLEU seeds its resampling with $SACREBLEU_SEED (12345 unless told otherwise); paired
+    bootstrap intervals need the same resamples for both systems, so an unseeded setting is
+    replaced by the default for the duration."""
+    old = os.environ.get("SACREBLEU_SEED")
+    if old is not None and old.lower() == "none":
+        os.environ["SACREBLEU_SEED"] = "12345"
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ["SACREBLEU_SEED"] = old
+
+
+def paired_test(baseline: Sequence[Sequence[str]], system: Sequence[Sequence[str]],
+                refs: Sequence[Sequence[str]], metric: Callable[[], Metric]) -> Comparison:
+    """``baseline[i]`` and ``system[i]`` are the test hypotheses of seed replicate i (the same
+    seeds, in the same order), ``refs`` every test item's references, ``metric`` makes the
+    sacreBLEU metric (e.g. ``lambda: BLEU(lowercase=True)``)."""
+    if len(baseline) != len(system) or not baseline:
+        raise ValueError(f"paired test: {len(baseline)} baseline and {len(system)} system replicates")
+    for hyps in (*baseline, *system):
+        if len(hyps) != len(refs):
+            raise ValueError(f"paired test: {len(hyps)} hypotheses for {len(refs)} test items")
+    base = [h for hyps in baseline for h in hyps]
+    sys_ = [h for hyps in system for h in hyps]
+    if base == sys_:  # sacreBLEU's AR counts only shuffles that differ by more: identical outputs would get p ~ 0
+        return Comparison(0.0, (0.0, 0.0), 1.0, len(baseline), "identical outputs")
+    streams = ref_streams([r for _ in baseline for r in refs])
+    with _fixed_seed():
+        _, scores = PairedTest([("baseline", base), ("system", sys_)], {"score": metric()}, streams,
+                               test_type="ar", n_samples=AR_TRIALS)()
+        result = next(iter(v for k, v in scores.items() if k != "System"))
+        m = metric()
+        # the same seed gives both systems the same resampled test sets: their differences are paired
+        _, resampled_base = _bootstrap_resample(m._extract_corpus_statistics(base, streams), m, BOOTSTRAP_SAMPLES)
+        _, resampled_sys = _bootstrap_resample(m._extract_corpus_statistics(sys_, streams), m, BOOTSTRAP_SAMPLES)
+    diffs = np.sort([s.score - b.score for s, b in zip(resampled_sys, resampled_base)])
+    low = len(diffs) // 40  # sacreBLEU's 95 % convention (estimate_ci)
+    return Comparison(delta=result[1].score - result[0].score, ci95=(float(diffs[low]), float(diffs[-low - 1])),
+                      p_value=float(result[1].p_value), seeds=len(baseline),
+                      test=f"sacreBLEU paired approximate randomisation ({AR_TRIALS:,} trials) and paired "
+                           f"bootstrap ({BOOTSTRAP_SAMPLES:,} resamples) over {len(baseline)} pooled seed(s)")
+
+
+def welch_test(baseline: Sequence[float], system: Sequence[float]) -> Comparison:
+    """Welch's t-test of the mean of a per-run metric (accuracy, MSE) over seeds; needs two
+    seeds on each side (with fewer there is no spread to test against: p is NaN)."""
+    from scipy import stats
+
+    delta = float(np.mean(system) - np.mean(baseline))
+    if len(baseline) < 2 or len(system) < 2:
+        return Comparison(delta, (math.nan, math.nan), math.nan, min(len(baseline), len(system)),
+                          "Welch's t-test needs two seeds per run")
+    if np.var(baseline) == 0 and np.var(system) == 0:  # e.g. both always solve the task
+        p = 1.0 if delta == 0 else 0.0
+        return Comparison(delta, (delta, delta), p, min(len(baseline), len(system)), "no spread across seeds")
+    result = stats.ttest_ind(system, baseline, equal_var=False)
+    ci = result.confidence_interval(0.95)
+    return Comparison(delta, (float(ci.low), float(ci.high)), float(result.pvalue), min(len(baseline), len(system)),
+                      f"Welch's t-test over seeds ({len(system)} vs {len(baseline)})")
+
+
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[tuple[float, bool]]:
+    """Holm's step-down correction for several comparisons: each p's adjusted value and whether
+    it is significant at ``alpha`` (NaN stays NaN and is never significant)."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m, out, running = len(order), [(math.nan, False)] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = (running, running < alpha)
+    return out

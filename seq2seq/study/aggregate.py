@@ -1,0 +1,169 @@
+"""A study's runs as the summary sees them: each run's seed replicates with their state, the
+figures of the finished ones only (mean, sd, range), what trained them, and the paired test of
+the first metric against the baseline (see :mod:`seq2seq.significance`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics.base import Metric
+
+from seq2seq.files import REFERENCES, read_lines, read_references
+from seq2seq.provenance import FIELDS
+from seq2seq.significance import Comparison, holm, paired_test, welch_test
+from seq2seq.study.spec import RunSpec, Study
+
+
+@dataclass
+class Replicate:
+    """One seed of a run: its folder, state, and results (empty unless finished)."""
+
+    spec: RunSpec
+    folder: Path
+    state: str
+    results: dict[str, Any]
+
+
+@dataclass
+class RunSummary:
+    name: str
+    replicates: list[Replicate]
+    comparison: Comparison | None = None  # the first metric against the baseline, pooled over seeds
+    adjusted_p: float = math.nan  # Holm-corrected
+    significant: bool = False
+    per_seed: dict[int | None, Comparison] = field(default_factory=dict)
+    note: str = ""  # why there is no comparison
+
+    @property
+    def spec(self) -> RunSpec:
+        return self.replicates[0].spec
+
+    @property
+    def finished(self) -> list[Replicate]:
+        return [r for r in self.replicates if r.state == "finished"]
+
+    @property
+    def state(self) -> str:
+        states = [r.state for r in self.replicates]
+        if len(set(states)) == 1:
+            return states[0]
+        counts = {s: states.count(s) for s in dict.fromkeys(states)}
+        return ", ".join(f"{n}/{len(states)} {s}" for s, n in counts.items())
+
+    def values(self, metric: str) -> list[float]:
+        """The metric of every finished seed that has it (booleans count as 0/1)."""
+        out = []
+        for r in self.finished:
+            v = r.results.get(metric)
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                out.append(float(v))
+        return out
+
+    def mean(self, metric: str) -> float | None:
+        v = self.values(metric)
+        return statistics.fmean(v) if v else None
+
+    def sd(self, metric: str) -> float | None:
+        v = self.values(metric)
+        return statistics.stdev(v) if len(v) > 1 else None
+
+    def provenance(self, key: str) -> Any:
+        """A provenance field of the finished seeds: their common value, or the distinct ones joined."""
+        values = list(dict.fromkeys(str(r.results.get(key)) for r in self.finished if key in r.results))
+        return values[0] if len(values) == 1 else " + ".join(values) if values else None
+
+
+def collect(study: Study, folder: Path, specs: list[RunSpec], states: list[str]) -> list[RunSummary]:
+    """Group the runs' seeds; read results of finished seeds only (a changed, partial or failed
+    folder may hold figures of another config or an earlier horizon)."""
+    runs: dict[str, RunSummary] = {}
+    for spec, state in zip(specs, states):
+        run_dir = folder / spec.folder
+        results = _read(run_dir / "results.json") if state == "finished" else {}
+        run = runs.setdefault(spec.name, RunSummary(spec.name, []))
+        run.replicates.append(Replicate(spec, run_dir, state, results))
+    return list(runs.values())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def scored_outputs(task: str, metric: str, results: dict[str, Any]) -> tuple[str, Callable[[], Metric]] | None:
+    """The hypotheses file a metric was computed from and its sacreBLEU metric, where a paired
+    test of outputs applies; None for per-run figures (accuracy, MSE, validation scores)."""
+    beam = f"test.beam{results.get('beam')}.txt"
+    table: dict[str, dict[str, tuple[str, Callable[[], Metric]]]] = {
+        "translation": {"test_bleu_beam": (beam, BLEU), "test_chrf_beam": (beam, CHRF),
+                        "test_bleu_greedy": ("test.greedy.txt", BLEU)},
+        "captioning": {"test_bleu4": (beam, lambda: BLEU(lowercase=True))},
+        "decode": {"test_bleu": ("test.hyp.txt", BLEU), "test_chrf": ("test.hyp.txt", CHRF)},
+    }
+    return table.get(task, {}).get(metric)
+
+
+def compare(study: Study, runs: list[RunSummary], metric: str) -> None:
+    """Test every run against the study's baseline on ``metric``: paired over the outputs on
+    the test set where the metric comes from outputs, else Welch's t-test over seeds; per
+    seed too; then Holm's correction over the runs compared."""
+    base = next((r for r in runs if r.name == study.baseline), None)
+    if base is None:
+        return
+    for run in runs:
+        if run is base:
+            continue
+        if not run.finished or not base.finished:
+            run.note = "not finished"
+            continue
+        try:
+            run.comparison, run.per_seed = _compare(study.task, metric, base, run)
+        except (OSError, ValueError) as err:  # missing or mismatched outputs: say so, never guess
+            run.note = f"no paired test: {err}"
+    tested = [r for r in runs if r.comparison is not None]
+    for run, (p, significant) in zip(tested, holm([r.comparison.p_value for r in tested])):
+        run.adjusted_p, run.significant = p, significant
+
+
+def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple[Comparison, dict]:
+    scored = scored_outputs(task, metric, base.finished[0].results)
+    if scored is None:
+        return welch_test(base.values(metric), run.values(metric)), {}
+    pairs = {r.spec.seed: r for r in base.finished}
+    matched = [(pairs[r.spec.seed], r) for r in run.finished if r.spec.seed in pairs]
+    if not matched:
+        raise ValueError("no seed finished for both runs")
+    refs = read_references(matched[0][0].folder)
+    hyps: list[tuple[list[str], list[str]]] = []
+    for b, s in matched:
+        if read_references(s.folder) != refs:
+            raise ValueError(f"{s.folder / REFERENCES} is another test set than {b.folder / REFERENCES}")
+        files = [scored_outputs(task, metric, x.results)[0] for x in (b, s)]  # type: ignore[index]
+        hyps.append((read_lines(b.folder / files[0]), read_lines(s.folder / files[1])))
+    per_seed = {s.spec.seed: paired_test([h[0]], [h[1]], refs, scored[1]) for (b, s), h in zip(matched, hyps)}
+    pooled = paired_test([h[0] for h in hyps], [h[1] for h in hyps], refs, scored[1]) if len(hyps) > 1 \
+        else next(iter(per_seed.values()))
+    return pooled, per_seed
+
+
+def differing_provenance(runs: list[RunSummary]) -> dict[str, dict[str, list[str]]]:
+    """Provenance fields whose value is not the same for every finished seed of every run:
+    field -> value -> the runs (seeds) with it."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for key in FIELDS:
+        seen: dict[str, list[str]] = {}
+        for run in runs:
+            for r in run.finished:
+                seen.setdefault(str(r.results.get(key)), []).append(r.spec.label)
+        if len(seen) > 1:
+            out[key] = seen
+    return out

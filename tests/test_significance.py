@@ -1,0 +1,61 @@
+"""Paired tests through sacreBLEU, pooled over seeds; Holm's correction; Welch's test."""
+
+import math
+import random
+
+import pytest
+from sacrebleu.metrics import BLEU
+
+from seq2seq.significance import holm, paired_test, welch_test
+
+WORDS = "le chat noir mange un poisson rouge dans la maison grande petite".split()
+
+
+def _corpus(n=300, seed=0):
+    rng = random.Random(seed)
+    return [[" ".join(rng.choices(WORDS, k=rng.randint(4, 9))) for _ in range(rng.randint(1, 3))] for _ in range(n)]
+
+
+def _noisy(refs, keep, seed):
+    rng = random.Random(seed)
+    return [" ".join(w if rng.random() < keep else rng.choice(WORDS) for w in r[0].split()) for r in refs]
+
+
+def test_a_system_against_itself_is_no_finding():
+    refs = _corpus()
+    hyps = _noisy(refs, 0.7, 1)
+    c = paired_test([hyps], [hyps], refs, BLEU)
+    assert c.delta == 0 and c.ci95 == (0.0, 0.0) and c.p_value == 1.0 and c.seeds == 1
+
+
+def test_a_clearly_better_system_is_found_and_seeds_pool():
+    refs = _corpus()
+    worse = [_noisy(refs, 0.6, s) for s in (1, 2)]
+    better = [_noisy(refs, 0.8, s + 10) for s in (1, 2)]
+    c = paired_test(worse, better, refs, BLEU)
+    assert c.seeds == 2 and c.delta > 5 and 0 < c.ci95[0] <= c.delta <= c.ci95[1] and c.p_value < 0.01
+    assert "2 pooled seed(s)" in c.test
+    single = paired_test(worse[:1], better[:1], refs, BLEU)
+    assert single.ci95[1] - single.ci95[0] > c.ci95[1] - c.ci95[0]  # twice the sentences: a narrower interval
+    with pytest.raises(ValueError, match="replicates"):
+        paired_test(worse, better[:1], refs, BLEU)
+
+
+def test_two_seeds_of_one_noisy_system_are_usually_no_finding():
+    refs = _corpus()
+    c = paired_test([_noisy(refs, 0.7, 1)], [_noisy(refs, 0.7, 2)], refs, BLEU)
+    assert c.p_value > 0.01 and c.ci95[0] < 0 < c.ci95[1]
+
+
+def test_holm_steps_down():
+    # sorted p 0.01, 0.02, 0.04 with m = 3: adjusted 0.03, 0.04, 0.04
+    out = holm([0.04, 0.01, 0.02, math.nan])
+    assert [round(p, 6) for p, _ in out[:3]] == [0.04, 0.03, 0.04] and [s for _, s in out] == [True, True, True, False]
+    assert holm([0.03, 0.04]) == [(0.06, False), (0.06, False)]  # neither survives two comparisons
+
+
+def test_welch_over_seeds():
+    c = welch_test([0.10, 0.12, 0.11], [0.50, 0.52, 0.49])
+    assert c.delta == pytest.approx(0.3933, abs=1e-3) and c.p_value < 0.001 and c.ci95[0] > 0
+    assert math.isnan(welch_test([0.1], [0.5]).p_value)  # one seed: no spread to test against
+    assert welch_test([1.0, 1.0], [1.0, 1.0]).p_value == 1.0
