@@ -139,14 +139,17 @@ class TrainConfig:
     log_every: int = 50  # steps between training log lines
     gradient_flow_every: int = 0  # steps between gradient-flow probes (seq2seq.train.gradients), from step 0; 0 = off
     allow_mismatched_resume: bool = False  # resume at another resolved precision or number of processes
+    collective_timeout: float = 5.0  # data-parallel: minutes a rank waits at a collective before the run stops
 
 
 @dataclass
 class SearchConfig:
     beam: int = 5
     length_penalty: float = 1.0  # score / length**alpha
-    max_len_ratio: float = 2.0  # output length limit: ratio * source length + offset
+    max_len_ratio: float = 2.0  # output length limit: ratio * source length + offset ...
     max_len_offset: int = 10
+    max_len: int = 200  # ... and never more than this many tokens per sentence, part or caption
+    split_sentences: bool = True  # translate a line sentence by sentence (tools, validation and test alike)
     batch_size: int = 64  # sentences per search batch
 
 
@@ -200,6 +203,7 @@ class Config:
                             ("model.dec_hidden", m.dec_hidden), ("model.enc_layers", m.enc_layers),
                             ("model.dec_layers", m.dec_layers), ("data.vocab_size", d.vocab_size),
                             ("data.batch_tokens", d.batch_tokens), ("search.beam", self.search.beam),
+                            ("search.max_len", self.search.max_len),
                             ("train.valid_every", t.valid_every), ("train.log_every", t.log_every),
                             ("train.patience", t.patience), ("search.batch_size", self.search.batch_size)]:
             if value < 1:
@@ -216,6 +220,9 @@ class Config:
         if m.recurrent_gain is not None and not m.recurrent_gain > 0:
             raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
                               f"got {m.recurrent_gain}")
+        if not t.collective_timeout > 0:
+            raise ConfigError(f"train.collective_timeout must be a positive number of minutes, "
+                              f"got {t.collective_timeout}")
         if t.checkpoint_minutes < 0:
             raise ConfigError(f"train.checkpoint_minutes must be 0 (only at validations) or positive, "
                               f"got {t.checkpoint_minutes}")

@@ -22,13 +22,13 @@ from seq2seq.files import WriteError, atomic_write
 from seq2seq.models.backbones import BackboneError
 from seq2seq.tokenizers import TokenizerError
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
-from seq2seq.train.distributed import current, join
-from seq2seq.train.faults import ResumeRefused, RunFolderBusy, RunLock
+from seq2seq.train.distributed import current, join, leave
+from seq2seq.train.faults import CollectiveTimeout, ResumeRefused, RunFolderBusy, RunLock
 from seq2seq.train.progress import Progress, finish_reason
 
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,
-               FloatingPointError, WriteError, RunFolderBusy, ResumeRefused)
+               FloatingPointError, WriteError, RunFolderBusy, ResumeRefused, CollectiveTimeout)
 
 
 class RunFinished(Exception):
@@ -66,7 +66,7 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config without the options that may change when a run is resumed."""
     out = json.loads(json.dumps(cfg))
     for key in ("time_budget", "max_steps", "max_epochs", "patience", "device", "checkpoint_minutes",
-                "gradient_flow_every", "log_every", "allow_mismatched_resume"):
+                "gradient_flow_every", "log_every", "allow_mismatched_resume", "collective_timeout"):
         out["train"].pop(key, None)
     out.pop("tracking", None)
     return out
@@ -80,7 +80,7 @@ def prepare_run(args: argparse.Namespace, name: str, default_config: Path | None
         if args.time_budget <= 0:
             raise ConfigError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
         cfg.train.time_budget = args.time_budget
-    d = join(cfg.train.device)  # torchrun's process group, if launched by it
+    d = join(cfg.train.device, cfg.train.collective_timeout)  # torchrun's process group, if launched by it
     run_dir = d.from_main(args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     open_run_dir(cfg, run_dir)
     return cfg, run_dir
@@ -222,9 +222,12 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
 def run_cli(main: Callable[[], int]) -> int:
     """Run ``main``; a user error prints one line naming what is wrong, never a traceback."""
     try:
-        return main()
+        code = main()
+        leave(meet=True)  # every rank of a data-parallel run ends together (see leave)
+        return code
     except RunFinished as done:
         log(str(done))
+        leave(meet=True)
         return 0
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

@@ -55,6 +55,10 @@ class SubwordTokenizer:
         """Subword strings of ``ids`` (for attention plots and alignments)."""
         return [self.sp.id_to_piece(i) for i in ids]
 
+    def starts_word(self, i: int) -> bool:
+        """Whether piece ``i`` begins a word (where a too-long input may be cut)."""
+        return self.sp.id_to_piece(i).startswith("\u2581")
+
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 

@@ -155,13 +155,20 @@ def test_a_two_process_run_is_interrupted_resumed_alone_and_translates(tmp_path)
 def test_two_nodes_meet_at_a_rendezvous_on_loopback(tmp_path):
     run_dir, port = tmp_path / "run", free_port()
     extra = ["train.max_steps=20", "train.valid_every=10"]
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]  # files, not pipes: a node never blocks on its output
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=loopback",
                                *_translate_command(run_dir, *extra)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-             for _ in range(2)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert all(node.returncode == 0 for node in nodes), outputs
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=_env())
+             for log in logs]
+    try:
+        for node in nodes:
+            node.wait(timeout=240)
+    finally:
+        for node in nodes:
+            node.kill()
+    outputs = [log.read_text() for log in logs]
+    assert all(node.returncode == 0 for node in nodes), [out[-3000:] for out in outputs]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["processes"] == 2 and results["train_steps"] == 20
     assert sum("test BLEU" in out for out in outputs) == 1  # one node holds rank 0
@@ -218,3 +225,50 @@ def test_a_study_runs_data_parallel_under_torchrun(tmp_path):
         assert results["processes"] == 2 and results["train_steps"] == 10
     assert "| `gru` | finished | 1 |" in (folder / "summary.md").read_text()
     assert proc.stdout.count("summary: ") == 1  # rank 0 alone reports
+
+
+def _stalling_worker(rank: int, world: int, port: int, out: Path) -> None:
+    """Rank 1 stops taking part after two steps (as a rank stuck in I/O would); rank 0 must fail
+    within train.collective_timeout with a line naming itself and the step, not hang."""
+    import dataclasses
+    import time
+
+    from test_training import _data
+
+    from seq2seq.train.faults import CollectiveTimeout
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = dataclasses.replace(CFG, max_steps=10, valid_every=100, collective_timeout=0.05)  # 3 seconds
+    dist = join("cpu", cfg.collective_timeout)
+    try:
+        trainer = Trainer(tiny_model("gru", "bahdanau"), _data(), cfg, out / f"rank{rank}", Tracker(),
+                          lambda t: {"score": 0.0}, {}, dist=dist)
+        if rank == 1:
+            real = trainer.train_step
+            trainer.train_step = lambda batch: time.sleep(30) if trainer.progress.step == 2 else real(batch)
+        started = time.monotonic()
+        try:
+            trainer.train()
+        except CollectiveTimeout as err:
+            (out / f"error{rank}.txt").write_text(f"{time.monotonic() - started:.1f}\n{err}\n")
+    finally:
+        if rank == 0:
+            os._exit(0)  # the peer is still asleep: do not wait for it at the group's teardown
+        leave()
+
+
+def test_a_stalled_collective_is_an_error_naming_the_rank_and_step(tmp_path):
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_stalling_worker, args=(r, 2, port, tmp_path), daemon=True) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    procs[0].join(timeout=120)
+    for p in procs:
+        p.kill()
+    seconds, message = (tmp_path / "error0.txt").read_text().split("\n", 1)
+    assert float(seconds) < 60, seconds
+    assert "rank 0 of 2 stopped after step 2" in message and "train.collective_timeout=0.05 min" in message
+    assert "\n" not in message.strip()

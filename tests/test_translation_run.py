@@ -161,3 +161,68 @@ def test_joint_vocabulary_is_shared(tmp_path):
     src, tgt = build_tokenizers(cfg, corpus, tmp_path)
     assert src is tgt and src.path == tmp_path / "tokenizers" / "joint.model"
     assert src.decode(src.encode(["le chat"])) == ["le chat"] and src.decode(src.encode(["the cat"])) == ["the cat"]
+
+
+def test_a_hostile_line_is_translated_in_bounded_parts(toy_run):
+    import time
+
+    translator = Translator.load(toy_run, device="cpu")
+    limit = translator.cfg.data.max_len
+    for line in ("x" * 10_000, "word " * 3000):
+        started = time.monotonic()
+        (tr,) = translator.translate([line])
+        assert time.monotonic() - started < 5, line[:10]
+        assert tr.longest_part >= len(translator.src_tok.encode([line])[0]) and "\n" not in tr.text
+        if tr.longest_part > limit:
+            assert tr.parts >= tr.longest_part // limit and tr.attention is None
+    sizes, search = [], translator._search
+    translator._search = lambda src, *rest: sizes.append(tuple(src.shape)) or search(src, *rest)
+    translator.translate(["the cat " * 500], batch_size=4)
+    assert max(n for n, _ in sizes) <= 4 and max(t for _, t in sizes) <= limit  # parts searched a window at a time
+
+
+def test_a_paragraph_comes_back_sentence_by_sentence_on_one_line(toy_run):
+    translator = Translator.load(toy_run, device="cpu")
+    sentences = [f"the {animal} sleeps." for animal in ("cat", "dog", "bird", "fish")] * 5
+    (paragraph,) = translator.translate([" ".join(sentences)])
+    alone = translator.translate(sentences)
+    assert paragraph.parts == 20 and paragraph.text == " ".join(t.text for t in alone)
+    (whole,) = translator.translate([" ".join(sentences)], split=False)
+    assert whole.parts == 1
+
+
+def test_the_tool_warns_about_long_lines_and_keeps_one_line_each(toy_run):
+    long_line = "the big dog " * 1000
+    proc = _translate([str(toy_run)], f"the cat\n{long_line}\n\na fish\n")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.split("\n")
+    assert len(out) == 5 and out[2] == "" and all(out[i] for i in (0, 1, 3))
+    assert "line 2: a sentence of" in proc.stderr and "longer than the 80 the model was trained on" in proc.stderr
+    assert proc.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_a_line_fed_to_an_open_pipe_is_answered_before_it_closes(toy_run):
+    import select
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "translate.py"), str(toy_run)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        answers = []
+        for line, wait in (("the cat eats", 90), ("a small bird", 10)):  # the first wait includes loading the model
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], wait)
+            assert ready, f"no answer to {line!r} within {wait} s while the pipe stayed open"
+            answers.append(proc.stdout.readline())
+        assert all(a.strip() for a in answers)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+
+
+def test_repl_says_when_it_split_a_line(toy_run):
+    code, text = _repl(toy_run, b"the cat sleeps. the dog eats.\n" + b"the big dog " * 60 + b"\n\n")
+    assert code == 0, text
+    assert "translated sentence by sentence: 2 sentences" in text
+    assert "note: a sentence of" in text and "translated in" in text

@@ -149,7 +149,8 @@ def run_study(study: Study, root: Path, only: list[str] | None = None, log: Call
     chosen = select(study, only)
     folder = root / study.folder
     folder.mkdir(parents=True, exist_ok=True)
-    d = join(chosen[0].config.train.device)  # under torchrun every run is data-parallel; rank 0 writes
+    train = chosen[0].config.train
+    d = join(train.device, train.collective_timeout)  # under torchrun every run is data-parallel; rank 0 writes
     if only:  # runs named explicitly are tried again even if they failed
         for spec in chosen:
             if d.main:

@@ -60,7 +60,7 @@ class Captioner:
         self.model.eval()  # the model may be shared with a trainer that left it in training mode
         with self.autocast():
             memory = self.model.encode(images.to(self.device))
-            hyps = search(self.model.decoder, memory, beam, self.cfg.captions.max_len + 1,
+            hyps = search(self.model.decoder, memory, beam, min(self.cfg.captions.max_len + 1, self.cfg.search.max_len),
                           self.cfg.search.length_penalty, nbest)
         out = []
         for nb in hyps:

@@ -108,14 +108,16 @@ def current() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def join(device: str = "auto") -> Dist:
+def join(device: str = "auto", timeout_minutes: float = 5.0) -> Dist:
     """Join the process group that ``torchrun`` describes in the environment (once; a plain launch
-    stays single). On GPUs each rank takes the device ``cuda:LOCAL_RANK``."""
+    stays single). On GPUs each rank takes the device ``cuda:LOCAL_RANK``. A collective that some
+    rank never reaches fails after ``timeout_minutes`` instead of hanging (the trainer then
+    names the rank and the step)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         gpu = torch.cuda.is_available() and device in ("auto", "cuda")
         if gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(minutes=30))
+        dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(minutes=timeout_minutes))
         atexit.register(leave)
     return current()
 
@@ -132,7 +134,21 @@ def main_first() -> Iterator[None]:
         d.barrier()
 
 
-def leave() -> None:
-    """Leave the process group at the end of a run (a no-op when not distributed)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def leave(meet: bool = False) -> None:
+    """Leave the process group at the end of a run (a no-op when not distributed).
+
+    ``meet`` (a run that ended normally): first wait at a barrier until every rank is done. A
+    rank's last collective (test perplexity's sum, say) can still be releasing its tensors in
+    gloo's worker thread, which needs the GIL for that; a process that went straight on to
+    shut Python down killed that thread mid-release (std::terminate, SIGABRT), its torchrun
+    agent failed, and the other node's agent then waited out its 300 s exit barrier: the
+    two-node test's hang. The barrier's wait releases the GIL until the slowest rank (rank 0,
+    writing results) is done. After an error the others may never come: no barrier then."""
+    if not dist.is_initialized():
+        return
+    if meet:
+        try:
+            dist.barrier()
+        except dist.DistError:  # a peer already gone: nothing left to wait for
+            pass
+    dist.destroy_process_group()

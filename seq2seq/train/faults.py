@@ -29,6 +29,10 @@ class RunFolderBusy(RuntimeError):
     """Another process is training in this run folder."""
 
 
+class CollectiveTimeout(RuntimeError):
+    """A data-parallel rank waited longer than train.collective_timeout for the others."""
+
+
 class ResumeRefused(RuntimeError):
     """Resuming here would change how the run computes mid-way (precision, processes)."""
 
