@@ -105,6 +105,9 @@ class ModelConfig:
     tied_embeddings: bool = False  # share target embedding and output matrix
     context_gate: bool = False  # scale the attention context by a learned scalar gate (Show, Attend and Tell)
     recurrent_gain: float | None = None  # None: PyTorch's init; g: recurrent matrices orthogonal times g
+    forget_bias: float | None = None  # LSTM layers' forget-gate bias at init (None: PyTorch's, near 0)
+    attention_scale: bool = False  # luong: divide the scores by sqrt(dec_hidden), as scaled dot-product attention
+    attention_fp32: bool = False  # compute attention keys and scores in float32 under bf16 autocast
 
 
 @dataclass
@@ -217,6 +220,8 @@ class Config:
                             ("synthetic.test_examples", self.synthetic.test_examples)]:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if m.attention_scale and not m.attention.startswith("luong"):
+            raise ConfigError(f"model.attention_scale scales Luong's scores; model.attention is {m.attention}")
         if m.recurrent_gain is not None and not m.recurrent_gain > 0:
             raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
                               f"got {m.recurrent_gain}")

@@ -32,9 +32,9 @@ def tiny_model(cell: str = "gru", attention: str = "luong_general", input_feedin
                src_vocab: int = 20, tgt_vocab: int = 24, seed: int = 0, **kw) -> Seq2Seq:
     """Embedding 10, hidden 6 per direction (decoder 12), as JoeyNMT's tests do."""
     torch.manual_seed(seed)
-    kw = {"dropout": 0.0, **kw}
-    cfg = ModelConfig(emb_dim=10, enc_hidden=6, dec_hidden=12, enc_cell=cell, dec_cell=cell,
-                      attention=attention, input_feeding=input_feeding, attention_dim=7, readout_dim=5, **kw)
+    cfg = ModelConfig(**{"emb_dim": 10, "enc_hidden": 6, "dec_hidden": 12, "enc_cell": cell, "dec_cell": cell,
+                         "attention": attention, "input_feeding": input_feeding, "attention_dim": 7,
+                         "readout_dim": 5, "dropout": 0.0, **kw})
     return build_translation_model(cfg, src_vocab, tgt_vocab).eval()
 
 

@@ -72,11 +72,11 @@ def test_initial_state(init, cell):
     elif init == "last":
         torch.testing.assert_close(h[0], memory.summary)
     else:
-        torch.testing.assert_close(h[0], torch.tanh(model.decoder.bridge(memory.summary)))
+        torch.testing.assert_close(h[0], torch.tanh(model.decoder.bridge[0](memory.summary)))
 
 
 def test_last_init_needs_matching_sizes():
-    with pytest.raises(ValueError, match="init=last needs"):
+    with pytest.raises(ValueError, match="init=last hands layer l's final state to decoder layer l"):
         RNNDecoder(10, 4, hidden=8, memory_dim=6, summary_dim=6, init="last")
 
 
@@ -108,3 +108,49 @@ def test_decoder_reads_any_memory():
     logits, weights = dec(torch.randint(4, 24, (2, 3)), grid)
     assert logits.shape == (2, 3, 24) and weights.shape == (2, 3, 49)
 
+
+
+def test_the_encoder_hands_h_and_c_over_layer_by_layer():
+    model = tiny_model("lstm", "luong_general", init="last", bidirectional=False, enc_hidden=12,
+                       enc_layers=2, dec_layers=2)
+    src, lens = padded_batch([4, 2])
+    memory = model.encode(src, lens)
+    _, (h_n, c_n) = model.encoder.rnn(model.encoder.embed(src))  # unpacked: compare the full-length row
+    h, c = model.decoder.init_state(memory).hidden
+    assert h.shape == c.shape == (2, 2, 12)
+    torch.testing.assert_close(h[:, 0], h_n[:, 0])  # layer l from layer l
+    torch.testing.assert_close(c[:, 0], c_n[:, 0])  # the cell state too, not zeros
+    torch.testing.assert_close(memory.summary, memory.layers[-1])
+
+
+def test_bridges_project_h_and_c_per_layer():
+    model = tiny_model("lstm", "bahdanau", init="bridge", enc_layers=2, dec_layers=2)
+    src, lens = padded_batch([3, 3])
+    memory = model.encode(src, lens)
+    h, c = model.decoder.init_state(memory).hidden
+    dec = model.decoder
+    for layer in range(2):
+        torch.testing.assert_close(h[layer], torch.tanh(dec.bridge[layer](memory.layers[layer])))
+        torch.testing.assert_close(c[layer], torch.tanh(dec.cell_bridge[layer](memory.cells[layer])))
+    # a summary alone (an image) starts h and c from it, through their own projections
+    image = Memory(memory.states, memory.mask, memory.summary)
+    h, c = dec.init_state(image).hidden
+    torch.testing.assert_close(c[1], torch.tanh(dec.cell_bridge[1](memory.summary)))
+    assert not torch.allclose(h, c)
+
+
+def test_a_checkpoint_with_one_bridge_loads_as_it_was_trained():
+    model = tiny_model("lstm", "bahdanau", init="bridge")
+    old = {k: v for k, v in model.state_dict().items() if "bridge" not in k}
+    old["decoder.bridge.weight"], old["decoder.bridge.bias"] = torch.randn(12, 12), torch.randn(12)
+    model.load_state_dict(old)
+    memory = model.encode(*padded_batch([3, 2]))
+    h, c = model.decoder.init_state(memory).hidden
+    torch.testing.assert_close(h[0], torch.tanh(memory.summary @ old["decoder.bridge.weight"].T
+                                                 + old["decoder.bridge.bias"]))
+    assert torch.all(c == 0)  # those models started c at 0
+
+
+def test_last_init_refuses_other_layer_counts():
+    with pytest.raises(ValueError, match="encoder's 1 layers of size 12"):
+        tiny_model("gru", "bahdanau", init="last", bidirectional=False, enc_hidden=12, dec_layers=2)

@@ -65,3 +65,26 @@ def test_linear_with_padded_rows_equals_nn_linear(monkeypatch):
     for mine, theirs in zip(*grads):
         torch.testing.assert_close(mine, theirs, atol=2e-2, rtol=2e-2)
     assert rows[0] == (3, 11) and rows[2] == (34,)  # fp32 runs unpadded; bf16 multiplies 34 rows
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+def test_forget_bias_is_the_effective_bias_of_every_layer_and_direction(layers, bidirectional):
+    rnn = make_rnn("lstm", 5, 7, layers, bidirectional=bidirectional, recurrent_gain=1.0, forget_bias=1.0)
+    suffixes = [f"l{i}{d}" for i in range(layers) for d in (["", "_reverse"] if bidirectional else [""])]
+    for suffix in suffixes:
+        b_ih, b_hh = getattr(rnn, f"bias_ih_{suffix}"), getattr(rnn, f"bias_hh_{suffix}")
+        torch.testing.assert_close(b_ih[7:14] + b_hh[7:14], torch.ones(7))  # the forget block: 1, not 2
+        assert not torch.equal(b_ih[:7], torch.ones(7))  # the other gates keep PyTorch's init
+    assert make_rnn("gru", 5, 7, forget_bias=1.0).bias_ih_l0.abs().max() < 1  # GRUs have no forget gate
+
+
+def test_forget_bias_reaches_every_lstm_of_a_model():
+    from conftest import tiny_model
+
+    model = tiny_model("lstm", "bahdanau", enc_layers=2, dec_layers=2, forget_bias=1.0)
+    for rnn in (model.encoder.rnn, model.decoder.rnn):
+        for name, bias in rnn.named_parameters():
+            if name.startswith("bias_ih"):
+                h = rnn.hidden_size
+                other = getattr(rnn, name.replace("_ih_", "_hh_"))
+                torch.testing.assert_close(bias[h:2 * h] + other[h:2 * h], torch.ones(h))

@@ -226,3 +226,14 @@ def test_repl_says_when_it_split_a_line(toy_run):
     assert code == 0, text
     assert "translated sentence by sentence: 2 sentences" in text
     assert "note: a sentence of" in text and "translated in" in text
+
+
+def test_training_logs_the_attention_entropy_and_largest_score(toy_run):
+    import math
+
+    records = [json.loads(line) for line in (toy_run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "train/loss" in r]
+    assert len(logged) == 300 // 50
+    for r in logged:
+        assert 0 < r["train/attention_entropy"] < math.log(80)  # nats over at most data.max_len positions
+        assert r["train/attention_max_score"] > 0

@@ -11,6 +11,20 @@ option picks the architecture of one of three papers:
   ``h_t = f(h_{t-1}, y_{t-1} [, h~_{t-1}])``, ``c_t = attend(h_t)``, ``h~_t = tanh(W_c [c_t; h_t])``,
   ``p(y_t) = softmax(W_s h~_t)``; input feeding passes ``h~_{t-1}`` to the next step.
 
+The decoder's initial state (``init``) comes from the encoder's final state of every layer
+(:attr:`Memory.layers`, and :attr:`Memory.cells` for an LSTM encoder), layer to layer when the
+two have as many layers, else from the top layer (an image encoder: its summary, the grid's mean):
+
+==========  ==========================================  ==========================================
+``init``    h0 of decoder layer l                        c0 of decoder layer l (LSTM decoders)
+==========  ==========================================  ==========================================
+``zero``    0                                           0
+``last``    the encoder's h of layer l (sizes equal)     the encoder's c of layer l (LSTM), else 0
+``bridge``  ``tanh(W_l h_enc,l + b_l)``                  ``tanh(V_l c_enc,l + d_l)`` (c_enc: h_enc
+                                                         for a GRU or image encoder, as Show,
+                                                         Attend and Tell's f_init,c)
+==========  ==========================================  ==========================================
+
 ``g`` is a maxout deep output layer (pool size 2) as in Cho and Bahdanau. ``context_gate``
 scales the context by ``sigmoid(w . query + b)`` (the gating scalar beta of Show, Attend and
 Tell, which with ``bahdanau`` order and an image memory is that paper's decoder). Without input
@@ -51,7 +65,8 @@ class RNNDecoder(nn.Module):
                  cell: str = "gru", layers: int = 1, dropout: float = 0.0, attention: str = "luong_general",
                  attention_dim: int = 256, input_feeding: bool = False, init: str = "bridge",
                  readout_dim: int = 256, tied_embeddings: bool = False, context_gate: bool = False,
-                 recurrent_gain: float | None = None):
+                 recurrent_gain: float | None = None, forget_bias: float | None = None, enc_layers: int = 1,
+                 attention_scale: bool = False, attention_fp32: bool = False):
         super().__init__()
         if input_feeding and not attention.startswith("luong"):
             raise ValueError("input feeding applies to Luong attention only")
@@ -59,20 +74,26 @@ class RNNDecoder(nn.Module):
             raise ValueError("the context gate scales an attention context; it needs attention")
         if init not in ("zero", "last", "bridge"):
             raise ValueError(f"unknown decoder init {init!r}; choose zero, last or bridge")
-        if init == "last" and summary_dim != hidden:
-            raise ValueError(f"init=last needs the encoder summary size ({summary_dim}) to equal the "
-                             f"decoder hidden size ({hidden}); use init=bridge")
+        if init == "last" and (summary_dim != hidden or enc_layers not in (layers, 0)):
+            raise ValueError(f"init=last hands layer l's final state to decoder layer l: it needs the encoder's "
+                             f"{enc_layers} layers of size {summary_dim} (directions joined) to match the decoder's "
+                             f"{layers} of size {hidden}; use init=bridge")
         self.kind, self.init, self.cell, self.layers, self.hidden = attention, init, cell, layers, hidden
+        self.layer_to_layer = enc_layers == layers  # else every decoder layer starts from the top one
         self.input_feeding = input_feeding
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
         self.dropout = Dropout(dropout)
-        self.attention = make_attention(attention, hidden, memory_dim, attention_dim)
+        self.attention = make_attention(attention, hidden, memory_dim, attention_dim, attention_scale, attention_fp32)
         self.gate = Linear(hidden, 1) if context_gate else None  # Show, Attend and Tell's beta
         # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
         ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)
         self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout,
-                            recurrent_gain=recurrent_gain)
-        self.bridge = Linear(summary_dim, hidden) if init == "bridge" else None
+                            recurrent_gain=recurrent_gain, forget_bias=forget_bias)
+        bridges = init == "bridge"  # one projection per layer for h, and for c (LSTM)
+        self.bridge = nn.ModuleList(Linear(summary_dim, hidden) for _ in range(layers)) if bridges else None
+        self.cell_bridge = nn.ModuleList(Linear(summary_dim, hidden) for _ in range(layers)) \
+            if bridges and cell == "lstm" else None
+        self.register_load_state_dict_pre_hook(_from_one_bridge)
         if self.luong:
             self.combine = Linear(memory_dim + hidden, hidden, bias=False)  # W_c
             pre_dim = hidden
@@ -94,16 +115,32 @@ class RNNDecoder(nn.Module):
         return self.kind != "bahdanau" and not self.input_feeding
 
     def init_state(self, memory: Memory) -> DecoderState:
+        """The state before the first step: h0 (and c0) per layer as the module docstring's table says."""
         batch = memory.states.size(0)
-        if self.init == "zero":
-            h = memory.summary.new_zeros(self.layers, batch, self.hidden)
-        else:
-            s = memory.summary if self.bridge is None else torch.tanh(self.bridge(memory.summary))
-            h = s.unsqueeze(0).repeat(self.layers, 1, 1).contiguous()  # (layers, batch, hidden)
-        hidden: RNNState = (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        zeros = memory.summary.new_zeros(self.layers, batch, self.hidden)
+        h, c = zeros, zeros
+        if self.init != "zero":
+            h_enc, c_enc = self._encoder_states(memory)  # (layers, batch, summary_dim) each; c_enc may be None
+            if self.bridge is None:  # last
+                h, c = h_enc, zeros if c_enc is None else c_enc
+            else:
+                h = torch.stack([torch.tanh(b(x)) for b, x in zip(self.bridge, h_enc)])  # (layers, batch, hidden)
+                if self.cell_bridge is not None:
+                    c_src = h_enc if c_enc is None else c_enc
+                    c = torch.stack([torch.tanh(b(x)) for b, x in zip(self.cell_bridge, c_src)])
+        hidden: RNNState = (h.contiguous(), c.contiguous()) if self.cell == "lstm" else h.contiguous()
         feed = memory.summary.new_zeros(batch, self.hidden) if self.input_feeding else None
         keys = self.attention.keys(memory.states) if self.attention is not None else None
         return DecoderState(hidden, feed, keys)
+
+    def _encoder_states(self, memory: Memory) -> tuple[Tensor, Tensor | None]:
+        """The encoder's final h (and c) each decoder layer starts from, (layers, batch, summary_dim):
+        layer to layer when the encoder has as many, else the top layer's (or the summary) for all."""
+        if memory.layers is not None and self.layer_to_layer:
+            return memory.layers, memory.cells
+        top_h = memory.summary.unsqueeze(0).expand(self.layers, -1, -1)
+        top_c = None if memory.cells is None else memory.cells[-1:].expand(self.layers, -1, -1)
+        return top_h, top_c
 
     def attend(self, query: Tensor, keys: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
         """Query (rows, steps, hidden) -> context (rows, steps, mem_dim), scaled by the gate
@@ -235,3 +272,17 @@ class RNNDecoder(nn.Module):
             steps_weights.append(weights)
         weights = None if steps_weights[0] is None else torch.cat(steps_weights, dim=1)
         return torch.cat(logits, dim=1), weights
+
+
+def _from_one_bridge(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints from before the per-layer handover had one ``bridge`` for every layer's h and
+    started c at 0: load them as that (its weights in every layer, a zero cell bridge: tanh(0) = 0)."""
+    old = [prefix + "bridge.weight", prefix + "bridge.bias"]
+    if module.bridge is None or old[0] not in state_dict:
+        return
+    weight, bias = (state_dict.pop(k) for k in old)
+    for i in range(module.layers):
+        state_dict[f"{prefix}bridge.{i}.weight"], state_dict[f"{prefix}bridge.{i}.bias"] = weight, bias
+        if module.cell_bridge is not None:
+            state_dict[f"{prefix}cell_bridge.{i}.weight"] = torch.zeros_like(weight)
+            state_dict[f"{prefix}cell_bridge.{i}.bias"] = torch.zeros_like(bias)

@@ -25,13 +25,14 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden: int, cell: str = "gru", layers: int = 1,
                  bidirectional: bool = True, dropout: float = 0.0, input_dim: int | None = None,
-                 recurrent_gain: float | None = None):
+                 recurrent_gain: float | None = None, forget_bias: float | None = None):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD) if input_dim is None \
             else nn.Linear(input_dim, emb_dim)
         self.dropout = Dropout(dropout)
-        self.rnn = make_rnn(cell, emb_dim, hidden, layers, dropout, bidirectional, recurrent_gain)
+        self.rnn = make_rnn(cell, emb_dim, hidden, layers, dropout, bidirectional, recurrent_gain, forget_bias)
         self.directions = 2 if bidirectional else 1
+        self.layers = layers  # final states handed to the decoder (Memory.layers)
         self.output_dim = hidden * self.directions  # size of each memory vector and of the summary
         self.summary_dim = self.output_dim
 
@@ -55,9 +56,16 @@ class TextEncoder(nn.Module):
             packed = pack_padded_sequence(emb, src_lens.cpu(), batch_first=True, enforce_sorted=False)
             out, final = self.rnn(packed)
             states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
-        h = final[0] if isinstance(final, tuple) else final  # (layers*dirs, batch, hidden)
-        summary = torch.cat(list(h[-self.directions:]), dim=-1)  # top layer: (batch, output_dim)
-        return Memory(self.dropout(states), self.mask(src, src_lens), summary)
+        h, c = final if isinstance(final, tuple) else (final, None)  # (layers*dirs, batch, hidden)
+        layers = self._by_layer(h)  # (layers, batch, output_dim)
+        return Memory(self.dropout(states), self.mask(src, src_lens), layers[-1], layers,
+                      None if c is None else self._by_layer(c))
+
+    def _by_layer(self, state: Tensor) -> Tensor:
+        """(layers*dirs, batch, hidden) -> (layers, batch, dirs*hidden): each layer's directions joined."""
+        n, batch, hidden = state.shape
+        return state.view(n // self.directions, self.directions, batch, hidden).permute(0, 2, 1, 3).reshape(
+            n // self.directions, batch, self.directions * hidden)
 
 
 class ImageEncoder(nn.Module):

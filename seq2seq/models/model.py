@@ -132,26 +132,31 @@ def check_attention_sizes(cfg: ModelConfig, memory_dim: int) -> None:
                           f"memory vectors ({memory_dim}), got {cfg.dec_hidden}; use luong_general")
 
 
-def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_dim: int) -> RNNDecoder:
+def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_dim: int,
+                  enc_layers: int) -> RNNDecoder:
+    """The shared decoder for an encoder with these sizes (``enc_layers``: the final states it
+    hands over, 0 for a summary alone)."""
     check_attention_sizes(cfg, memory_dim)
     return RNNDecoder(
         vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
         layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,
         input_feeding=cfg.input_feeding, init=cfg.init, readout_dim=cfg.readout_dim,
         tied_embeddings=cfg.tied_embeddings, context_gate=cfg.context_gate, recurrent_gain=cfg.recurrent_gain,
+        forget_bias=cfg.forget_bias, enc_layers=enc_layers, attention_scale=cfg.attention_scale,
+        attention_fp32=cfg.attention_fp32,
     )
 
 
 def build_text_encoder(cfg: ModelConfig, src_vocab: int, input_dim: int | None = None) -> TextEncoder:
     """The RNN encoder sized by ``cfg``, over token ids (or ``input_dim``-sized vectors)."""
     return TextEncoder(src_vocab, cfg.emb_dim, cfg.enc_hidden, cfg.enc_cell, cfg.enc_layers, cfg.bidirectional,
-                       cfg.dropout, input_dim, cfg.recurrent_gain)
+                       cfg.dropout, input_dim, cfg.recurrent_gain, cfg.forget_bias)
 
 
 def build_translation_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
     """A text encoder and the shared decoder, sized by ``cfg``."""
     encoder = build_text_encoder(cfg, src_vocab)
-    decoder = build_decoder(cfg, tgt_vocab, encoder.output_dim, encoder.summary_dim)
+    decoder = build_decoder(cfg, tgt_vocab, encoder.output_dim, encoder.summary_dim, encoder.layers)
     return Seq2Seq(encoder, decoder)
 
 
@@ -160,5 +165,5 @@ def build_captioning_model(model: ModelConfig, image: ImageConfig, tgt_vocab: in
     CNN's weights (when a checkpoint will supply them)."""
     encoder = ImageEncoder(image.backbone, image.grid_block, image.weights if pretrained else None,
                            image.finetune_from, model.dropout)
-    decoder = build_decoder(model, tgt_vocab, encoder.output_dim, encoder.summary_dim)
+    decoder = build_decoder(model, tgt_vocab, encoder.output_dim, encoder.summary_dim, 0)  # h0, c0 from the summary
     return Seq2Seq(encoder, decoder)

@@ -11,12 +11,20 @@ RNNState = Tensor | tuple[Tensor, Tensor]  # (layers*dirs, batch, hidden), LSTM:
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
-             bidirectional: bool = False, recurrent_gain: float | None = None) -> nn.RNNBase:
+             bidirectional: bool = False, recurrent_gain: float | None = None,
+             forget_bias: float | None = None) -> nn.RNNBase:
     """A batch-first multi-layer recurrent layer; ``cell`` is rnn (tanh), gru or lstm.
 
     ``recurrent_gain`` g replaces PyTorch's uniform init of each recurrent matrix (each gate's
     block) by an orthogonal one times g: every singular value is g, so g > 1 makes the
     backpropagated error grow step by step in a tanh RNN's linear regime, g < 1 shrink.
+
+    ``forget_bias`` b (LSTM only) starts every layer's and direction's forget gate at
+    sigmoid(b + ...): PyTorch's init leaves it near 0, a gate near 0.5 that halves the cell's
+    memory at every step, so a signal T steps back arrives scaled by about 2^-T. Gers et al.
+    (2000) and Jozefowicz et al. (2015) start it at 1. PyTorch adds two biases (``bias_ih`` and
+    ``bias_hh``); b goes into the first and the second's forget block is zeroed, so the
+    effective bias is b exactly (JoeyNMT fills both with b, which makes it 2b).
     """
     kinds = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
     if cell not in kinds:
@@ -30,6 +38,11 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: 
                 if name.startswith("weight_hh"):
                     for block in weight.split(hidden):  # (hidden, hidden) per gate
                         nn.init.orthogonal_(block, gain=recurrent_gain)
+    if forget_bias is not None and cell == "lstm":
+        with torch.no_grad():
+            for name, bias in rnn.named_parameters():  # gates in PyTorch's order: input, forget, cell, output
+                if name.startswith("bias_"):
+                    bias[hidden:2 * hidden] = forget_bias if name.startswith("bias_ih") else 0.0
     return rnn
 
 

@@ -205,17 +205,18 @@ def _by_sequence_length(study: Study, runs: list[RunSummary], metrics: list[str]
     return figure_image(fig)
 
 
+def _training_rows(folder: Path, key: str) -> list[dict[str, Any]]:
+    """The training log lines of the run in ``folder`` that record ``key`` (metrics.jsonl), in step order."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [row for line in path.read_text(encoding="utf-8").splitlines() if key in (row := json.loads(line))]
+
+
 def _grad_norm(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """The global gradient norm before clipping, and the loss, along training (log scale)."""
-    curves = {}
-    for run in runs:
-        r = _first(run)
-        path = r.folder / "metrics.jsonl" if r else None
-        if path is not None and path.is_file():
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            rows = [r for r in rows if "train/grad_norm" in r]
-            if rows:
-                curves[run.name] = rows
+    curves = {run.name: rows for run in runs if (r := _first(run)) and (rows := _training_rows(r.folder,
+                                                                                            "train/grad_norm"))}
     if not curves:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -233,6 +234,36 @@ def _grad_norm(study: Study, runs: list[RunSummary], metrics: list[str]) -> Imag
     return figure_image(fig)
 
 
+def _attention_training(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
+    """The attention's entropy and largest |score| along training, one curve per run: the mean
+    over its seeds, their range as a band. A collapse: entropy toward 0, scores growing."""
+    keys = ("train/attention_entropy", "train/attention_max_score")
+    curves = {run.name: seeds for run in runs
+              if (seeds := [rows for r in run.finished if (rows := _training_rows(r.folder, keys[0]))])}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, seeds in curves.items():
+        n = min(len(rows) for rows in seeds)  # seeds log at the same steps
+        steps = [row["step"] for row in seeds[0][:n]]
+        for ax, key in zip(axes, keys):
+            values = np.array([[row[key] for row in rows[:n]] for rows in seeds])  # (seeds, points)
+            line, = ax.plot(steps, values.mean(axis=0), label=f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+            if len(seeds) > 1:
+                ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15,
+                                linewidth=0)
+    axes[0].set_ylabel("attention entropy (nats, mean over target tokens)")
+    axes[1].set_ylabel("largest |score| in the batch")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{study.name}: attention during training")
+    return figure_image(fig)
+
+
 PLOTTERS = {"bleu_by_length": _bleu_by_length, "metrics": _metrics, "search": _search, "attention": _attention,
-            "gradient_flow": _gradient_flow, "by_sequence_length": _by_sequence_length, "grad_norm": _grad_norm}
+            "gradient_flow": _gradient_flow, "by_sequence_length": _by_sequence_length, "grad_norm": _grad_norm,
+            "attention_training": _attention_training}
 

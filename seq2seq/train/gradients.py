@@ -65,9 +65,9 @@ def unrolled_encoder(encoder: TextEncoder, src: Tensor, src_lens: Tensor) -> tup
     mask = encoder.mask(src, src_lens)  # (batch, src_len)
     valid = mask.unsqueeze(-1)
     x = encoder.embed(src)  # (batch, src_len, emb_dim)
-    finals, probed = [], []
+    final_h, final_c, probed = [], [], []  # per layer: (batch, hidden * directions)
     for layer in range(rnn.num_layers):
-        outputs = []
+        outputs, hs, cs = [], [], []
         for direction in range(encoder.directions):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
             names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if rnn.bias else [])
@@ -84,12 +84,15 @@ def unrolled_encoder(encoder: TextEncoder, src: Tensor, src_lens: Tensor) -> tup
                 h = torch.where(valid[:, t], h_new, h)  # padding: hold the state (as packing does)
                 states[t] = h
             outputs.append(torch.stack(states, dim=1) * valid)  # (batch, src_len, hidden), zero padding
-            finals.append(h)
+            hs.append(h)
+            cs.append(c)
             if direction == 0 and layer == rnn.num_layers - 1:
                 probed = states
         x = torch.cat(outputs, dim=-1)  # (batch, src_len, hidden * directions)
-    summary = torch.cat(finals[-encoder.directions:], dim=-1)  # top layer: (batch, output_dim)
-    return Memory(x, mask, summary), probed
+        final_h.append(torch.cat(hs, dim=-1))
+        final_c.append(torch.cat(cs, dim=-1))
+    layers = torch.stack(final_h)  # (layers, batch, output_dim), as the encoder hands them over
+    return Memory(x, mask, layers[-1], layers, torch.stack(final_c) if lstm else None), probed
 
 
 def layer_name(parameter: str) -> str:

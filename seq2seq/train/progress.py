@@ -41,6 +41,7 @@ class StepStats:
     tokens: int
     examples: int
     stop_requested: bool  # Ctrl-C or SIGTERM reached some rank
+    attention: dict[str, float] = field(default_factory=dict)  # this rank's attention figures, on logged steps
 
 
 @dataclass

@@ -31,6 +31,7 @@ from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
 from seq2seq.train.distributed import Dist, current
 from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_resumable, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
+from seq2seq.train.probes import AttentionProbe
 from seq2seq.train.progress import Display, Progress, StepStats, Window, finish_reason
 from seq2seq.train.schedules import LRSchedule, budget_of, step_horizon, teacher_forcing_ratio, time_horizon, warm
 
@@ -217,7 +218,8 @@ class Trainer:
         loss or gradient is not finite is not applied (the loop then stops): the weights stay finite."""
         self.net.train()
         ratio = teacher_forcing_ratio(self.cfg, self.progress.step)
-        with self.autocast():
+        logged = (self.progress.step + 1) % self.cfg.log_every == 0
+        with self.autocast(), AttentionProbe(self.model, logged) as probe:
             out = self.net(batch.inputs, batch.tgt_in, ratio)
         terms = self.loss(out, batch)
         # each term over its count in all ranks' batches; DDP averages the ranks' gradients, hence * world
@@ -233,7 +235,7 @@ class Trainer:
         # after the update, so that a signal during it stops the run at this step's end
         shared = self.dist.sum(torch.tensor([value, batch.num_tokens(), batch.size, float(self.signals.requested)],
                                             dtype=torch.float64)).tolist()
-        return StepStats(shared[0], grad_norm, int(shared[1]), int(shared[2]), shared[3] > 0)
+        return StepStats(shared[0], grad_norm, int(shared[1]), int(shared[2]), shared[3] > 0, probe.record(out, batch))
 
     def probe_gradient_flow(self, batch: Batch) -> None:
         """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.train.gradients)."""
@@ -348,7 +350,7 @@ class Trainer:
                     if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0 and self.dist.main:
                         self.probe_gradient_flow(batch)  # after this step's update
                     if p.step % cfg.log_every == 0:
-                        stats = {**window.stats(), "train/lr": lr,
+                        stats = {**window.stats(), **step.attention, "train/lr": lr,
                                  "train/teacher_forcing": teacher_forcing_ratio(cfg, p.step),
                                  "train/epoch": p.epoch + p.batch_in_epoch / len(batches)}
                         self.tracker.log(stats, step=p.step)
