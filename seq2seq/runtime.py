@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 import torch
+from torch import Tensor
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -25,6 +26,14 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but no CUDA device is available")
     return device
+
+
+def move(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; to a GPU through pinned host memory, so the copy overlaps the work
+    already queued there instead of waiting for it."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _cpu_has_fast_bf16() -> bool:

@@ -272,3 +272,26 @@ def test_a_stalled_collective_is_an_error_naming_the_rank_and_step(tmp_path):
     assert float(seconds) < 60, seconds
     assert "rank 0 of 2 stopped after step 2" in message and "train.collective_timeout=0.05 min" in message
     assert "\n" not in message.strip()
+
+
+def test_on_gpus_the_group_serves_cpu_tensors_too(monkeypatch):
+    """Without a GPU: what join() would set up on one. The trainer's collectives share CPU
+    tensors (loss and token counts, stop decisions), which NCCL alone cannot carry."""
+    import torch.distributed as tdist
+
+    from seq2seq.config import ConfigError
+    from seq2seq.train import distributed
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("device", i))
+    monkeypatch.setattr(tdist, "init_process_group", lambda backend, timeout: calls.setdefault("backend", backend))
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed, "current", lambda: SINGLE)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    join("auto")
+    assert calls == {"device": 1, "backend": "cpu:gloo,cuda:nccl"}
+    assert distributed.backend("cpu") == "gloo"
+    with pytest.raises(ConfigError, match="each process takes cuda:LOCAL_RANK"):
+        join("cuda:0")

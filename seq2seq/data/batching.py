@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from seq2seq.data.encoded import TokenArray
+from seq2seq.runtime import move
 from seq2seq.tokenizers import BOS, EOS, PAD
 
 
@@ -43,8 +44,7 @@ class TextBatch(SourceBatch):
     tgt_out: Tensor  # (batch, tgt_len) y1 .. yn EOS
 
     def to(self, device: torch.device) -> "TextBatch":
-        return TextBatch(self.src.to(device, non_blocking=True), self.src_lens,
-                         self.tgt_in.to(device, non_blocking=True), self.tgt_out.to(device, non_blocking=True))
+        return TextBatch(move(self.src, device), self.src_lens, move(self.tgt_in, device), move(self.tgt_out, device))
 
     def num_tokens(self) -> int:
         """Non-padding source plus target tokens (targets counted with their EOS)."""

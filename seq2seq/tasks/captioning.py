@@ -36,7 +36,7 @@ from seq2seq.experiment import log, spread
 from seq2seq.files import write_lines, write_references
 from seq2seq.metrics import bleu, bleu_interval
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
-from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
+from seq2seq.runtime import move, pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
 from seq2seq.tasks.features import cached_grids
 from seq2seq.tokenizers import (
@@ -123,7 +123,7 @@ class CaptionBatch:
         return self.images.size(0)
 
     def to(self, device: torch.device) -> "CaptionBatch":
-        return CaptionBatch(self.images.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
+        return CaptionBatch(move(self.images, device), move(self.tgt_in, device), move(self.tgt_out, device))
 
     def num_tokens(self) -> int:
         return int((self.tgt_out != 0).sum())

@@ -30,7 +30,7 @@ from seq2seq.config import Config, SyntheticConfig
 from seq2seq.data.batching import SourceBatch, TextBatch
 from seq2seq.experiment import log
 from seq2seq.models.model import LossSum, Regressor, Seq2Seq, build_text_encoder, build_translation_model
-from seq2seq.runtime import seed_everything
+from seq2seq.runtime import move, seed_everything
 from seq2seq.search import greedy_search
 from seq2seq.tokenizers import BOS, EOS
 from seq2seq.tracking import make_tracker
@@ -51,7 +51,7 @@ class VectorBatch(SourceBatch):
     tgt_in: None = None  # nothing to feed a decoder
 
     def to(self, device: torch.device) -> "VectorBatch":
-        return VectorBatch(self.src.to(device), self.src_lens, self.target.to(device))
+        return VectorBatch(move(self.src, device), self.src_lens, move(self.target, device))
 
     def num_tokens(self) -> int:
         return int(self.src_lens.sum())

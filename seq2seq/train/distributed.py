@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from seq2seq.config import ConfigError
+
 T = TypeVar("T")
 
 
@@ -50,8 +52,8 @@ class Dist:
         """``model`` in DistributedDataParallel (its gradients are averaged over the ranks)."""
         if not self.active:
             return model
-        on_gpu = next(model.parameters()).is_cuda
-        return nn.parallel.DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None)
+        device = next(model.parameters()).device
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     def sum(self, values: Tensor) -> Tensor:
         """Element-wise sum over the ranks of a small tensor (on this rank's device)."""
@@ -108,16 +110,29 @@ def current() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def backend(device: str) -> str:
+    """The process group's backends for a run on ``device``: gloo for CPU tensors, and NCCL for
+    CUDA tensors on GPUs. Both are needed there: DDP averages gradients on the GPU (NCCL), while
+    the trainer's bookkeeping (loss and token counts, stop decisions, validation results) shares
+    small CPU tensors and Python objects, which NCCL cannot carry."""
+    gpu = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
+    return "cpu:gloo,cuda:nccl" if gpu else "gloo"
+
+
 def join(device: str = "auto", timeout_minutes: float = 5.0) -> Dist:
     """Join the process group that ``torchrun`` describes in the environment (once; a plain launch
-    stays single). On GPUs each rank takes the device ``cuda:LOCAL_RANK``. A collective that some
-    rank never reaches fails after ``timeout_minutes`` instead of hanging (the trainer then
-    names the rank and the step)."""
+    stays single). On GPUs each rank takes the device ``cuda:LOCAL_RANK`` (``train.device`` is
+    ``auto`` or ``cuda`` then: one GPU named for every rank would be shared by all). A collective
+    that some rank never reaches fails after ``timeout_minutes`` instead of hanging (the trainer
+    then names the rank and the step)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        gpu = torch.cuda.is_available() and device in ("auto", "cuda")
-        if gpu:
+        if device.startswith("cuda:"):
+            raise ConfigError(f"train.device={device} under torchrun: each process takes cuda:LOCAL_RANK; "
+                             f"use train.device=cuda (or auto)")
+        groups = backend(device)
+        if "nccl" in groups:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(minutes=timeout_minutes))
+        dist.init_process_group(groups, timeout=timedelta(minutes=timeout_minutes))
         atexit.register(leave)
     return current()
 
