@@ -20,8 +20,10 @@ def main() -> int:
     results = run(cfg, run_dir)
     headline = None
     if "test_bleu_beam" in results:
-        headline = (f"test BLEU {results['test_bleu_beam']:.2f} (beam {results['beam']}), "
-                    f"{results['test_bleu_greedy']:.2f} (greedy)  {results['sacrebleu_signature']}")
+        low, high = results["test_bleu_beam_ci95"]
+        headline = (f"test BLEU {results['test_bleu_beam']:.2f} (beam {results['beam']}; 95% bootstrap interval "
+                    f"{low:.1f}-{high:.1f}), {results['test_bleu_greedy']:.2f} (greedy)  "
+                    f"{results['sacrebleu_signature']}")
     return report(run_dir, results, headline, f"translate with: seq2seq-translate {run_dir}")
 
 

@@ -30,11 +30,11 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     corpus: str = "tatoeba"  # tatoeba | libreoffice | bible | files
-    src_lang: str = "en"
+    src_lang: str = "en"  # source language code (the translator splits paragraphs into sentences by its rules)
     tgt_lang: str = "fr"  # tatoeba: fr or es; libreoffice: de or fr; bible: en, fr, de or es
     train: str | None = None  # corpus=files: a TSV (src<TAB>tgt) or "SRC_FILE,TGT_FILE"
     valid: str | None = None  # corpus=files: same form; refs of a repeated source are merged
-    test: str | None = None
+    test: str | None = None  # corpus=files: same form; scored with sacreBLEU at the end of the run
     max_train_pairs: int | None = None  # keep N training pairs, evenly spaced (small runs, tests)
     max_eval_sentences: int | None = None  # cap the valid/test splits (small runs, tests)
     vocab_size: int = 4000  # sentencepiece pieces per side (or joint)
@@ -88,14 +88,14 @@ class ImageConfig:
 
 @dataclass
 class ModelConfig:
-    emb_dim: int = 256
-    enc_cell: str = "gru"
+    emb_dim: int = 256  # token embedding size, encoder and decoder
+    enc_cell: str = "gru"  # rnn (tanh) | gru | lstm
     enc_hidden: int = 256  # per direction
-    enc_layers: int = 1
-    bidirectional: bool = True
-    dec_cell: str = "gru"
-    dec_hidden: int = 512
-    dec_layers: int = 1
+    enc_layers: int = 1  # stacked encoder layers
+    bidirectional: bool = True  # a backward encoder RNN too; its final state joins the forward one's per layer
+    dec_cell: str = "gru"  # rnn (tanh) | gru | lstm
+    dec_hidden: int = 512  # decoder state size (and Luong's attentional vector)
+    dec_layers: int = 1  # stacked decoder layers
     dropout: float = 0.1  # on embeddings, memory, between RNN layers and before the output layer
     attention: str = "bahdanau"  # none | bahdanau | luong_dot | luong_general
     attention_dim: int = 256  # bahdanau: size of the additive scoring layer
@@ -112,27 +112,27 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 1
+    seed: int = 1  # seeds Python, NumPy, torch and sentencepiece: the same seed, the same weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the device computes it fast)
     optimizer: str = "adam"  # adam | sgd (plain SGD, as in the exploding-gradient papers)
-    lr: float = 3e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
+    lr: float = 3e-3  # peak learning rate (after warm-up)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's beta1, beta2
+    weight_decay: float = 0.0  # L2 penalty (Adam: coupled, as torch.optim.Adam)
+    clip_norm: float = 1.0  # clip the global gradient norm to this; 0 = no clipping (still measured)
     schedule: str = "warmup_decay"  # warmup_decay | plateau | constant
-    warmup_steps: int = 200
+    warmup_steps: int = 200  # steps of linear warm-up from 0 to lr
     decay: str = "cosine"  # warmup_decay: cosine | linear (over the run's step horizon) | inverse_sqrt
     min_lr_ratio: float = 0.05  # warmup_decay: the final lr as a fraction of lr
     plateau_factor: float = 0.5  # plateau: lr multiplier when valid BLEU stalls
     plateau_patience: int = 2  # plateau: validations without improvement before decaying
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # the target distribution's mass spread over the vocabulary (Szegedy et al. 2016)
     attention_reg: float = 0.0  # doubly stochastic attention penalty (Show, Attend and Tell: 1.0)
     teacher_forcing: float = 1.0  # probability of feeding the reference token (1 = always); a schedule's floor
     sampling_schedule: str = "none"  # none | linear | inverse_sigmoid (Bengio et al. 2015), from 1 to teacher_forcing
     sampling_k: float = 2000.0  # inverse_sigmoid: k; linear: steps to reach teacher_forcing
-    max_steps: int | None = None
-    max_epochs: int | None = None
+    max_steps: int | None = None  # stop after this many steps (and decay over them); None = no step limit
+    max_epochs: int | None = None  # stop after this many epochs (and decay over their steps); None = no epoch limit
     time_budget: float | None = 15.0  # minutes of training (validation included), spent as a step horizon
     #   estimated from the run's speed after its first minute; None = no limit
     valid_every: int = 1000  # steps between validations
@@ -147,10 +147,10 @@ class TrainConfig:
 
 @dataclass
 class SearchConfig:
-    beam: int = 5
+    beam: int = 5  # beam size (1 = greedy) of test scoring and the tools (validation is greedy)
     length_penalty: float = 1.0  # score / length**alpha
     max_len_ratio: float = 2.0  # output length limit: ratio * source length + offset ...
-    max_len_offset: int = 10
+    max_len_offset: int = 10  # tokens added to the ratio's limit
     max_len: int = 200  # ... and never more than this many tokens per sentence, part or caption
     split_sentences: bool = True  # translate a line sentence by sentence (tools, validation and test alike)
     batch_size: int = 64  # sentences per search batch
@@ -158,8 +158,8 @@ class SearchConfig:
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True
-    project: str = "seq2seq"
+    enabled: bool = True  # W&B tracking on (offline unless told otherwise); false: metrics.jsonl only
+    project: str = "seq2seq"  # the W&B project
     name: str | None = None  # the W&B run name (default: the run folder's name)
     group: str | None = None  # W&B group: the runs of one study share it
     mode: str | None = None  # online | offline | disabled; None: WANDB_MODE, else offline
@@ -173,10 +173,10 @@ class Config:
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)  # captioning corpora
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # copy memory and adding problem
     image: ImageConfig = field(default_factory=ImageConfig)  # the CNN of captioning models
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the encoder, the attention and the shared decoder
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, budgets, validation, checkpoints
+    search: SearchConfig = field(default_factory=SearchConfig)  # greedy and beam search, for both tasks
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # Weights & Biases and metrics.jsonl
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

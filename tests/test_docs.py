@@ -1,0 +1,43 @@
+"""The documentation stays true: the configuration page is current and names every option,
+the site builds with no broken link, and the README stays a front page."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from seq2seq.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_configuration_page_is_current():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "config_reference.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_option_is_documented():
+    docs = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md"))
+    options = [f"{section.name}.{f.name}" for section in dataclasses.fields(Config)
+               for f in dataclasses.fields(section.default_factory)]
+    assert len(options) > 100
+    missing = [o for o in options if f"`{o}`" not in docs]
+    assert not missing, missing
+
+
+def test_the_site_builds_without_a_broken_link(tmp_path):
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "site" / "configuration" / "index.html").is_file()
+
+
+def test_the_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 160
+    commands = [line for line in lines[:20] if line.startswith("python3 -m venv .venv")]
+    assert commands == ["python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python experiments/translate.py",
+                        "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest"]
