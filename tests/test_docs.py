@@ -39,5 +39,6 @@ def test_the_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 160
     commands = [line for line in lines[:20] if line.startswith("python3 -m venv .venv")]
-    assert commands == ["python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python experiments/translate.py",
-                        "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest"]
+    setup = "python3 -m venv .venv && .venv/bin/pip install -e"
+    assert commands == [f"{setup} . && .venv/bin/python experiments/translate.py",
+                        f"{setup} '.[dev]' && .venv/bin/python -m pytest"]
