@@ -105,7 +105,7 @@ class ModelConfig:
     tied_embeddings: bool = False  # share target embedding and output matrix
     context_gate: bool = False  # scale the attention context by a learned scalar gate (Show, Attend and Tell)
     recurrent_gain: float | None = None  # None: PyTorch's init; g: recurrent matrices orthogonal times g
-    forget_bias: float | None = None  # LSTM layers' forget-gate bias at init (None: PyTorch's, near 0)
+    forget_bias: float | None = 1.0  # LSTM layers' forget-gate bias at init (Gers et al. 2000); None: PyTorch's, near 0
     attention_scale: bool = False  # luong: divide the scores by sqrt(dec_hidden), as scaled dot-product attention
     attention_fp32: bool = False  # compute attention keys and scores in float32 under bf16 autocast
 

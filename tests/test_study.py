@@ -316,3 +316,14 @@ def test_a_study_on_a_cluster_through_submitit(tmp_path):
     assert "submitted 2 job(s) to local" in proc.stdout
     assert {r["state"] for r in _summary_rows(root / "tiny")} == {"finished"}
     assert list((root / "tiny" / "slurm").glob("*/*_log.out"))  # submitit's job logs
+
+
+def test_in_a_grid_each_run_is_tested_against_the_baseline_at_its_own_point(tmp_path):
+    study = _study(tmp_path, runs={"gru": [], "lstm": ["model.dec_cell=lstm"]}, grid={"train.lr": [0.1, 0.2]},
+                   budget={"max_steps": 10}, baseline="gru")
+    assert study.baseline_of("lstm,lr=0.2") == "gru,lr=0.2"
+    assert study.baseline_of("gru,lr=0.2") is None  # a baseline is not tested against itself
+    plain = _study(tmp_path, runs={"gru": [], "lstm": []}, budget={"max_steps": 10}, baseline="gru")
+    assert plain.baseline_of("lstm") == "gru" and plain.baseline_of("gru") is None
+    with pytest.raises(ConfigError, match="baseline 'rnn' is not one of its runs"):
+        _study(tmp_path, runs={"gru": []}, grid={"train.lr": [0.1]}, budget={"max_steps": 10}, baseline="rnn")

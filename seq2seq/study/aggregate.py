@@ -116,11 +116,10 @@ def compare(study: Study, runs: list[RunSummary], metric: str) -> None:
     """Test every run against the study's baseline on ``metric``: paired over the outputs on
     the test set where the metric comes from outputs, else Welch's t-test over seeds; per
     seed too; then Holm's correction over the runs compared."""
-    base = next((r for r in runs if r.name == study.baseline), None)
-    if base is None:
-        return
+    by_name = {r.name: r for r in runs}
     for run in runs:
-        if run is base:
+        base = by_name.get(study.baseline_of(run.name) or "")
+        if base is None:
             continue
         if not run.finished or not base.finished:
             run.note = "not finished"

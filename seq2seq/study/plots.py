@@ -169,31 +169,35 @@ def _gradient_flow(study: Study, runs: list[RunSummary], metrics: list[str]) -> 
 
 def _by_sequence_length(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """Long-dependency studies: copy accuracy and adding MSE / baseline against T, one curve per
-    cell (the mean over seeds, the sd as error bars)."""
+    named run of the grid (the mean over seeds, the sd as error bars)."""
     panels = {"copy": ("test_accuracy", "exact-match accuracy", 0.9),
               "adding": ("test_mse_to_baseline", "test MSE / baseline MSE (1/6)", 0.1)}
-    done = [r.results for run in runs for r in run.finished if r.results.get("task") in panels
-            and "length" in r.results]
-    tasks = [t for t in panels if any(r["task"] == t for r in done)]
+    def curve_of(run: RunSummary, results: dict[str, Any]) -> str:  # a grid-only study: by cell
+        named = run.name.partition(",")[0]
+        return named if "=" not in named else results["cell"]
+
+    done = [(curve_of(run, r.results), r.results) for run in runs for r in run.finished
+            if r.results.get("task") in panels and "length" in r.results]
+    tasks = [t for t in panels if any(r["task"] == t for _, r in done)]
     if not tasks:
         return None
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         key, label, bar = panels[task]
-        for cell in sorted({r["cell"] for r in done if r["task"] == task}):
+        for curve in dict.fromkeys(name for name, r in done if r["task"] == task):
             by_t: dict[int, list[float]] = {}
-            for r in done:
-                if r["task"] == task and r["cell"] == cell:
+            for name, r in done:
+                if r["task"] == task and name == curve:
                     by_t.setdefault(r["length"], []).append(r[key])
             lengths = sorted(by_t)
-            ax.errorbar(lengths, [np.mean(by_t[t]) for t in lengths], marker="o", capsize=3, label=cell,
+            ax.errorbar(lengths, [np.mean(by_t[t]) for t in lengths], marker="o", capsize=3, label=curve,
                         yerr=[np.std(by_t[t], ddof=1) if len(by_t[t]) > 1 else 0.0 for t in lengths])
         solved = "solved (accuracy 0.9)" if task == "copy" else "solved (a tenth of the baseline)"
         ax.axhline(bar, color="grey", linestyle="--", linewidth=1, label=solved)
         ax.set_xscale("log")
         if task == "adding":
             ax.set_yscale("log")
-        lengths = sorted({r["length"] for r in done if r["task"] == task})
+        lengths = sorted({r["length"] for _, r in done if r["task"] == task})
         ax.set_xticks(lengths, [str(t) for t in lengths])
         ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.set_xlabel("T (time steps between the information and its use)")

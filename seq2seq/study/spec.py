@@ -73,12 +73,22 @@ class Study:
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)  # seed replicates (empty: one run each, the config's seed)
-    baseline: str | None = None  # the run every other run is tested against
+    baseline: str | None = None  # the run every other run is tested against (in a grid: at each point)
     folder_name: str = ""  # the study's folder under the root (default: its name)
 
     @property
     def folder(self) -> str:
         return self.folder_name or self.name
+
+    def baseline_of(self, run: str) -> str | None:
+        """The run ``run`` is tested against: the baseline, or in a grid of named runs, the
+        baseline at the same grid point (``copy_gru,length=50`` for ``copy_lstm,length=50``);
+        None for a baseline itself and where there is none."""
+        if self.baseline is None:
+            return None
+        point = run.partition(",")[2] if self.baseline not in self.runs else ""
+        base = f"{self.baseline},{point}" if point else self.baseline
+        return base if base in self.runs and base != run else None
 
     def budget_line(self) -> str:
         """How the runs are meant to be comparable, in words (the summary says what they recorded)."""
@@ -155,7 +165,8 @@ def load_study(path: str | Path) -> Study:
         seeds=_seeds(path, raw.get("seeds") or [], task),
         baseline=str(raw["baseline"]) if raw.get("baseline") is not None else None,
     )
-    if study.baseline is not None and study.baseline not in study.runs:
+    if study.baseline is not None and not any(study.baseline_of(run) or run.partition(",")[0] == study.baseline
+                                              for run in study.runs):
         raise ConfigError(f"study file {path}: baseline {study.baseline!r} is not one of its runs "
                           f"({', '.join(study.runs)})")
     if task == "decode" and study.model is None:

@@ -157,14 +157,16 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
              f"- Command: `python experiments/study.py {study.path.stem}`; written {time.strftime('%Y-%m-%d %H:%M')}."]
     tested = [r for r in runs if r.comparison is not None]
     if study.baseline:
-        lines.append(f"- Baseline: `{study.baseline}`; {metrics[0]} of every other run against it"
+        grid = "" if study.baseline in study.runs else " at the same grid point"
+        lines.append(f"- Baseline: `{study.baseline}`; {metrics[0]} of every other run against it{grid}"
                      + (f" ({tested[0].comparison.test}); significant: p < 0.05 after Holm's correction for "
                         f"{len(tested)} comparison(s)" if tested else " (no finished pair yet)") + ".")
     head = ["run", "state", "seeds", *metrics, *cost, *(["bootstrap ±95 %"] if has_ci else []),
             *([f"Δ {metrics[0]} [95 % CI]", "p (Holm)", "significant"] if study.baseline else [])]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
-        cells = [f"`{run.name}`" + (" (baseline)" if run.name == study.baseline else ""), run.state,
+        is_base = study.baseline is not None and run.name.partition(",")[0] == study.baseline
+        cells = [f"`{run.name}`" + (" (baseline)" if is_base else ""), run.state,
                  str(len(run.finished)), *(_mean_sd(run, m) for m in [*metrics, *cost])]
         if has_ci:
             cells.append(_cell(_ci_halfwidth(run)))
@@ -172,7 +174,7 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
             c = run.comparison
             cells += ([f"{c.delta:+.2f} [{c.ci95[0]:+.2f}, {c.ci95[1]:+.2f}]", f"{_cell(c.p_value)} "
                        f"({_cell(run.adjusted_p)})", "**yes**" if run.significant else "no"] if c else
-                      ["–", "–", run.note or "–"] if run.name != study.baseline else ["–", "–", "–"])
+                      ["–", "–", run.note or "–"] if not is_base else ["–", "–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
     differ = differing_provenance(runs)
     for key, seen in differ.items():
