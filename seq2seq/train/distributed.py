@@ -137,6 +137,13 @@ def join(device: str = "auto", timeout_minutes: float = 5.0) -> Dist:
     return current()
 
 
+def collective_failed(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that timed out or lost a peer: a DistError, or the plain
+    RuntimeError that gloo raises (\"Timed out waiting ... for recv\", \"Connection closed by peer\")."""
+    return isinstance(err, dist.DistError) or (
+        isinstance(err, RuntimeError) and any(s in str(err) for s in ("gloo", "Timed out", "Connection closed")))
+
+
 @contextmanager
 def main_first() -> Iterator[None]:
     """Rank 0 runs the block first (fetching data, training tokenizers into the run folder);

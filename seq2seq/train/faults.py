@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from seq2seq.files import write_error
+from seq2seq.files import first_line, write_error
 
 LOCK_NAME = "run.lock"
 
@@ -31,6 +31,14 @@ class RunFolderBusy(RuntimeError):
 
 class CollectiveTimeout(RuntimeError):
     """A data-parallel rank waited longer than train.collective_timeout for the others."""
+
+    @classmethod
+    def at(cls, rank: int, world: int, step: int, minutes: float, cause: BaseException,
+           resume: Path) -> "CollectiveTimeout":
+        """The one line a rank stops with: who, after which step, and what to resume from."""
+        return cls(f"rank {rank} of {world} stopped after step {step}: a collective of step {step + 1} (or of its "
+                   f"validation) failed or waited longer than train.collective_timeout={minutes:g} min for the other "
+                   f"ranks ({first_line(cause)}); {resume} is the state to resume from")
 
 
 class ResumeRefused(RuntimeError):

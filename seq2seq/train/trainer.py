@@ -23,12 +23,12 @@ from torch import Tensor, nn
 
 from seq2seq import provenance
 from seq2seq.config import TrainConfig
-from seq2seq.files import WriteError, first_line
+from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
 from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
-from seq2seq.train.distributed import Dist, current
+from seq2seq.train.distributed import Dist, collective_failed, current
 from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_resumable, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
 from seq2seq.train.probes import AttentionProbe
@@ -373,12 +373,11 @@ class Trainer:
             self.save("last")
             if self._stop_requested():  # Ctrl-C during the final validation: stop before the test evaluation
                 p.stop_reason = "interrupted"
-        except torch.distributed.DistError as err:  # a collective timed out or a peer vanished: never hang
-            raise CollectiveTimeout(
-                f"rank {self.dist.rank} of {self.dist.world} stopped after step {p.step}: a collective of step "
-                f"{p.step + 1} (or of its validation) failed or waited longer than train.collective_timeout="
-                f"{cfg.collective_timeout:g} min for the other ranks ({first_line(err)}); "
-                f"{self.checkpoint_path('last')} is the state to resume from") from None
+        except RuntimeError as err:  # a collective timed out or a peer vanished: a line, never a hang
+            if not (self.dist.active and collective_failed(err)):
+                raise
+            raise CollectiveTimeout.at(self.dist.rank, self.dist.world, p.step, cfg.collective_timeout, err,
+                                       self.checkpoint_path("last")) from None
         except StopNow:
             p.stop_reason = "interrupted"  # mid-step: the last checkpoint on disk is the consistent state
             self.log(f"stopped at once; the run resumes from {self.checkpoint_path('last')}, not from step {p.step}")
