@@ -22,7 +22,7 @@ from seq2seq.files import WriteError, atomic_write
 from seq2seq.models.backbones import BackboneError
 from seq2seq.tokenizers import TokenizerError
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
-from seq2seq.train.distributed import current, join, leave
+from seq2seq.train.distributed import current, end_rank, join
 from seq2seq.train.faults import CollectiveTimeout, ResumeRefused, RunFolderBusy, RunLock
 from seq2seq.train.progress import Progress, finish_reason
 
@@ -220,21 +220,22 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run ``main``; a user error prints one line naming what is wrong, never a traceback."""
+    """Run ``main``; a user error prints one line naming what is wrong, never a traceback.
+    A rank of a data-parallel run ends through :func:`~seq2seq.train.distributed.end_rank`."""
     try:
         code = main()
-        leave(meet=True)  # every rank of a data-parallel run ends together (see leave)
-        return code
     except RunFinished as done:
         log(str(done))
-        leave(meet=True)
-        return 0
+        code = 0
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if current().active:
+        end_rank(code)
+    return code
 
 
 def report(run_dir: Path, results: dict[str, Any], headline: str | None, tool: str) -> int:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -157,20 +158,31 @@ def main_first() -> Iterator[None]:
 
 
 def leave(meet: bool = False) -> None:
-    """Leave the process group at the end of a run (a no-op when not distributed).
-
-    ``meet`` (a run that ended normally): first wait at a barrier until every rank is done. A
-    rank's last collective (test perplexity's sum, say) can still be releasing its tensors in
-    gloo's worker thread, which needs the GIL for that; a process that went straight on to
-    shut Python down killed that thread mid-release (std::terminate, SIGABRT), its torchrun
-    agent failed, and the other node's agent then waited out its 300 s exit barrier: the
-    two-node test's hang. The barrier's wait releases the GIL until the slowest rank (rank 0,
-    writing results) is done. After an error the others may never come: no barrier then."""
+    """Leave the process group (a no-op when not distributed). ``meet`` (a run that ended
+    normally): first wait at a barrier until every rank is done; after an error the others may
+    never come."""
     if not dist.is_initialized():
         return
     if meet:
         try:
             dist.barrier()
-        except dist.DistError:  # a peer already gone: nothing left to wait for
+        except RuntimeError:  # a peer already gone: nothing left to wait for
             pass
     dist.destroy_process_group()
+
+
+def end_rank(code: int) -> NoReturn:
+    """End a data-parallel rank's process as multiprocessing ends its children: leave the group,
+    run the exit handlers (W&B, run locks), flush, then ``os._exit``, which skips the
+    interpreter's teardown.
+
+    gloo's worker threads release a collective's tensors after the collective has returned, and
+    that needs the GIL. A rank that went on to Python's teardown (a few milliseconds after its
+    last collective, test perplexity's sum) killed such a thread mid-release: std::terminate,
+    SIGABRT (a core dump showed the frames). Its torchrun agent then failed, and the other
+    node's agent waited out its 300 s exit barrier: the two-node test's hang, under load."""
+    leave(meet=code == 0)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
