@@ -136,6 +136,7 @@ class TrainConfig:
     time_budget: float | None = 15.0  # minutes of training (validation included), spent as a step horizon
     #   estimated from the run's speed after its first minute; None = no limit
     valid_every: int = 1000  # steps between validations
+    keep_checkpoints: int = 0  # keep the last N validation checkpoints as checkpoints/step-<n>.pt (seq2seq-average)
     checkpoint_minutes: float = 5.0  # also save checkpoints/last.pt this often: a kill loses at most that; 0 = off
     valid_sentences: int = 400  # greedy BLEU on at most this many validation sentences
     patience: int = 8  # validations without a better BLEU before stopping early
@@ -228,6 +229,8 @@ class Config:
         if not t.collective_timeout > 0:
             raise ConfigError(f"train.collective_timeout must be a positive number of minutes, "
                               f"got {t.collective_timeout}")
+        if t.keep_checkpoints < 0:
+            raise ConfigError(f"train.keep_checkpoints must be 0 or more, got {t.keep_checkpoints}")
         if t.checkpoint_minutes < 0:
             raise ConfigError(f"train.checkpoint_minutes must be 0 (only at validations) or positive, "
                               f"got {t.checkpoint_minutes}")

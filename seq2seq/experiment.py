@@ -66,7 +66,8 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config without the options that may change when a run is resumed."""
     out = json.loads(json.dumps(cfg))
     for key in ("time_budget", "max_steps", "max_epochs", "patience", "device", "checkpoint_minutes",
-                "gradient_flow_every", "log_every", "allow_mismatched_resume", "collective_timeout"):
+                "gradient_flow_every", "log_every", "allow_mismatched_resume", "collective_timeout",
+                "keep_checkpoints"):
         out["train"].pop(key, None)
     out.pop("tracking", None)
     return out

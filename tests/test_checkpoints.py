@@ -67,3 +67,45 @@ def test_run_folder_resolves_to_best(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="empty: no checkpoints/best.pt"):
         resolve_checkpoint(tmp_path / "empty")
+
+
+def _weights(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(3, 4, generator=g), "b": torch.randn(4, generator=g).to(torch.bfloat16)}
+
+
+def test_averaging_copies_of_one_checkpoint_gives_it_back_and_a_mean_of_two(tmp_path):
+    from seq2seq.train.checkpoints import average_checkpoints
+
+    base = {"config": {"model": {"dec_cell": "gru"}}, "tokenizers": {}, "task": "translation", "optimizer": {}}
+    paths = [save_checkpoint(tmp_path / f"step-{i}.pt", {**base, "model": _weights(0)}) for i in (1, 2, 3)]
+    averaged = average_checkpoints(paths)
+    assert all(torch.equal(averaged["model"][k], v) for k, v in _weights(0).items())
+    assert averaged["model"]["b"].dtype == torch.bfloat16 and "optimizer" not in averaged
+    other = save_checkpoint(tmp_path / "step-4.pt", {**base, "model": _weights(1)})
+    mean = average_checkpoints([paths[0], other])["model"]["w"]
+    torch.testing.assert_close(mean, (_weights(0)["w"] + _weights(1)["w"]) / 2)
+
+
+def test_a_mismatched_set_is_one_line(tmp_path):
+    from seq2seq.train.checkpoints import average_checkpoints
+
+    base = {"config": {"model": {"dec_cell": "gru"}}, "tokenizers": {}, "task": "translation"}
+    a = save_checkpoint(tmp_path / "a.pt", {**base, "model": _weights(0)})
+    b = save_checkpoint(tmp_path / "b.pt", {**base, "model": {"w": torch.zeros(2, 2), "b": torch.zeros(4)}})
+    c = save_checkpoint(tmp_path / "c.pt", {**base, "config": {"model": {"dec_cell": "lstm"}}, "model": _weights(0)})
+    for bad, words in ((b, "names or shapes differ"), (c, "another model or tokenizers")):
+        with pytest.raises(CheckpointError, match=words) as err:
+            average_checkpoints([a, bad])
+        assert "\n" not in str(err.value)
+
+
+def test_keep_step_keeps_the_newest(tmp_path):
+    from seq2seq.train.checkpoints import keep_step, step_checkpoints
+
+    last = tmp_path / "last.pt"
+    for step in (20, 40, 60, 80, 100):
+        save_checkpoint(last, {"model": {"w": torch.full((2,), float(step))}})
+        keep_step(last, step, 3)
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["step-60.pt", "step-80.pt", "step-100.pt"]
+    assert float(load_checkpoint(tmp_path / "step-60.pt")["model"]["w"][0]) == 60  # not overwritten by later saves

@@ -237,3 +237,17 @@ def test_training_logs_the_attention_entropy_and_largest_score(toy_run):
     for r in logged:
         assert 0 < r["train/attention_entropy"] < math.log(80)  # nats over at most data.max_len positions
         assert r["train/attention_max_score"] > 0
+
+
+def test_kept_checkpoints_average_into_a_model_the_tool_loads(tmp_path):
+    from conftest import toy_translation
+
+    run_dir = tmp_path / "run"
+    toy_translation(run_dir, "train.max_steps=100", "train.valid_every=20", "train.keep_checkpoints=3")
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
+    assert kept == ["step-100.pt", "step-60.pt", "step-80.pt"]
+    proc = subprocess.run([sys.executable, "-m", "seq2seq.cli.average", str(run_dir), "--last", "3"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "averaged.pt" in proc.stdout, proc.stderr
+    tool = _translate([str(run_dir / "checkpoints" / "averaged.pt")], "the cat eats\n")
+    assert tool.returncode == 0 and tool.stdout.strip(), tool.stderr

@@ -57,6 +57,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return payload
 
 
+def step_checkpoints(folder: Path) -> list[Path]:
+    """The ``step-<n>.pt`` files of a checkpoints folder, oldest step first."""
+    return sorted(folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]) if p.stem[5:].isdigit() else -1)
+
+
+def keep_step(last: Path, step: int, keep: int) -> None:
+    """Keep ``last`` (just written at ``step``) as ``step-<step>.pt`` beside it, and only the ``keep``
+    newest such files (``train.keep_checkpoints``; 0 keeps none). A hard link where the file
+    system allows it: no second copy of the bytes, and as atomic as the checkpoint itself."""
+    if keep < 1:
+        return
+    kept = last.with_name(f"step-{step}.pt")
+    if not kept.exists():
+        try:
+            kept.hardlink_to(last)
+        except OSError:  # no hard links here: a copy, written atomically
+            atomic_write(kept, last.read_bytes())
+    for old in step_checkpoints(last.parent)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """The checkpoint whose weights are the mean of ``paths``' (summed in float64, so N copies of one
+    checkpoint give it back exactly; stored in the originals' dtypes), with the newest one's config, tokenizers and precision, and no optimiser state: for
+    the tools, test scoring and fine-tuning, not for resuming. A set from different runs or
+    models is one CheckpointError naming the first file that differs."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = load_checkpoint(paths[0])
+    total = {k: v.double() for k, v in first["model"].items()}
+    for path in paths[1:]:
+        ckpt = load_checkpoint(path)
+        if ckpt.get("config", {}).get("model") != first.get("config", {}).get("model") or \
+                ckpt.get("tokenizers") != first.get("tokenizers"):
+            raise CheckpointError(f"{path}: another model or tokenizers than {paths[0]}; average one run's checkpoints")
+        weights = ckpt["model"]
+        if weights.keys() != total.keys() or any(weights[k].shape != total[k].shape for k in total):
+            raise CheckpointError(f"{path}: its weights' names or shapes differ from {paths[0]}'s")
+        for k, v in weights.items():
+            total[k] += v.double()
+    newest = load_checkpoint(paths[-1])
+    keep = {k: v for k, v in newest.items() if k not in ("optimizer", "schedule", "rng", "format", "version")}
+    return {**keep, "model": {k: (v / len(paths)).to(first["model"][k].dtype) for k, v in total.items()},
+            "averaged_from": [p.name for p in paths]}
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder means its best checkpoint (else its last); a file means itself."""
     path = Path(path)

@@ -27,7 +27,7 @@ from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
-from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+from seq2seq.train.checkpoints import keep_step, load_checkpoint, save_checkpoint
 from seq2seq.train.distributed import Dist, collective_failed, current
 from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_resumable, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
@@ -280,8 +280,8 @@ class Trainer:
         self._tick()  # the checkpoints count this validation's time: a resumed run keeps its budget
         if improved:
             self.save("best")
-        if save:
-            self.save("last")
+        if save and self.dist.main:
+            keep_step(self.save("last"), p.step, self.cfg.keep_checkpoints)  # step-<n>.pt for averaging
         return metrics
 
     def log(self, message: str) -> None:
