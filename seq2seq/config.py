@@ -39,6 +39,7 @@ class DataConfig:
     max_eval_sentences: int | None = None  # cap the valid/test splits (small runs, tests)
     vocab_size: int = 4000  # sentencepiece pieces per side (or joint)
     joint_vocab: bool = False  # one sentencepiece model for both sides
+    tokenizers_from: str | None = None  # a run folder whose tokenizers this run takes (ensemble members share them)
     spm_model_type: str = "unigram"  # unigram | bpe
     max_len: int = 80  # drop training pairs longer than this many subwords on either side
     batch_tokens: int = 3000  # padded source + target tokens per batch (per process in a data-parallel run)

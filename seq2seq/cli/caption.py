@@ -2,6 +2,7 @@
 
     seq2seq-caption runs/caption-20261122-101500 photos/ > captions.jsonl
     seq2seq-caption RUN_DIR photos/ --recursive --beam 3 -o captions.jsonl --sidecar --overlays attention/
+    seq2seq-caption RUN_A RUN_B photos/                       # an ensemble: the mean of their probabilities
 
 Files are recognised as images by their content. Unreadable files are skipped with one line
 on stderr each and counted in a summary; the exit status is 0 when at least one image was
@@ -28,7 +29,8 @@ from seq2seq.tasks.captioner import Captioner
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="seq2seq-caption", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("model", type=Path, nargs="+", metavar="RUN_DIR_OR_CHECKPOINT",
+                        help="a trained run or checkpoint; several: an ensemble (they must see images alike)")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument("--beam", type=int, default=None, help="beam size (default: the model's; 1 = greedy)")

@@ -3,6 +3,7 @@
     seq2seq-translate runs/translate-20261122-101500            # a REPL on a terminal
     seq2seq-translate RUN_DIR < input.en > output.fr              # batch mode, line by line
     seq2seq-translate RUN_DIR --beam 5 --nbest 3 --format jsonl < input.en
+    seq2seq-translate RUN_A RUN_B RUN_C < input.en                # an ensemble: the mean of their probabilities
     tail -f chat.log | seq2seq-translate RUN_DIR                  # each line answered as it comes
 
 A line holding several sentences is translated sentence by sentence (``--no-split``: as one),
@@ -41,7 +42,8 @@ HELP = """commands:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="seq2seq-translate", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("model", type=Path, nargs="+", metavar="RUN_DIR_OR_CHECKPOINT",
+                        help="a trained run or checkpoint; several: an ensemble (they must share tokenizers)")
     parser.add_argument("--beam", type=int, default=None, help="beam size (default: the model's, 1 = greedy)")
     parser.add_argument("--nbest", type=int, default=1,
                         help="translations per sentence (raises the beam to at least this)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +12,12 @@ from torch import Tensor
 
 from seq2seq.config import Config
 from seq2seq.data.images import ImageTransform
+from seq2seq.ensemble import Ensemble, load_members
 from seq2seq.models.model import Seq2Seq, build_captioning_model
 from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import search
 from seq2seq.tasks.features import image_loader
 from seq2seq.tokenizers import Tokenizer
-from seq2seq.train.checkpoints import load_trained
 from seq2seq.train.distributed import current
 
 
@@ -36,20 +36,25 @@ class Caption:
 
 
 class Captioner:
-    def __init__(self, model: Seq2Seq, cfg: Config, tokenizer: Tokenizer, device: torch.device,
+    def __init__(self, model: Seq2Seq | Ensemble, cfg: Config, tokenizer: Tokenizer, device: torch.device,
                  amp_dtype: torch.dtype | None = None):
         self.model, self.cfg, self.tokenizer = model.to(device).eval(), cfg, tokenizer
         self.device, self.amp_dtype = device, amp_dtype
         self.transform = image_transform(cfg)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "model") -> "Captioner":
-        """From a run folder (its best checkpoint) or a checkpoint file; ``precision="model"``
+    def load(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
+             precision: str = "model") -> "Captioner":
+        """From a run folder (its best checkpoint) or a checkpoint file, or several: an ensemble
+        (:mod:`seq2seq.ensemble`; its members must see images alike); ``precision="model"``
         captions at the precision the model was trained and scored at."""
-        model, cfg, toks, trained_at = load_trained(path, "captioning", lambda cfg, t: build_captioning_model(
-            cfg.model, cfg.image, len(t["tgt"]), pretrained=False))  # the checkpoint holds the CNN weights
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        model, first = load_members(paths, "captioning", lambda cfg, t: build_captioning_model(
+            cfg.model, cfg.image, len(t["tgt"]), pretrained=False),  # the checkpoint holds the CNN weights
+            same_input=lambda cfg: f"resize {cfg.image.resize}, crop {cfg.image.crop}")
         dev = pick_device(device)
-        return cls(model, cfg, toks["tgt"], dev, serving_precision(precision, trained_at, dev))
+        return cls(model, first.config, first.tokenizers["tgt"], dev,
+                   serving_precision(precision, first.precision, dev))
 
     def autocast(self) -> torch.autocast:
         return autocast(self.device, self.amp_dtype)

@@ -13,13 +13,13 @@ from seq2seq.data.batching import ParallelData, TextBatch, collate, token_batche
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
 from seq2seq.data.encoded import encode_corpus
 from seq2seq.experiment import log, spread
-from seq2seq.files import write_lines, write_references
+from seq2seq.files import atomic_write, write_lines, write_references
 from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, bleu_interval, chrf
 from seq2seq.models.model import build_translation_model, check_attention_sizes, teacher_forced_nll
 from seq2seq.plotting import attention_heatmap
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.translator import Translator
-from seq2seq.tokenizers import SubwordTokenizer, train_sentencepiece
+from seq2seq.tokenizers import SubwordTokenizer, TokenizerError, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
 from seq2seq.train.distributed import current, main_first
@@ -40,8 +40,12 @@ def load_data(cfg: Config) -> ParallelCorpus:
 
 
 def build_tokenizers(cfg: Config, corpus: ParallelCorpus, run_dir: Path) -> tuple[SubwordTokenizer, SubwordTokenizer]:
-    """Train sentencepiece on the training split (or reuse the run folder's, when resuming)."""
+    """Train sentencepiece on the training split (or reuse the run folder's, when resuming), or
+    copy another run's (``data.tokenizers_from``: runs that share them can be ensembled)."""
     d, folder = cfg.data, run_dir / "tokenizers"
+    if d.tokenizers_from:
+        names = ["joint.model"] if d.joint_vocab else ["src.model", "tgt.model"]
+        take_tokenizers(Path(d.tokenizers_from), folder, names)
     if d.joint_vocab:
         path = folder / "joint.model"
         if not path.exists():
@@ -56,6 +60,16 @@ def build_tokenizers(cfg: Config, corpus: ParallelCorpus, run_dir: Path) -> tupl
             train_sentencepiece((pair[side] for pair in corpus.train), path, d.vocab_size, d.spm_model_type)
         toks.append(SubwordTokenizer(path))
     return toks[0], toks[1]
+
+
+def take_tokenizers(run: Path, folder: Path, names: list[str]) -> None:
+    """Copy ``names`` from ``run``'s tokenizers folder into ``folder`` (once; atomically)."""
+    for name in names:
+        source, target = run / "tokenizers" / name, folder / name
+        if not source.is_file():
+            raise TokenizerError(f"data.tokenizers_from={run}: it has no tokenizers/{name}")
+        if not target.exists():
+            atomic_write(target, source.read_bytes())
 
 
 def evaluate(translator: Translator, examples: list[Example], beam: int) -> dict[str, Any]:

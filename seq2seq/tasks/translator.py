@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +12,11 @@ from torch import Tensor
 from seq2seq.config import Config
 from seq2seq.data import segments
 from seq2seq.data.batching import pad_ids
+from seq2seq.ensemble import Ensemble, load_members
 from seq2seq.models.model import Seq2Seq, build_translation_model
 from seq2seq.runtime import autocast, pick_device, serving_precision
 from seq2seq.search import Hypothesis, max_lengths, search
 from seq2seq.tokenizers import Tokenizer
-from seq2seq.train.checkpoints import load_trained
 from seq2seq.train.distributed import current
 
 
@@ -48,20 +49,24 @@ class _Part:
 
 
 class Translator:
-    def __init__(self, model: Seq2Seq, cfg: Config, src_tok: Tokenizer, tgt_tok: Tokenizer,
+    def __init__(self, model: Seq2Seq | Ensemble, cfg: Config, src_tok: Tokenizer, tgt_tok: Tokenizer,
                  device: torch.device, amp_dtype: torch.dtype | None = None):
         self.model, self.cfg = model.to(device).eval(), cfg
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
         self.device, self.amp_dtype = device, amp_dtype
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "model") -> "Translator":
-        """From a run folder (its best checkpoint) or a checkpoint file; ``precision="model"``
-        translates at the precision the model was trained and scored at."""
-        model, cfg, toks, trained_at = load_trained(path, "translation", lambda cfg, t: build_translation_model(
+    def load(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
+             precision: str = "model") -> "Translator":
+        """From a run folder (its best checkpoint) or a checkpoint file, or several: an ensemble
+        (:mod:`seq2seq.ensemble`); ``precision="model"`` translates at the precision the model
+        was trained and scored at."""
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        model, first = load_members(paths, "translation", lambda cfg, t: build_translation_model(
             cfg.model, len(t["src"]), len(t["tgt"])))
         dev = pick_device(device)
-        return cls(model, cfg, toks["src"], toks["tgt"], dev, serving_precision(precision, trained_at, dev))
+        return cls(model, first.config, first.tokenizers["src"], first.tokenizers["tgt"], dev,
+                   serving_precision(precision, first.precision, dev))
 
     def translate(self, lines: list[str], beam: int | None = None, nbest: int = 1,
                   max_len_ratio: float | None = None, batch_size: int | None = None,

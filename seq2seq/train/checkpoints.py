@@ -79,10 +79,11 @@ def keep_step(last: Path, step: int, keep: int) -> None:
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
-    """The checkpoint whose weights are the mean of ``paths``' (summed in float64, so N copies of one
-    checkpoint give it back exactly; stored in the originals' dtypes), with the newest one's config, tokenizers and precision, and no optimiser state: for
-    the tools, test scoring and fine-tuning, not for resuming. A set from different runs or
-    models is one CheckpointError naming the first file that differs."""
+    """The checkpoint whose weights are the mean of ``paths``' (summed in float64, so N copies of
+    one checkpoint give it back exactly; stored in the originals' dtypes), with the newest one's
+    config, tokenizers and precision, and no optimiser state: for the tools, test scoring and
+    fine-tuning, not for resuming. A set from different runs or models is one CheckpointError
+    naming the first file that differs."""
     if not paths:
         raise CheckpointError("no checkpoints to average")
     first = load_checkpoint(paths[0])
