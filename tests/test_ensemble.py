@@ -68,3 +68,19 @@ def test_the_tool_ensembles_runs_that_share_tokenizers_and_refuses_others(toy_ru
                              timeout=120)
     assert refused.returncode == 2 and "have other src tokenizers" in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+def test_an_ensemble_is_scored_on_the_test_split(toy_run, tmp_path):
+    import json
+    import os
+
+    out = tmp_path / "ensemble"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), str(toy_run), str(toy_run),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    single = json.loads((toy_run / "results.json").read_text())
+    assert results["models"] == [str(toy_run)] * 2
+    assert abs(results["test_bleu_beam"] - single["test_bleu_beam"]) < 1e-6  # two copies = the model
+    assert (out / "test.beam3.txt").read_text() == (toy_run / "test.beam3.txt").read_text()

@@ -55,7 +55,7 @@ def _metrics(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.
     shown = [run for run in runs if run.values(metrics[0])]
     if not shown:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(shown)))
+    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.6 + 0.45 * len(shown))))
     means = [run.mean(metrics[0]) for run in shown]
     errors = [run.sd(metrics[0]) or 0.0 for run in shown]
     ax.barh(range(len(shown)), means, xerr=errors, color="#4c72b0", ecolor="black", capsize=3)

@@ -317,6 +317,24 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     return results
 
 
+def score(models: list[Path], out: Path) -> dict[str, Any]:
+    """Test scores of one trained model, an averaged checkpoint or an ensemble of several
+    (``experiments/evaluate.py``), read from the image files, written to ``out`` as a run's are."""
+    captioner = Captioner.load(models)
+    cfg, test = captioner.cfg, load_captions(captioner.cfg).test
+    beam = evaluate(captioner, test, _inputs(None, test), cfg.search.beam)
+    greedy = evaluate(captioner, test, _inputs(None, test), 1)
+    refs = [ex.captions for ex in test]
+    _write_captions(out / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
+    write_lines(out / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])
+    write_references(out, refs)
+    return {"task": "captioning", "models": [str(m) for m in models], "test_images": len(test),
+            "beam": cfg.search.beam, **{f"test_{k}": v for k, v in beam.items() if k.startswith("bleu")},
+            "test_bleu4_greedy": greedy["bleu4"], "test_cider_d": cider_d(beam["hypotheses"], refs),
+            "test_bleu_beam_ci95": bleu_interval(beam["hypotheses"], refs, lowercase=True),
+            "eval_precision": precision_name(captioner.amp_dtype)}
+
+
 def _twemoji_scores(cfg: Config, captioner: Captioner, test: list[CaptionExample], hyps: list[str],
                     cached: bool) -> dict[str, Any]:
     """BLEU-4 on the test emoji drawn by Twemoji's artists, beside the Noto score of the same emoji."""

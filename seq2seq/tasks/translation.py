@@ -203,3 +203,23 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 
 
+
+
+def score(models: list[Path], out: Path) -> dict[str, Any]:
+    """Test scores of one trained model, an averaged checkpoint or an ensemble of several
+    (``experiments/evaluate.py``), its outputs written to ``out`` as a run folder's are."""
+    translator = Translator.load(models)
+    cfg, corpus = translator.cfg, load_data(translator.cfg)
+    greedy = evaluate(translator, corpus.test, beam=1)
+    beam = evaluate(translator, corpus.test, beam=cfg.search.beam)
+    refs = [ex.refs for ex in corpus.test]
+    write_lines(out / "test.greedy.txt", greedy["hypotheses"])
+    write_lines(out / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])
+    write_lines(out / "test.src.txt", [ex.src for ex in corpus.test])
+    write_references(out, refs)
+    return {"task": "translation", "models": [str(m) for m in models], "corpus": corpus.name,
+            "test_sentences": len(corpus.test), "beam": cfg.search.beam, "test_bleu_beam": beam["bleu"],
+            "test_bleu_greedy": greedy["bleu"], "test_chrf_beam": beam["chrf"],
+            "test_bleu_beam_ci95": bleu_interval(beam["hypotheses"], refs),
+            "sacrebleu_signature": beam["bleu_signature"], "eval_precision": precision_name(translator.amp_dtype),
+            "beam_sentences_per_second": beam["sentences_per_second"]}
