@@ -29,10 +29,13 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
-                seconds: float = 1.0) -> float:
-    """Sustained FLOP/s of an n x n matrix product on ``device``."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+                seconds: float = 1.0, shape: tuple[int, int, int] | None = None) -> float:
+    """Sustained FLOP/s of an n x n matrix product on ``device``, or of an (m x k) . (k x n)
+    one for ``shape=(m, k, n)`` (a recurrent step's: the sentences of a batch times its
+    recurrent matrix, which a sequential recurrence cannot make bigger)."""
+    m, k, n = shape or (n, n, n)
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     _sync(device)
@@ -44,7 +47,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int
             continue
         _sync(device)
     _sync(device)
-    return 2 * n ** 3 * count / (time.perf_counter() - start)
+    return 2 * m * k * n * count / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
@@ -85,8 +88,9 @@ def forward_flops(model: Seq2Seq, src_len: float, tgt_len: float) -> dict[str, f
     for layer in (getattr(dec, "combine", None), getattr(dec, "readout", None), dec.tie_proj, dec.out):
         if layer is not None:
             per_tgt += 2 * layer.in_features * layer.out_features
-    if dec.bridge is not None:
-        per_tgt += 2 * dec.bridge.in_features * dec.bridge.out_features / max(tgt_len, 1.0)
+    for bridges in (dec.bridge, dec.cell_bridge):  # once per sentence: spread over its target tokens
+        for bridge in bridges or []:
+            per_tgt += 2 * bridge.in_features * bridge.out_features / max(tgt_len, 1.0)
     return {"per_source_token": float(per_src), "per_target_token": float(per_tgt)}
 
 
@@ -151,6 +155,10 @@ def benchmark_translation(cfg: Config, translator: Translator, data: ParallelDat
     train_seconds = time.perf_counter() - start
     sentences = sum(len(b) for b in batches[warmup:warmup + steps])
     flops = forward_flops(model, src_tokens / sentences, tgt_tokens / sentences)
+    rnn = model.decoder.rnn  # the decoder's recurrent step: (sentences x hidden) . (hidden x gates*hidden)
+    step_shape = (round(sentences / steps), rnn.hidden_size, GATES[rnn.mode.lower().replace("rnn_tanh", "rnn")]
+                  * rnn.hidden_size)
+    rate_step = matmul_rate(device, amp or torch.float32, shape=step_shape)
     train_flop = 3 * (src_tokens * flops["per_source_token"] + tgt_tokens * flops["per_target_token"])
 
     def decode_rate(b: int) -> float:
@@ -180,6 +188,9 @@ def benchmark_translation(cfg: Config, translator: Translator, data: ParallelDat
         "matmul_fp32_gflops_per_second": rate32 / 1e9,
         "matmul_compute_dtype_gflops_per_second": rate_amp / 1e9,
         "train_utilisation_of_matmul_rate": train_flop / train_seconds / rate_amp,
+        "matmul_step_shape": "x".join(map(str, step_shape)),
+        "matmul_step_shape_gflops_per_second": rate_step / 1e9,
+        "train_utilisation_of_step_shape_rate": train_flop / train_seconds / rate_step,
         "greedy_sentences_per_second": greedy,
         f"beam{beam}_sentences_per_second": beamed,
         f"beam{beam}_cost_over_greedy": greedy / beamed,

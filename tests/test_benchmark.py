@@ -11,6 +11,7 @@ from seq2seq.benchmark import forward_flops, matmul_rate
 
 def test_matmul_rate_is_measured():
     assert matmul_rate(torch.device("cpu"), n=128, seconds=0.05) > 1e6
+    assert matmul_rate(torch.device("cpu"), shape=(16, 32, 96), seconds=0.05) > 1e5  # a recurrent step's product
 
 
 def test_forward_flops_counts_each_layer():
@@ -60,3 +61,6 @@ def test_translation_benchmark_runs_on_a_trained_run(toy_run):
     assert greedy > 0 and beam > 0
     assert float(figures["beam3_cost_over_greedy"]) == pytest.approx(greedy / beam, rel=1e-3)
     assert 0 < float(figures["train_utilisation_of_matmul_rate"]) < 1
+    rows, hidden, gates = map(int, figures["matmul_step_shape"].split("x"))
+    assert hidden == 64 and gates == 3 * 64 and rows > 0  # the toy decoder's GRU step
+    assert float(figures["train_utilisation_of_step_shape_rate"]) > 0
