@@ -145,6 +145,13 @@ class TrainConfig:
     gradient_flow_every: int = 0  # steps between gradient-flow probes (seq2seq.train.gradients), from step 0; 0 = off
     allow_mismatched_resume: bool = False  # resume at another resolved precision or number of processes
     collective_timeout: float = 5.0  # data-parallel: minutes a rank waits at a collective before the run stops
+    objective: str = "xent"  # xent | scst | mrt: fine-tune train.init_from on sequences (train/sequence_level.py)
+    init_from: str | None = None  # a checkpoint whose weights start this run (a fresh optimiser and schedule)
+    reward: str = "auto"  # scst/mrt: bleu | chrf (translation), cider | bleu4 (captioning); auto: bleu or cider
+    samples: int = 5  # scst/mrt: outputs sampled per input
+    scst_baseline: str = "mean"  # scst: mean (the input's other samples' reward) | greedy (the greedy output's)
+    mrt_alpha: float = 1.0  # mrt: p^alpha renormalised over the samples (Shen et al.: 5e-3 over 100 samples)
+    xent_weight: float = 0.0  # scst/mrt: weight of the references' cross-entropy added to the loss
 
 
 @dataclass
@@ -215,6 +222,15 @@ class Config:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         _choice("synthetic.task", self.synthetic.task, ("copy", "adding"))
         _choice("train.optimizer", t.optimizer, ("adam", "sgd"))
+        _choice("train.objective", t.objective, ("xent", "scst", "mrt"))
+        _choice("train.reward", t.reward, ("auto", "bleu", "chrf", "bleu4", "cider"))
+        _choice("train.scst_baseline", t.scst_baseline, ("mean", "greedy"))
+        if t.objective != "xent" and not t.init_from:
+            raise ConfigError(f"train.objective={t.objective} fine-tunes a trained model: "
+                              f"set train.init_from=CHECKPOINT")
+        if t.objective != "xent" and t.samples < (1 if t.objective == "scst" and t.scst_baseline == "greedy" else 2):
+            raise ConfigError(f"train.samples must be at least 2 for train.objective={t.objective} "
+                              f"(the samples are compared with each other), got {t.samples}")
         for name, value in [("synthetic.length", self.synthetic.length), ("synthetic.symbols", self.synthetic.symbols),
                             ("synthetic.alphabet", self.synthetic.alphabet),
                             ("synthetic.batch_size", self.synthetic.batch_size),

@@ -140,6 +140,37 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
     return _best(_Ends.cat(ends), trail, batch, nbest, length_penalty)
 
 
+@torch.no_grad()
+def sample(decoder: RNNDecoder, memory: Memory, k: int, max_len: int) -> list[Hypothesis]:
+    """``k`` outputs per input drawn from the model's distribution a token at a time (ancestral
+    sampling), for sequence-level training: input b's samples are rows b*k .. b*k+k-1. The
+    draws use torch's global generator, which checkpoints save: a resumed run draws alike."""
+    memory = memory.for_search()
+    rows = torch.arange(memory.states.size(0), device=memory.states.device).repeat_interleave(k)
+    memory = memory.index_select(rows)  # (batch*k, ...) each input's memory once per sample
+    n = rows.numel()
+    state = decoder.init_state(memory)
+    prev = torch.full((n,), BOS, dtype=torch.long, device=rows.device)
+    steps_tok, steps_lp = [], []
+    alive = torch.ones(n, dtype=torch.bool, device=rows.device)
+    for _ in range(max_len):
+        logits, state, _ = decoder.step(prev, state, memory)
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (batch*k, vocab)
+        prev = torch.multinomial(logp.exp(), 1).squeeze(1)  # (batch*k,)
+        steps_tok.append(prev)
+        steps_lp.append(logp.gather(1, prev.unsqueeze(1)).squeeze(1) * alive)  # nothing after the end token
+        alive = alive & (prev != EOS)
+        if not bool(alive.any()):
+            break
+    tokens, logps = torch.stack(steps_tok, dim=1).tolist(), torch.stack(steps_lp, dim=1).sum(dim=1).tolist()
+    hyps = []
+    for seq, logprob in zip(tokens, logps):
+        ended = EOS in seq
+        seq = seq[: seq.index(EOS)] if ended else seq
+        hyps.append(Hypothesis(seq, logprob / (len(seq) + ended), logprob, ended, None))
+    return hyps
+
+
 class _Trail:
     """Per step, the tokens and back-pointers of the live hypotheses, and the attention of each row."""
 

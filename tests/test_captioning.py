@@ -16,24 +16,30 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def shapes_run(tmp_path_factory):
+SHAPES = [  # a small shapes model on the real ImageNet MobileNetV2's 13th block
+    "captions.corpus=shapes", "captions.shapes=1500", "captions.shapes_size=64", "captions.batch_tokens=800",
+    "image.backbone=mobilenet_v2", "image.weights=imagenet", "image.grid_block=13", "image.resize=128",
+    "image.crop=128",
+    "model.emb_dim=32", "model.dec_hidden=128", "model.attention=bahdanau", "model.attention_dim=64",
+    "model.readout_dim=64", "model.dropout=0.0", "train.lr=0.004", "train.time_budget=1.5", "train.max_steps=500",
+    "train.valid_every=250", "train.warmup_steps=20", "train.precision=fp32", "tracking.enabled=false",
+    "search.beam=3",
+]
+
+
+def _shapes(run_dir: Path, *extra: str) -> dict:
     from seq2seq.experiment import experiment_parser, prepare_run
     from seq2seq.tasks.captioning import run
 
-    root = tmp_path_factory.mktemp("shapes")
-    overrides = [
-        "captions.corpus=shapes", "captions.shapes=1500", "captions.shapes_size=64", "captions.batch_tokens=800",
-        "image.backbone=mobilenet_v2", "image.weights=imagenet", "image.grid_block=13", "image.resize=128",
-        "image.crop=128",
-        "model.emb_dim=32", "model.dec_hidden=128", "model.attention=bahdanau", "model.attention_dim=64",
-        "model.readout_dim=64", "model.dropout=0.0", "train.lr=0.004", "train.time_budget=1.5", "train.max_steps=500",
-        "train.valid_every=250", "train.warmup_steps=20", "train.precision=fp32", "tracking.enabled=false",
-        "search.beam=3",
-    ]
-    args = experiment_parser("shapes").parse_args(["--run-dir", str(root / "run"), *overrides])
+    args = experiment_parser("shapes").parse_args(["--run-dir", str(run_dir), *SHAPES, *extra])
     cfg, run_dir = prepare_run(args, "shapes")
-    return run_dir, run(cfg, run_dir)
+    return run(cfg, run_dir)
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("shapes") / "run"
+    return run_dir, _shapes(run_dir)
 
 
 @pytest.mark.network
@@ -184,3 +190,12 @@ def test_cider_d_rewards_the_right_caption():
     right = cider_d(["man running: dark skin tone", "grinning face", "red apple"], refs)
     wrong = cider_d(["grinning face", "red apple", "man running: dark skin tone"], refs)
     assert right > wrong >= 0
+
+
+@pytest.mark.network
+def test_scst_fine_tunes_a_captioning_run_on_cider_d(shapes_run, tmp_path):
+    run_dir, before = shapes_run
+    results = _shapes(tmp_path / "scst", "train.objective=scst", f"train.init_from={run_dir}", "train.time_budget=null",
+                      "train.max_steps=10", "train.valid_every=10", "train.lr=1e-4", "train.warmup_steps=0")
+    assert results["objective"] == "scst" and results["train_steps"] == 10
+    assert results["test_bleu4"] > before["test_bleu4"] - 10  # fine-tuned from the trained weights

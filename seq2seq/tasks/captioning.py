@@ -49,8 +49,9 @@ from seq2seq.tokenizers import (
     train_word_vocab,
 )
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
+from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs
 from seq2seq.train.distributed import current, main_first
+from seq2seq.train.sequence_level import make_objective
 from seq2seq.train.trainer import Trainer
 
 SCORER = "sacreBLEU {version} corpus BLEU-n, tokenize=13a, lowercased, all references of each image"
@@ -235,6 +236,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
     with main_first():  # rank 0 fetches images and weights and builds the tokenizer; the others then read them
         corpus = load_captions(cfg)
+        if cfg.train.init_from:  # a fine-tuned model reads captions as the model it starts from did
+            take_init_tokenizers(cfg.train.init_from, run_dir)
         tokenizer = build_caption_tokenizer(cfg, corpus, run_dir)
         model = build_captioning_model(cfg.model, cfg.image, len(tokenizer))
     log(corpus.describe())
@@ -263,7 +266,10 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         cnn = [p for p in encoder.cnn.parameters() if p.requires_grad]
         rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.cnn.")]
         groups = [{"params": rest}, {"params": cnn, "lr_scale": cfg.image.finetune_lr_scale}]
-    trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, param_groups=groups)
+    objective = make_objective(cfg.train, model, tokenizer, cfg.captions.max_len + 1, "cider",
+                               [ex.captions for ex in corpus.train])
+    trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, param_groups=groups,
+                      objective=objective)
     log(f"model: {model.num_parameters():,} trainable parameters on {device}{' with bf16 autocast' if amp else ''}")
     progress = trainer.fit()
     if progress.stop_reason == "interrupted":

@@ -21,8 +21,9 @@ from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_ev
 from seq2seq.tasks.translator import Translator
 from seq2seq.tokenizers import SubwordTokenizer, TokenizerError, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.train.checkpoints import load_checkpoint, tokenizer_refs
+from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs
 from seq2seq.train.distributed import current, main_first
+from seq2seq.train.sequence_level import make_objective
 from seq2seq.train.trainer import Trainer
 
 
@@ -138,6 +139,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     with main_first():  # rank 0 fetches and encodes the corpus and trains the tokenizers; the others read them
         corpus = load_data(cfg)
         log(f"{corpus.describe()} ({time.monotonic() - t0:.0f} s)")
+        if cfg.train.init_from:  # a fine-tuned model reads text as the model it starts from did
+            take_init_tokenizers(cfg.train.init_from, run_dir)
         src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
         log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces ({time.monotonic() - t0:.0f} s)")
         encoded = encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
@@ -152,7 +155,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     # validation and test run at the training precision, which the checkpoint records for the tools
     translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device))
     validator = Validator(cfg, translator, corpus.valid, tracker)
-    trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra)
+    objective = make_objective(cfg.train, model, tgt_tok, cfg.data.max_len + 1, "bleu")
+    trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, objective=objective)
     log(f"model: {model.num_parameters():,} parameters on {trainer.device}"
         f"{' with bf16 autocast' if trainer.amp_dtype else ''}")
     progress = trainer.fit()

@@ -159,3 +159,28 @@ def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str,
     except (KeyError, ConfigError, TokenizerError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{ckpt_path}: cannot rebuild the model ({first_line(err)})") from None
     return Trained(model, cfg, tokenizers, ckpt.get("precision"))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> Path:
+    """Start ``model`` from the weights of a checkpoint or run folder (``train.init_from``);
+    weights that do not fit it are one CheckpointError naming the first misfit."""
+    ckpt_path = resolve_checkpoint(path)
+    weights, own = load_checkpoint(ckpt_path)["model"], model.state_dict()
+    for name in sorted(set(weights) | set(own)):
+        if name not in weights or name not in own or weights[name].shape != own[name].shape:
+            found = tuple(weights[name].shape) if name in weights else "nothing"
+            wanted = tuple(own[name].shape) if name in own else "nothing"
+            raise CheckpointError(f"train.init_from={path}: its weights do not fit this model ({name}: "
+                                  f"{found} in the checkpoint, {wanted} in the model)")
+    model.load_state_dict(weights)
+    return ckpt_path
+
+
+def take_init_tokenizers(path: str | Path, run_dir: Path) -> None:
+    """A run that starts from another's weights (``train.init_from``) reads text with that run's
+    tokenizers: they are copied into ``run_dir`` once, where the task then finds them."""
+    ckpt_path = resolve_checkpoint(path)
+    for ref in load_checkpoint(ckpt_path, mmap=True).get("tokenizers", {}).values():
+        target = run_dir / ref["path"]
+        if not target.exists():
+            atomic_write(target, load_tokenizer(ref, ckpt_path).path.read_bytes())

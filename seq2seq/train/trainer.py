@@ -27,13 +27,14 @@ from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
-from seq2seq.train.checkpoints import keep_step, load_checkpoint, save_checkpoint
+from seq2seq.train.checkpoints import keep_step, load_checkpoint, load_weights, save_checkpoint
 from seq2seq.train.distributed import Dist, collective_failed, current
 from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_resumable, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
 from seq2seq.train.probes import AttentionProbe
 from seq2seq.train.progress import Display, Progress, StepStats, Window, finish_reason
 from seq2seq.train.schedules import LRSchedule, budget_of, step_horizon, teacher_forcing_ratio, time_horizon, warm
+from seq2seq.train.sequence_level import SequenceLevel
 
 
 class Batch(Protocol):
@@ -69,17 +70,20 @@ class Trainer:
     def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig, run_dir: Path, tracker: Tracker,
                  validate: Callable[["Trainer"], dict[str, float]], checkpoint_extra: dict[str, Any],
                  param_groups: list[dict[str, Any]] | None = None,
-                 loss: Callable[[Any, Batch], list[LossSum]] | None = None, dist: Dist | None = None):
+                 loss: Callable[[Any, Batch], list[LossSum]] | None = None, dist: Dist | None = None,
+                 objective: SequenceLevel | None = None):
         self.device = pick_device(cfg.device)
         self.amp_dtype = pick_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.dist = dist if dist is not None else current()  # torchrun's process group, if any
-        self.net = self.dist.wrap(self.model)  # what training steps run: the model, or it in DistributedDataParallel
+        self.objective = objective  # a sequence-level objective wrapping the model (train.objective), or None
+        # what training steps run: the model or its objective, maybe in DistributedDataParallel
+        self.net = self.dist.wrap(objective.to(self.device) if objective else self.model)
         self.data, self.cfg, self.run_dir, self.tracker = data, cfg, Path(run_dir), tracker
         self.validate_fn, self.checkpoint_extra = validate, checkpoint_extra
         params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = make_optimizer(params, cfg)
-        self.loss = loss or self.sequence_loss  # (model output, batch) -> the terms of the loss to minimise
+        self.loss = objective.terms if objective else loss or self.sequence_loss  # (output, batch) -> loss terms
         self.schedule = LRSchedule(self.optimizer, cfg)
         self.progress = Progress()
         self.display = Display()  # a progress bar on a terminal, else log lines (rank 0)
@@ -156,7 +160,8 @@ class Trainer:
         """What trained this run (see :mod:`seq2seq.provenance`) and the plan it followed, for results.json."""
         p = self.progress
         return {**provenance.summarise(self.sessions), "budget": p.budget, "schedule_horizon": p.horizon,
-                "schedule_horizon_basis": p.horizon_basis}
+                "schedule_horizon_basis": p.horizon_basis, "objective": self.cfg.objective,
+                "init_from": self.cfg.init_from}
 
     # --- the horizon -------------------------------------------------------------------
 
@@ -235,7 +240,8 @@ class Trainer:
         # after the update, so that a signal during it stops the run at this step's end
         shared = self.dist.sum(torch.tensor([value, batch.num_tokens(), batch.size, float(self.signals.requested)],
                                             dtype=torch.float64)).tolist()
-        return StepStats(shared[0], grad_norm, int(shared[1]), int(shared[2]), shared[3] > 0, probe.record(out, batch))
+        return StepStats(shared[0], grad_norm, int(shared[1]), int(shared[2]), shared[3] > 0,
+                         {**probe.record(out, batch), **(self.objective.stats if self.objective else {})})
 
     def probe_gradient_flow(self, batch: Batch) -> None:
         """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.train.gradients)."""
@@ -294,6 +300,8 @@ class Trainer:
         if last.exists():
             self.resume(last)
             self.log(f"resuming from {last} at step {self.progress.step}")
+        elif self.cfg.init_from:
+            self.log(f"starting from the weights of {load_weights(self.model, self.cfg.init_from)} (a fresh optimiser)")
         progress = self.train()
         self.log(f"training stopped at step {progress.step}: {progress.stop_reason}")
         self.dist.barrier()  # every rank then reads the checkpoints rank 0 wrote
