@@ -115,7 +115,7 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 1  # seeds Python, NumPy, torch and sentencepiece: the same seed, the same weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the device computes it fast)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where fast; GPUs without bf16: fp16, loss-scaled)
     optimizer: str = "adam"  # adam | sgd (plain SGD, as in the exploding-gradient papers)
     lr: float = 3e-3  # peak learning rate (after warm-up)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's beta1, beta2
@@ -199,7 +199,7 @@ class Config:
         _choice("model.init", m.init, INITS)
         _choice("train.schedule", t.schedule, ("warmup_decay", "plateau", "constant"))
         _choice("train.decay", t.decay, ("cosine", "linear", "inverse_sqrt"))
-        _choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
+        _choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice("train.sampling_schedule", t.sampling_schedule, ("none", "linear", "inverse_sigmoid"))
         _choice("data.corpus", d.corpus, ("tatoeba", "libreoffice", "bible", "files"))
         _choice("data.spm_model_type", d.spm_model_type, ("unigram", "bpe"))

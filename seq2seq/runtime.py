@@ -45,9 +45,12 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: plain fp32). ``auto`` takes bf16 where the hardware computes it fast."""
+    """The autocast dtype (None: plain fp32). ``auto`` takes bf16 where the hardware computes it
+    fast, and fp16 on GPUs without bf16 (training then scales the loss: see :func:`loss_scaler`)."""
     if name == "fp32":
         return None
+    if name == "fp16" or (name == "auto" and device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
     fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
     if name == "bf16" or fast:
         if device.type == "cpu":
@@ -67,8 +70,16 @@ def serving_precision(requested: str, recorded: str | None, device: torch.device
 
 
 def precision_name(amp_dtype: torch.dtype | None) -> str:
-    """``"bf16"`` or ``"fp32"``: how a resolved precision is written in checkpoints and results."""
-    return "bf16" if amp_dtype == torch.bfloat16 else "fp32"
+    """``"bf16"``, ``"fp16"`` or ``"fp32"``: how a resolved precision is written in checkpoints and results."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
+
+
+def loss_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """fp16's gradients underflow where bf16's (fp32's exponent range) do not: under fp16 the
+    loss is multiplied by a scale before backward and the gradients divided by it before the
+    update, and a step whose scaled gradient overflowed is skipped with the scale halved
+    (Micikevicius et al. 2018). Disabled, the scaler passes everything through."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:

@@ -298,3 +298,26 @@ def test_resuming_at_another_precision_or_number_of_processes_is_refused(tmp_pat
         check_resumable(last, load_checkpoint(last), "fp32", 2)  # torchrun with 2 ranks: twice the batch per step
     session = load_checkpoint(last)["sessions"][0]
     assert session["precision"] == "fp32" and session["processes"] == 1 and session["torch_version"]
+
+
+def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale(tmp_path, monkeypatch):
+    from seq2seq.runtime import pick_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a GPU without bf16
+    assert pick_precision("auto", torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_precision("auto", torch.device("cuda")) == torch.bfloat16
+
+    trainer = _trainer(tmp_path, precision="fp16", max_steps=20)  # fp16 autocast runs on the CPU too
+    assert trainer.scaler.is_enabled()
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # far too large: the first steps overflow
+    progress = trainer.train()
+    assert progress.step == 20 and math.isfinite(trainer.progress.best_score)
+    scale = trainer.scaler.get_scale()
+    assert scale < 2.0**40  # halved on every overflow, the skipped steps not applied
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["precision"] == "fp16" and ckpt["scaler"]["scale"] == scale
+    resumed = _trainer(tmp_path, precision="fp16", max_steps=20)
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    assert resumed.scaler.get_scale() == scale

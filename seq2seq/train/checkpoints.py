@@ -8,6 +8,7 @@ and it is read with ``weights_only=True``.
 from __future__ import annotations
 
 import io
+import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,27 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     buffer = io.BytesIO()  # serialised in memory: a failed disk write is then a plain OSError
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     return atomic_write(path, buffer.getbuffer())
+
+
+def rng_state() -> dict[str, Any]:
+    """The random generators a resumed run must continue: torch's (and CUDA's) and Python's."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate wants tuples; a checkpoint round trip may turn them into lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:

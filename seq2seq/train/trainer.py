@@ -11,7 +11,6 @@ checkpoints and exact resumption (refused where precision or world size would ch
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,9 +24,16 @@ from seq2seq import provenance
 from seq2seq.config import TrainConfig
 from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
-from seq2seq.runtime import autocast, pick_device, pick_precision, precision_name
+from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
-from seq2seq.train.checkpoints import keep_step, load_checkpoint, load_weights, save_checkpoint
+from seq2seq.train.checkpoints import (
+    keep_step,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from seq2seq.train.distributed import Dist, collective_failed, current
 from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_resumable, non_finite_parameter
 from seq2seq.train.gradients import gradient_flow
@@ -83,6 +89,7 @@ class Trainer:
         self.validate_fn, self.checkpoint_extra = validate, checkpoint_extra
         params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = make_optimizer(params, cfg)
+        self.scaler = loss_scaler(self.device, self.amp_dtype)  # fp16: loss scaling; otherwise a pass-through
         self.loss = objective.terms if objective else loss or self.sequence_loss  # (output, batch) -> loss terms
         self.schedule = LRSchedule(self.optimizer, cfg)
         self.progress = Progress()
@@ -124,15 +131,13 @@ class Trainer:
                 f"from it with the same command")
 
     def _write_checkpoint(self, path: Path) -> None:
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         save_checkpoint(path, {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "progress": asdict(self.progress),
-            "rng": rng,
+            "rng": rng_state(),
             "precision": precision_name(self.amp_dtype),  # what evaluation and the tools run at
             "sessions": self.sessions,
             **self.checkpoint_extra,
@@ -147,14 +152,12 @@ class Trainer:
             check_resumable(path, ckpt, precision_name(self.amp_dtype), self.dist.world)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt.get("scaler") or {})
         self.schedule.load_state_dict(ckpt["schedule"])
         self.progress = Progress(**ckpt["progress"])
         self.sessions = list(ckpt.get("sessions", []))
         self._saved = {"last": self.progress.step} if Path(path) == self.checkpoint_path("last") else {}
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        random.setstate(_as_tuple(ckpt["rng"]["python"]))
-        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        set_rng_state(ckpt["rng"])
 
     def record(self) -> dict[str, Any]:
         """What trained this run (see :mod:`seq2seq.provenance`) and the plan it followed, for results.json."""
@@ -231,12 +234,14 @@ class Trainer:
         counts = self.dist.sum(torch.tensor([float(t.count) for t in terms], dtype=torch.float64)).tolist()
         loss = sum(t.total / max(c, 1.0) for t, c in zip(terms, counts)) * self.dist.world
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clipping and the norm see the true gradient
         limit = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")  # inf: measure, do not clip
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), limit))
         value = loss.item() / self.dist.world
         if math.isfinite(value) and math.isfinite(grad_norm):  # the norm is global: all ranks agree on it
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+        self.scaler.update()  # fp16: an overflow halves the scale (that step was skipped above)
         # after the update, so that a signal during it stops the run at this step's end
         shared = self.dist.sum(torch.tensor([value, batch.num_tokens(), batch.size, float(self.signals.requested)],
                                             dtype=torch.float64)).tolist()
@@ -349,7 +354,7 @@ class Trainer:
                     p.clipped_steps += clipped
                     window.add(loss, grad_norm, clipped, step.tokens, dt)
                     self._tick()
-                    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    if not (math.isfinite(loss) and (math.isfinite(grad_norm) or self.scaler.is_enabled())):
                         self.tracker.log(window.stats(), step=p.step)  # the explosion stays visible in W&B
                         what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
                         raise FloatingPointError(f"training {what} at step {p.step} (not applied to the weights)"
@@ -399,8 +404,3 @@ class Trainer:
             self.signals.restore()
             self.display.close()
         return p
-
-
-def _as_tuple(value: Any) -> Any:
-    """random.setstate wants tuples; a checkpoint round trip may turn them into lists."""
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
