@@ -107,6 +107,7 @@ class ModelConfig:
     context_gate: bool = False  # scale the attention context by a learned scalar gate (Show, Attend and Tell)
     recurrent_gain: float | None = None  # None: PyTorch's init; g: recurrent matrices orthogonal times g
     forget_bias: float | None = 1.0  # LSTM layers' forget-gate bias at init (Gers et al. 2000); None: PyTorch's, near 0
+    rnn_impl: str = "torch"  # torch (PyTorch's kernels) | explicit (BPTT written out: seq2seq/models/recurrence.py)
     attention_scale: bool = False  # luong: divide the scores by sqrt(dec_hidden), as scaled dot-product attention
     attention_fp32: bool = False  # compute attention keys and scores in float32 under bf16 autocast
 
@@ -197,6 +198,7 @@ class Config:
         _choice("model.dec_cell", m.dec_cell, CELLS)
         _choice("model.attention", m.attention, ATTENTIONS)
         _choice("model.init", m.init, INITS)
+        _choice("model.rnn_impl", m.rnn_impl, ("torch", "explicit"))
         _choice("train.schedule", t.schedule, ("warmup_decay", "plateau", "constant"))
         _choice("train.decay", t.decay, ("cosine", "linear", "inverse_sqrt"))
         _choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))

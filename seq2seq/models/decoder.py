@@ -34,6 +34,7 @@ forcing; Bahdanau, input feeding and scheduled sampling go step by step.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 
 from seq2seq.models.attention import make_attention
 from seq2seq.models.memory import Memory
+from seq2seq.models.recurrence import ExplicitRNN
 from seq2seq.models.rnn import Dropout, Linear, RNNState, make_rnn, select_state, top_hidden
 from seq2seq.tokenizers import PAD
 
@@ -66,7 +68,7 @@ class RNNDecoder(nn.Module):
                  attention_dim: int = 256, input_feeding: bool = False, init: str = "bridge",
                  readout_dim: int = 256, tied_embeddings: bool = False, context_gate: bool = False,
                  recurrent_gain: float | None = None, forget_bias: float | None = None, enc_layers: int = 1,
-                 attention_scale: bool = False, attention_fp32: bool = False):
+                 attention_scale: bool = False, attention_fp32: bool = False, rnn_impl: str = "torch"):
         super().__init__()
         if input_feeding and not attention.startswith("luong"):
             raise ValueError("input feeding applies to Luong attention only")
@@ -88,7 +90,7 @@ class RNNDecoder(nn.Module):
         # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
         ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)
         self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout,
-                            recurrent_gain=recurrent_gain, forget_bias=forget_bias)
+                            recurrent_gain=recurrent_gain, forget_bias=forget_bias, impl=rnn_impl)
         bridges = init == "bridge"  # one projection per layer for h, and for c (LSTM)
         self.bridge = nn.ModuleList(Linear(summary_dim, hidden) for _ in range(layers)) if bridges else None
         self.cell_bridge = nn.ModuleList(Linear(summary_dim, hidden) for _ in range(layers)) \
@@ -237,6 +239,17 @@ class RNNDecoder(nn.Module):
         # step by step, but what does not feed back runs once over all steps: the embeddings, the
         # output layer and (Bahdanau) the readout; with input feeding, h~ is part of the recurrence
         outs, ctxs, steps_weights = [], [], []  # per step (batch, 1, .)
+        with self.rnn.unrolled() if isinstance(self.rnn, ExplicitRNN) else nullcontext():  # one W_hh gradient
+            self._steps(emb, state, memory, outs, ctxs, steps_weights)
+        weights = torch.cat(steps_weights, dim=1)  # (batch, tgt_len, mem_len)
+        if self.input_feeding:
+            return self._logits(torch.cat(outs, dim=1)), weights
+        pre, _ = self._pre_output(torch.cat(outs, dim=1), emb, torch.cat(ctxs, dim=1), memory, None)
+        return self._logits(pre), weights
+
+    def _steps(self, emb: Tensor, state: DecoderState, memory: Memory, outs: list[Tensor], ctxs: list[Tensor],
+               steps_weights: list[Tensor]) -> None:
+        """The teacher-forced steps of :meth:`forward`, appending each step's output, context and weights."""
         for emb_t in emb.unbind(1):  # one backward node for all steps (slices would make one each)
             emb_t = emb_t.unsqueeze(1)  # (batch, 1, emb)
             if self.input_feeding:
@@ -248,11 +261,6 @@ class RNNDecoder(nn.Module):
                 outs.append(out)
                 ctxs.append(ctx)
             steps_weights.append(weights)
-        weights = torch.cat(steps_weights, dim=1)  # (batch, tgt_len, mem_len)
-        if self.input_feeding:
-            return self._logits(torch.cat(outs, dim=1)), weights
-        pre, _ = self._pre_output(torch.cat(outs, dim=1), emb, torch.cat(ctxs, dim=1), memory, None)
-        return self._logits(pre), weights
 
     def _sampled(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
                  teacher_forcing: float) -> tuple[Tensor, Tensor | None]:

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.models.backbones import BackboneError, blocks, build_backbone, fold_batch_norms, load_weights
 from seq2seq.models.memory import Memory
+from seq2seq.models.recurrence import ExplicitRNN
 from seq2seq.models.rnn import Dropout, make_rnn
 from seq2seq.tokenizers import PAD
 
@@ -25,12 +26,13 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden: int, cell: str = "gru", layers: int = 1,
                  bidirectional: bool = True, dropout: float = 0.0, input_dim: int | None = None,
-                 recurrent_gain: float | None = None, forget_bias: float | None = None):
+                 recurrent_gain: float | None = None, forget_bias: float | None = None, rnn_impl: str = "torch"):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD) if input_dim is None \
             else nn.Linear(input_dim, emb_dim)
         self.dropout = Dropout(dropout)
-        self.rnn = make_rnn(cell, emb_dim, hidden, layers, dropout, bidirectional, recurrent_gain, forget_bias)
+        self.rnn = make_rnn(cell, emb_dim, hidden, layers, dropout, bidirectional, recurrent_gain, forget_bias,
+                            rnn_impl)
         self.directions = 2 if bidirectional else 1
         self.layers = layers  # final states handed to the decoder (Memory.layers)
         self.output_dim = hidden * self.directions  # size of each memory vector and of the summary
@@ -48,7 +50,9 @@ class TextEncoder(nn.Module):
         if int(src_lens.min()) < 1:
             raise ValueError("every source sentence needs at least one token (an empty line was batched)")
         emb = self.dropout(self.embed(src))  # (batch, src_len, emb_dim)
-        if bool((src_lens == src.size(1)).all()):
+        if isinstance(self.rnn, ExplicitRNN):  # padding is masked, not packed
+            states, final = self.rnn(emb, None, self.mask(src, src_lens))
+        elif bool((src_lens == src.size(1)).all()):
             # no padding (length-bucketed batches mostly have none): skip packing, whose backward
             # on the CPU grows with the square of the length for GRU and tanh RNN layers
             states, final = self.rnn(emb)

@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seq2seq.models.recurrence import ExplicitRNN
+
 RNNState = Tensor | tuple[Tensor, Tensor]  # (layers*dirs, batch, hidden), LSTM: (h, c)
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
              bidirectional: bool = False, recurrent_gain: float | None = None,
-             forget_bias: float | None = None) -> nn.RNNBase:
+             forget_bias: float | None = None, impl: str = "torch") -> nn.Module:
     """A batch-first multi-layer recurrent layer; ``cell`` is rnn (tanh), gru or lstm.
 
     ``recurrent_gain`` g replaces PyTorch's uniform init of each recurrent matrix (each gate's
@@ -25,6 +27,9 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: 
     (2000) and Jozefowicz et al. (2015) start it at 1. PyTorch adds two biases (``bias_ih`` and
     ``bias_hh``); b goes into the first and the second's forget block is zeroed, so the
     effective bias is b exactly (JoeyNMT fills both with b, which makes it 2b).
+
+    ``impl`` ``explicit`` runs the same parameters through the written-out BPTT of
+    :mod:`seq2seq.models.recurrence` instead of PyTorch's kernels.
     """
     kinds = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
     if cell not in kinds:
@@ -43,6 +48,10 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: 
             for name, bias in rnn.named_parameters():  # gates in PyTorch's order: input, forget, cell, output
                 if name.startswith("bias_"):
                     bias[hidden:2 * hidden] = forget_bias if name.startswith("bias_ih") else 0.0
+    if impl == "explicit":
+        return ExplicitRNN(rnn)
+    if impl != "torch":
+        raise ValueError(f"unknown recurrence {impl!r}; choose torch or explicit")
     return rnn
 
 

@@ -29,7 +29,7 @@ from seq2seq.models.memory import Memory
 from seq2seq.models.model import Output, Regressor, Seq2Seq
 
 LENGTH_BUCKETS = ((1, 9), (10, 19), (20, 39), (40, 79), (80, 159), (160, 10**9))  # source tokens
-_CELLS = {nn.RNN: torch.rnn_tanh_cell, nn.GRU: torch.gru_cell, nn.LSTM: torch.lstm_cell}
+_CELLS = {"RNN_TANH": torch.rnn_tanh_cell, "GRU": torch.gru_cell, "LSTM": torch.lstm_cell}  # by rnn.mode
 
 
 @dataclass
@@ -59,8 +59,8 @@ def unrolled_encoder(encoder: TextEncoder, src: Tensor, src_lens: Tensor) -> tup
     and the forward direction's top-layer hidden states, one (batch, hidden) tensor per position,
     each a node of the graph whose gradient is the total ``dL/dh_t``."""
     rnn = encoder.rnn
-    cell = _CELLS[type(rnn)]
-    lstm = isinstance(rnn, nn.LSTM)
+    cell = _CELLS[rnn.mode]
+    lstm = rnn.mode == "LSTM"
     batch, length = src.shape[:2]
     mask = encoder.mask(src, src_lens)  # (batch, src_len)
     valid = mask.unsqueeze(-1)
