@@ -23,7 +23,7 @@ row "device" "$device, torch $($PY -c 'import torch; print(torch.__version__)')"
 
 echo "[1/5] benchmark" >&2
 $PY tools/benchmark.py --steps 30 --test-sentences 200 > "$OUT/benchmark.txt" 2> "$OUT/benchmark.log"
-while IFS= read -r line; do row "benchmark" "$line"; done < <(grep -iE "tokens/s|GFLOP|utilisation|sentences/s|precision" "$OUT/benchmark.txt" | head -8)
+while IFS= read -r line; do row "benchmark" "$line"; done < <(grep -E "^(device|precision|train_tokens_per_second|train_gflops|matmul_compute|train_utilisation|greedy_sent|beam5_sent)" "$OUT/benchmark.txt")
 
 echo "[2/5] translation: $STEPS steps" >&2
 $PY experiments/translate.py --run-dir "$OUT/translate" train.time_budget=null "train.max_steps=$STEPS" \
@@ -34,7 +34,7 @@ row "translation training" "$(summary "$OUT/translate/results.json" \
 echo "[3/5] the translate tool" >&2
 start=$(date +%s.%N)
 out=$(printf 'I am cold.\nWhere is the station?\n' | $PY tools/translate.py "$OUT/translate" 2> "$OUT/translate_tool.log")
-row "seq2seq-translate" "$(echo "$out" | wc -l) lines in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5) s: $(echo "$out" | head -1)"
+row "seq2seq-translate" "$(echo "$out" | wc -l) lines in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5) s: $(echo "$out" | head -1 | cut -c1-80)"
 
 echo "[4/5] captioning: $(( STEPS * 2 / 3 )) steps" >&2
 $PY experiments/caption.py --run-dir "$OUT/caption" train.time_budget=null "train.max_steps=$(( STEPS * 2 / 3 ))" \
@@ -54,7 +54,7 @@ for i, colour in enumerate(["red", "gold", "green", "blue"]):
 EOF
 start=$(date +%s.%N)
 caps=$($PY tools/caption.py "$OUT/caption" "$OUT/images" 2> "$OUT/caption_tool.log")
-row "seq2seq-caption" "$(echo "$caps" | wc -l) images in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5) s: $(echo "$caps" | head -1)"
+row "seq2seq-caption" "$(echo "$caps" | wc -l) images in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5) s: $(echo "$caps" | head -1 | cut -c1-100)"
 
 echo
 echo "| check | result |"

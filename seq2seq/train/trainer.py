@@ -250,7 +250,8 @@ class Trainer:
 
     def probe_gradient_flow(self, batch: Batch) -> None:
         """Measure and log the gradient flow on ``batch`` at the current weights (see seq2seq.train.gradients)."""
-        flow = gradient_flow(self.model, batch.inputs, batch.tgt_in, lambda out: mean_loss(self.loss(out, batch)))
+        loss = self.sequence_loss if self.objective else self.loss  # the probe runs the model, not the objective
+        flow = gradient_flow(self.model, batch.inputs, batch.tgt_in, lambda out: mean_loss(loss(out, batch)))
         step = self.progress.step
         self.tracker.log(flow.scalars(), step=step)
         if flow.by_distance:
