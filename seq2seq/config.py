@@ -227,6 +227,9 @@ class Config:
         _choice("train.objective", t.objective, ("xent", "scst", "mrt"))
         _choice("train.reward", t.reward, ("auto", "bleu", "chrf", "bleu4", "cider"))
         _choice("train.scst_baseline", t.scst_baseline, ("mean", "greedy"))
+        if not (t.mrt_alpha > 0 and t.xent_weight >= 0):
+            raise ConfigError(f"train.mrt_alpha must be positive and train.xent_weight at least 0, "
+                              f"got {t.mrt_alpha} and {t.xent_weight}")
         if t.objective != "xent" and not t.init_from:
             raise ConfigError(f"train.objective={t.objective} fine-tunes a trained model: "
                               f"set train.init_from=CHECKPOINT")

@@ -49,9 +49,10 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     fast, and fp16 on GPUs without bf16 (training then scales the loss: see :func:`loss_scaler`)."""
     if name == "fp32":
         return None
-    if name == "fp16" or (name == "auto" and device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if name == "fp16" or (name == "auto" and device.type == "cuda" and not native_bf16):
         return torch.float16
-    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
+    fast = native_bf16 if device.type == "cuda" else _cpu_has_fast_bf16()
     if name == "bf16" or fast:
         if device.type == "cpu":
             # oneDNN keeps the kernels it compiled for the last 1,024 shapes by default; a run's

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from seq2seq.models.decoder import RNNDecoder
 from seq2seq.models.memory import Memory
-from seq2seq.tokenizers import BOS, EOS
+from seq2seq.tokenizers import BOS, EOS, PAD
 
 
 @dataclass
@@ -153,9 +153,11 @@ def sample(decoder: RNNDecoder, memory: Memory, k: int, max_len: int) -> list[Hy
     prev = torch.full((n,), BOS, dtype=torch.long, device=rows.device)
     steps_tok, steps_lp = [], []
     alive = torch.ones(n, dtype=torch.bool, device=rows.device)
+    never = torch.tensor([PAD, BOS], device=rows.device)
     for _ in range(max_len):
         logits, state, _ = decoder.step(prev, state, memory)
-        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (batch*k, vocab)
+        logits = logits.float().index_fill_(1, never, float("-inf"))  # padding and start are never outputs
+        logp = torch.log_softmax(logits, dim=-1)  # (batch*k, vocab)
         prev = torch.multinomial(logp.exp(), 1).squeeze(1)  # (batch*k,)
         steps_tok.append(prev)
         steps_lp.append(logp.gather(1, prev.unsqueeze(1)).squeeze(1) * alive)  # nothing after the end token

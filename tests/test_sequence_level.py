@@ -126,3 +126,11 @@ def test_scst_fine_tunes_a_trained_run_and_says_so(toy_run, tmp_path):
         [(toy_run / "tokenizers" / n).read_bytes() for n in tokenizers]  # the starting model's tokenizers
     logged = [json.loads(line) for line in (tmp_path / "scst" / "metrics.jsonl").read_text().splitlines()]
     assert any("train/reward" in r and "train/reward_baseline" in r for r in logged)
+
+
+def test_starting_from_a_model_trained_with_other_tokenizers_is_one_line(toy_run, tmp_path):
+    from seq2seq.train.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="trained with other tokenizers"):
+        toy_translation(tmp_path / "joint", "data.joint_vocab=true", f"train.init_from={toy_run}",
+                        "train.max_steps=5")

@@ -95,6 +95,7 @@ class Recurrence(torch.autograd.Function):
                     outputs[:, t] = h_new * real
         ctx.save_for_backward(w, h_prev, acts, mask)
         ctx.cell, ctx.reverse, ctx.gi_dtype, ctx.w_dtype, ctx.tap = cell, reverse, gi.dtype, w_hh.dtype, tap
+        ctx.b_dtype = b_hh.dtype
         return outputs, h, c
 
     @staticmethod
@@ -143,7 +144,7 @@ class Recurrence(torch.autograd.Function):
         d_gi = d_gi.transpose(0, 1).to(ctx.gi_dtype)  # (batch, steps, gates*H)
         # the shared weights' gradient: every step's outer product summed in one product
         flat, h_flat = d_gh.reshape(steps * batch, -1), h_prev.reshape(steps * batch, H)
-        d_b = flat.sum(dim=0).to(ctx.w_dtype)
+        d_b = flat.sum(dim=0).to(ctx.b_dtype)
         if ctx.tap is not None:  # the tap sums them with the other calls' (see ExplicitRNN.unrolled)
             ctx.tap.leave(flat, h_flat)
             return d_gi, dh, dc, None, d_b, None, None, None, None, None

@@ -266,8 +266,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         cnn = [p for p in encoder.cnn.parameters() if p.requires_grad]
         rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.cnn.")]
         groups = [{"params": rest}, {"params": cnn, "lr_scale": cfg.image.finetune_lr_scale}]
-    objective = make_objective(cfg.train, model, tokenizer, cfg.captions.max_len + 1, "cider",
-                               [ex.captions for ex in corpus.train])
+    objective = make_objective(cfg.train, model, tokenizer, cfg.captions.max_len + 1, "cider",  # df: as decoded
+                               [tokenizer.decode(tokenizer.encode(ex.captions)) for ex in corpus.train])
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, param_groups=groups,
                       objective=objective)
     log(f"model: {model.num_parameters():,} trainable parameters on {device}{' with bf16 autocast' if amp else ''}")

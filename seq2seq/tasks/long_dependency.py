@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seq2seq.config import Config, SyntheticConfig
+from seq2seq.config import Config, ConfigError, SyntheticConfig
 from seq2seq.data.batching import SourceBatch, TextBatch
 from seq2seq.experiment import log
 from seq2seq.models.model import LossSum, Regressor, Seq2Seq, build_text_encoder, build_translation_model
@@ -154,6 +154,9 @@ def solved(cfg: SyntheticConfig, scores: dict[str, float]) -> bool:
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train on generated batches within the step budget, then score the fixed test set."""
     t0 = time.monotonic()
+    if cfg.train.objective != "xent":
+        raise ConfigError(f"train.objective={cfg.train.objective} trains translation and captioning models; "
+                          f"the long-dependency tasks train with cross-entropy or MSE")
     seed_everything(cfg.train.seed)
     task = cfg.synthetic
     model = build_model(cfg)

@@ -183,11 +183,17 @@ def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str,
     return Trained(model, cfg, tokenizers, ckpt.get("precision"))
 
 
-def load_weights(model: nn.Module, path: str | Path) -> Path:
-    """Start ``model`` from the weights of a checkpoint or run folder (``train.init_from``);
-    weights that do not fit it are one CheckpointError naming the first misfit."""
+def load_weights(model: nn.Module, path: str | Path, tokenizers: dict[str, Any] | None = None) -> Path:
+    """Start ``model`` from the weights of a checkpoint or run folder (``train.init_from``).
+    Weights that do not fit it, or that were trained with other ``tokenizers`` (refs as
+    :func:`tokenizer_refs` writes them), are one CheckpointError."""
     ckpt_path = resolve_checkpoint(path)
-    weights, own = load_checkpoint(ckpt_path)["model"], model.state_dict()
+    ckpt = load_checkpoint(ckpt_path)
+    theirs = sorted(ref["sha256"] for ref in ckpt.get("tokenizers", {}).values())
+    if tokenizers is not None and theirs and theirs != sorted(ref["sha256"] for ref in tokenizers.values()):
+        raise CheckpointError(f"train.init_from={path}: it was trained with other tokenizers than this run's "
+                              f"(a run that starts from it takes its tokenizers: use the same data options)")
+    weights, own = ckpt["model"], model.state_dict()
     for name in sorted(set(weights) | set(own)):
         if name not in weights or name not in own or weights[name].shape != own[name].shape:
             found = tuple(weights[name].shape) if name in weights else "nothing"

@@ -15,6 +15,8 @@ train on what the model itself produces, scored by the test metric:
   ``Q(y_i) = p(y_i)^alpha / sum_j p(y_j)^alpha``, per input.
 
 Both fine-tune a trained model (``train.init_from``): a random model's samples all score 0.
+A sample's reference is its batch row's target: one reference, also in captioning, whose
+batches pair an image with one of its captions.
 The outputs are drawn without gradient (:func:`seq2seq.search.sample`), then scored by the
 decoder teacher-forced in one pass, which is where the gradient flows. :class:`SequenceLevel`
 wraps the model as the module a training step runs, so DistributedDataParallel averages its

@@ -152,7 +152,8 @@ class Trainer:
             check_resumable(path, ckpt, precision_name(self.amp_dtype), self.dist.world)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt.get("scaler") or {})
+        if ckpt.get("scaler"):  # fp16 runs' loss scale (a disabled scaler saves nothing)
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.progress = Progress(**ckpt["progress"])
         self.sessions = list(ckpt.get("sessions", []))
@@ -307,7 +308,8 @@ class Trainer:
             self.resume(last)
             self.log(f"resuming from {last} at step {self.progress.step}")
         elif self.cfg.init_from:
-            self.log(f"starting from the weights of {load_weights(self.model, self.cfg.init_from)} (a fresh optimiser)")
+            path = load_weights(self.model, self.cfg.init_from, self.checkpoint_extra.get("tokenizers"))
+            self.log(f"starting from the weights of {path} (a fresh optimiser)")
         progress = self.train()
         self.log(f"training stopped at step {progress.step}: {progress.stop_reason}")
         self.dist.barrier()  # every rank then reads the checkpoints rank 0 wrote
@@ -355,7 +357,9 @@ class Trainer:
                     p.clipped_steps += clipped
                     window.add(loss, grad_norm, clipped, step.tokens, dt)
                     self._tick()
-                    if not (math.isfinite(loss) and (math.isfinite(grad_norm) or self.scaler.is_enabled())):
+                    # fp16: an overflowing step is skipped and the scale halved; below 1 the run has diverged
+                    overflow = self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0
+                    if not (math.isfinite(loss) and (math.isfinite(grad_norm) or overflow)):
                         self.tracker.log(window.stats(), step=p.step)  # the explosion stays visible in W&B
                         what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
                         raise FloatingPointError(f"training {what} at step {p.step} (not applied to the weights)"
