@@ -193,15 +193,22 @@ def load_weights(model: nn.Module, path: str | Path, tokenizers: dict[str, Any] 
     if tokenizers is not None and theirs and theirs != sorted(ref["sha256"] for ref in tokenizers.values()):
         raise CheckpointError(f"train.init_from={path}: it was trained with other tokenizers than this run's "
                               f"(a run that starts from it takes its tokenizers: use the same data options)")
-    weights, own = ckpt["model"], model.state_dict()
+    try:  # through the model's load hooks, which read older layouts
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise CheckpointError(f"train.init_from={path}: its weights do not fit this model "
+                              f"({_first_misfit(ckpt['model'], model.state_dict())})") from None
+    return ckpt_path
+
+
+def _first_misfit(weights: dict[str, Any], own: dict[str, Any]) -> str:
+    """The first weight that is missing on one side or shaped otherwise, in words."""
     for name in sorted(set(weights) | set(own)):
         if name not in weights or name not in own or weights[name].shape != own[name].shape:
             found = tuple(weights[name].shape) if name in weights else "nothing"
             wanted = tuple(own[name].shape) if name in own else "nothing"
-            raise CheckpointError(f"train.init_from={path}: its weights do not fit this model ({name}: "
-                                  f"{found} in the checkpoint, {wanted} in the model)")
-    model.load_state_dict(weights)
-    return ckpt_path
+            return f"{name}: {found} in the checkpoint, {wanted} in the model"
+    return "the weights differ"
 
 
 def take_init_tokenizers(path: str | Path, run_dir: Path) -> None:
