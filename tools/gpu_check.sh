@@ -21,6 +21,22 @@ summary() { $PY -c 'import json, sys; print(sys.argv[2].format(**json.load(open(
 device=$($PY -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU: CPU")')
 row "device" "$device, torch $($PY -c 'import torch; print(torch.__version__)')"
 
+# The process group a data-parallel run makes here, and one collective on each kind of tensor
+# (in one process: with one GPU, NCCL's half is checked for its routing, not its transport).
+row "process group" "$($PY - <<'PY'
+import os, torch, torch.distributed as dist
+from seq2seq.train.distributed import backend
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29512")
+groups = backend("auto")
+dist.init_process_group(groups, rank=0, world_size=1)
+tensors = [torch.ones(2)] + ([torch.ones(2, device="cuda")] if torch.cuda.is_available() else [])
+for t in tensors:
+    dist.all_reduce(t)
+print(groups + ": all_reduce on " + ", ".join(str(t.device) for t in tensors))
+dist.destroy_process_group()
+PY
+)"
+
 echo "benchmark" >&2
 $PY tools/benchmark.py --steps 30 --test-sentences 200 > "$OUT/benchmark.txt" 2> "$OUT/benchmark.log"
 while IFS= read -r line; do row "benchmark" "$line"; done < <(grep -E "^(device|precision|train_tokens_per_second|train_gflops|matmul_compute|train_utilisation|greedy_sent|beam5_sent)" "$OUT/benchmark.txt")
@@ -33,9 +49,9 @@ train() {  # NAME SCRIPT STEPS FORMAT: a short training run and its results.json
 }
 timed() {  # NAME COMMAND...: the command's output lines, wall time and first line in one row
     local start out
-    start=$(date +%s.%N)
+    start=$(date +%s%N)
     out=$("${@:2}" 2> "$OUT/$1.log")
-    row "$1" "$(echo "$out" | wc -l) lines in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5) s: $(echo "$out" | head -1 | cut -c1-100)"
+    row "$1" "$(echo "$out" | wc -l) lines in $(( ($(date +%s%N) - start) / 1000000 )) ms: $(echo "$out" | head -1 | cut -c1-100)"
 }
 
 train translate translate.py "$STEPS" \
