@@ -13,7 +13,7 @@ from seq2seq.study.runner import describe_runs
 
 def _study(tmp_path, name="tiny", **fields):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(fields), encoding="utf-8")
+    path.write_text(yaml.safe_dump(fields, sort_keys=False), encoding="utf-8")
     return load_study(path)
 
 
@@ -243,6 +243,12 @@ def test_a_decode_study_reuses_a_trained_model_and_notices_when_it_moves(toy_run
     ({"task": "decode", "runs": {"a": []}}, "needs 'model'"),
     ({"runs": {"a": ["model.attention=dot"]}, "budget": {"max_steps": 10}}, "run a: model.attention='dot'"),
     ({"runs": {"a": []}, "budget": {"max_steps": 10}, "summary": {"plots": ["pie"]}}, "unknown plot(s) pie"),
+    ({"runs": {"b": {"average": "a", "last": 2}, "a": []}, "budget": {"max_steps": 10}}, "not a run above"),
+    ({"runs": {"a": [], "b": {"ensemble": "a"}}, "budget": {"max_steps": 10}}, "give 'seeds'"),
+    ({"runs": {"a": [], "b": {"average": "a", "last": 0}}, "budget": {"max_steps": 10}}, "'last' must be"),
+    ({"runs": {"a": [], "b": {"average": "a", "last": 1}, "c": {"average": "b", "last": 1}},
+      "budget": {"max_steps": 10}}, "cannot average 'b', an average itself"),
+    ({"runs": {"a": [], "b": {"from": "a", "last": 1}}, "budget": {"max_steps": 10}}, "must be a list of overrides"),
 ])
 def test_bad_study_files_are_one_line(tmp_path, fields, message):
     with pytest.raises(ConfigError) as err:
@@ -327,3 +333,52 @@ def test_in_a_grid_each_run_is_tested_against_the_baseline_at_its_own_point(tmp_
     assert plain.baseline_of("lstm") == "gru" and plain.baseline_of("gru") is None
     with pytest.raises(ConfigError, match="baseline 'rnn' is not one of its runs"):
         _study(tmp_path, runs={"gru": []}, grid={"train.lr": [0.1]}, budget={"max_steps": 10}, baseline="rnn")
+
+
+def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
+    """Runs built from runs: each waits for its source, reads the same seed's folder (an ensemble
+    every seed's), is tested against the baseline, is skipped when done and is changed when a
+    checkpoint it read changes."""
+    import json
+
+    root = tmp_path / "studies"
+    study = _study(tmp_path, task="translation", seeds=[1, 2], baseline="single", budget={"max_steps": 20},
+                   overrides=toy_overrides(tmp_path, "train.valid_every=10", "train.keep_checkpoints=2"),
+                   runs={"single": [], "averaged": {"average": "single", "last": 2},
+                         "tuned": {"from": "averaged", "overrides": ["train.lr=0.001"], "budget": {"max_steps": 10}},
+                         "ensemble": {"ensemble": "averaged"}})
+    states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
+    assert states == {"single/seed-1": "pending", "single/seed-2": "pending", "averaged/seed-1": "waiting",
+                      "averaged/seed-2": "waiting", "tuned/seed-1": "waiting", "tuned/seed-2": "waiting",
+                      "ensemble": "waiting"}
+    logs = []
+    folder = run_study(study, root, log=logs.append)
+    assert all(state == "finished" for state in (line.split()[1] for line in describe_runs(study, root)[2:]))
+    averaged = json.loads((folder / "averaged" / "seed-2" / "results.json").read_text())
+    assert averaged["stage"] == "average" and (folder / "averaged" / "seed-2" / "checkpoints" / "averaged.pt").is_file()
+    assert [p.rsplit("/", 3)[1:] for p in averaged["read"]] == [["seed-2", "checkpoints", "step-10.pt"],
+                                                                ["seed-2", "checkpoints", "step-20.pt"]]
+    tuned = json.loads((folder / "tuned" / "seed-1" / "results.json").read_text())
+    assert tuned["train_steps"] == 10 and tuned["budget"] == {"max_steps": 10}
+    assert yaml.safe_load((folder / "tuned" / "seed-1" / "config.yaml").read_text())["train"]["init_from"] == \
+        str(root / "tiny" / "averaged" / "seed-1")
+    ensemble = json.loads((folder / "ensemble" / "results.json").read_text())
+    assert ensemble["models"] == [str(folder / "averaged" / f"seed-{s}" / "checkpoints" / "averaged.pt")
+                                  for s in (1, 2)]
+    rows = {r["run"]: r for r in _summary_rows(folder)}
+    assert rows["ensemble"]["seeds"] == "1" and rows["ensemble"]["p_value"] and rows["tuned"]["p_value"]
+    seeds = {(r["run"], r["seed"]): r for r in _summary_rows(folder, "summary_seeds.csv")}
+    assert ("ensemble", "") in seeds and seeds[("averaged", "2")]["p_value"]
+    md = (folder / "summary.md").read_text()
+    assert "trained 20 steps" in md and "an ensemble of every seed of `averaged`" in md
+    assert "fine-tuned from `averaged` `train.lr=0.001` (its own budget: 10 training steps)" in md
+
+    logs.clear()
+    run_study(study, root, log=logs.append)  # nothing left to do
+    assert all(line.endswith("finished, skipped") for line in logs)
+    step = folder / "single" / "seed-1" / "checkpoints" / "step-20.pt"
+    ckpt = torch.load(step, weights_only=False)
+    next(iter(ckpt["model"].values())).add_(1.0)  # the source trained again: what was read is stale
+    torch.save(ckpt, step)
+    states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
+    assert states["averaged/seed-1"] == "changed" and states["averaged/seed-2"] == "finished"

@@ -19,6 +19,7 @@ plots, and a W&B run in the study's group.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,10 @@ def _seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds takes whole numbers separated by commas, got {text!r}") from None
 
 
-def prepare(name: str, budget: float | None = None, seeds: list[int] | None = None) -> Study:
-    """The study a command line describes: its file, then --budget and --seeds."""
-    study = load_study(name)
+def prepare(name: str, budget: float | None = None, seeds: list[int] | None = None,
+            root: Path = Path("studies")) -> Study:
+    """The study a command line describes: its file, then --budget, --seeds and --root."""
+    study = dataclasses.replace(load_study(name), root=root)
     if budget is not None:
         study = study.with_budget(budget)
     if seeds is not None:
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         set_threads(args.threads)
-    studies = [prepare(name, args.budget, args.seeds) for name in args.studies]  # every file checked first
+    studies = [prepare(name, args.budget, args.seeds, args.root) for name in args.studies]  # every file checked first
     names = {name for study in studies for spec in study.run_specs() for name in (spec.name, spec.folder)}
     unknown = [name for name in args.only or [] if name not in names]
     if unknown:  # before anything trains
@@ -132,7 +134,7 @@ def _on_cluster(args: argparse.Namespace, name: str, study: Study, only: list[st
     folder = args.root / study.folder
     todo = [s.folder for s in select(study, only or None)
             if run_state(study, s, folder / s.folder) in ("pending", "partial") or only]
-    study_args: dict[str, Any] = {"budget": args.budget, "seeds": args.seeds}
+    study_args: dict[str, Any] = {"budget": args.budget, "seeds": args.seeds, "root": args.root}
     failed = submit(study.path, args.root, study_args, todo, slurm_options(args.slurm), folder / "slurm", log) \
         if todo else []
     _summarise(study, args.root)

@@ -139,6 +139,8 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
         return welch_test(base.values(metric), run.values(metric)), {}
     pairs = {r.spec.seed: r for r in base.finished}
     matched = [(pairs[r.spec.seed], r) for r in run.finished if r.spec.seed in pairs]
+    if run.spec.seed is None and run.finished and None not in pairs:  # an ensemble against every seed's model
+        matched = [(b, run.finished[0]) for b in base.finished]
     if not matched:
         raise ValueError("no seed finished for both runs")
     refs = read_references(matched[0][0].folder)
@@ -148,7 +150,7 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
             raise ValueError(f"{s.folder / REFERENCES} is another test set than {b.folder / REFERENCES}")
         files = [scored_outputs(task, metric, x.results)[0] for x in (b, s)]  # type: ignore[index]
         hyps.append((read_lines(b.folder / files[0]), read_lines(s.folder / files[1])))
-    per_seed = {s.spec.seed: paired_test([h[0]], [h[1]], refs, scored[1]) for (b, s), h in zip(matched, hyps)}
+    per_seed = {b.spec.seed: paired_test([h[0]], [h[1]], refs, scored[1]) for (b, s), h in zip(matched, hyps)}
     pooled = paired_test([h[0] for h in hyps], [h[1] for h in hyps], refs, scored[1]) if len(hyps) > 1 \
         else next(iter(per_seed.values()))
     return pooled, per_seed

@@ -13,7 +13,7 @@ run's fault: the study stops with the one-line error and the run stays pending o
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -23,7 +23,6 @@ from typing import Any
 import yaml
 
 from seq2seq.config import Config, ConfigError, config_from_dict
-from seq2seq.data.fetch import sha256_of
 from seq2seq.experiment import (
     RunFinished,
     config_yaml,
@@ -37,24 +36,37 @@ from seq2seq.experiment import (
 )
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
+from seq2seq.study.stages import file_sha256, inputs, inputs_sha256, score_stage, sources, study_folder
 from seq2seq.study.summary import write_summary
 from seq2seq.train.checkpoints import CheckpointError
 from seq2seq.train.distributed import current, join
 from seq2seq.train.faults import RunFolderBusy
 from seq2seq.train.schedules import budget_of
 
-STATES = ("pending", "partial", "finished", "failed", "changed")
+STATES = ("pending", "partial", "finished", "failed", "changed", "waiting")
 RUN_FAILURES = (FloatingPointError, ConfigError)  # the run's own fault: recorded, the study goes on
 
 
 def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     """pending (never started), partial (started, resumable), finished (at exactly the study's
-    budget, or decoded with the model as it is now), failed (see error.txt), or changed (the
-    folder holds this run made with other options, another budget, or an older model)."""
+    budget, or decoded with the model as it is now), failed (see error.txt), changed (the
+    folder holds this run made with other options, another budget, or an older model), or
+    waiting (built from a run of the study that has not finished)."""
     if not same_run_config(run_dir, spec.config):
         return "changed"
     if (run_dir / "error.txt").is_file():
         return "failed"
+    folder = study_folder(spec, run_dir)
+    if any(run_state(study, s, folder / s.folder) != "finished" for s in sources(study, spec)):
+        return "waiting"
+    if spec.stage is not None and spec.stage.kind != "from":
+        done = _results(run_dir)
+        if not done:
+            return "pending"
+        try:
+            return "finished" if done.get("inputs_sha256") == inputs_sha256(inputs(study, spec, folder)) else "changed"
+        except (ConfigError, OSError):  # the checkpoints it read are gone
+            return "changed"
     if study.task == "decode":
         done = _results(run_dir)
         if not done:
@@ -97,18 +109,12 @@ def model_sha256(model: Path) -> str:
     """The sha256 of the checkpoint a decode study decodes with (cached per file state)."""
     from seq2seq.train.checkpoints import resolve_checkpoint
 
-    path = resolve_checkpoint(model)
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_of(Path(path))
+    return file_sha256(resolve_checkpoint(model))
 
 
 def describe_runs(study: Study, root: Path) -> list[str]:
     """One line per run (per seed): its name, state and overrides (``--list``)."""
+    study = dataclasses.replace(study, root=root)
     folder = root / study.folder
     lines = [f"{study.name}: {study.description}" if study.description else study.name, f"  {study.budget_line()}"]
     for spec in study.run_specs():
@@ -146,6 +152,7 @@ def run_study(study: Study, root: Path, only: list[str] | None = None, log: Call
     """Train (or decode) what is not finished, or only the named runs, then write the summary;
     returns the study's folder. Passes over the runs until one trains nothing: runs that other
     processes held on the first pass, and were left unfinished, are taken over."""
+    study = dataclasses.replace(study, root=root)  # fine-tuning runs name their sources under it
     chosen = select(study, only)
     folder = root / study.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,6 +186,9 @@ def _run_one(study: Study, spec: RunSpec, folder: Path, label: str, log: Callabl
     if state == "changed":
         say(f"{label}: skipped: {run_dir} holds this run with other options or another budget "
             f"(or, decoded, an older model); move that folder away to run it as the study now defines it")
+        return state
+    if state == "waiting":
+        say(f"{label}: waiting for {spec.stage.source} to finish")
         return state
     if state in ("finished", "failed"):
         say(f"{label}: {state}, skipped" + (
@@ -221,6 +231,8 @@ def _execute(study: Study, spec: RunSpec, run_dir: Path, claimed: Callable[[], N
     claimed()
     if study.task == "decode":
         return decode(study, spec.config, run_dir)
+    if spec.stage is not None and spec.stage.kind != "from":
+        return score_stage(study, spec, run_dir)
     if study.task == "captioning":
         from seq2seq.tasks.captioning import run
     elif study.task == "long_dependency":

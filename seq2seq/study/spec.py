@@ -20,6 +20,16 @@ comparable, and what the summary shows.
 A ``decode`` study trains nothing: it decodes the test set of a finished run (``model``, a
 run folder relative to the working directory) once per search setting of its runs and grid.
 
+A run can build on an earlier run of the study, seed by seed (a ladder: the sequence_level study):
+
+    runs:
+      single: [train.keep_checkpoints=5]
+      averaged: {average: single, last: 5}      # the mean of its last 5 step checkpoints, scored
+      mrt: {from: averaged, overrides: [train.objective=mrt], budget: {max_steps: 400}}  # fine-tuned from it
+      ensemble: {ensemble: averaged}            # one run: every seed's model decoding together, scored
+
+Such a run waits until what it reads has finished (``seq2seq.study.stages``).
+
 ``--budget`` on the command line makes another study, in its own folder
 (``<study>-budget-<value>``): runs trained to one budget are never mixed with another's.
 """
@@ -37,8 +47,25 @@ TASKS = ("translation", "captioning", "long_dependency", "decode")
 BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
 
 
+STAGES = ("average", "ensemble", "from")
+
+
 def run_folder(name: str, seed: int | None) -> str:
     return name if seed is None else f"{name}/seed-{seed}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run made from another run of the study (its ``source``) instead of from scratch."""
+
+    kind: str  # average (a seed's step checkpoints) | ensemble (all seeds at once) | from (fine-tuned)
+    source: str
+    last: int = 0  # average: how many of the newest step checkpoints
+
+    def describe(self) -> str:
+        return {"average": f"the mean of the last {self.last} step checkpoints of `{self.source}`",
+                "ensemble": f"an ensemble of every seed of `{self.source}`",
+                "from": f"fine-tuned from `{self.source}`"}[self.kind]
 
 
 @dataclass
@@ -48,6 +75,7 @@ class RunSpec:
     config: Config  # resolved: base, study overrides, run overrides, budget, seed, tracking
     config_file: Path | None = None  # the run's own config file, in place of the study's base
     seed: int | None = None  # a seed replicate of the study's seeds (None: the config's seed, no subfolder)
+    stage: Stage | None = None  # built from another run of the study (None: trained from scratch)
 
     @property
     def folder(self) -> str:
@@ -75,6 +103,9 @@ class Study:
     seeds: list[int] = field(default_factory=list)  # seed replicates (empty: one run each, the config's seed)
     baseline: str | None = None  # the run every other run is tested against (in a grid: at each point)
     folder_name: str = ""  # the study's folder under the root (default: its name)
+    stages: dict[str, Stage] = field(default_factory=dict)  # runs built from other runs
+    run_budgets: dict[str, dict[str, float]] = field(default_factory=dict)  # runs with a budget of their own
+    root: Path = Path("studies")  # where study folders go (``--root``): fine-tuning runs name their source by it
 
     @property
     def folder(self) -> str:
@@ -95,6 +126,10 @@ class Study:
         if self.task == "decode":
             return f"every run decodes the test set of the same trained model ({self.model})"
         (key, value), = self.budget.items()
+        others = [n for n in self.runs if n in self.stages or n in self.run_budgets]
+        if others:
+            return f"every run but {', '.join(others)} trains for {value:g} {BUDGETS[key]}; those are built " \
+                   f"from other runs or have budgets of their own"
         return f"every run trains for {value:g} {BUDGETS[key]}" + (
             " (equal steps)" if key == "max_steps" else " (equal wall-clock time: CPU contention matters)"
             if key == "time_budget" else " (equal epochs of the batch plan)")
@@ -125,16 +160,25 @@ class Study:
         base = self.model / "config.yaml" if self.task == "decode" else self.base
         if self.task == "decode" and not base.is_file():
             raise ConfigError(f"study {self.name}: model {self.model} is not a run folder (train it first)")
-        specs = []
+        specs: list[RunSpec] = []
         for name, (config_file, own) in self.runs.items():
+            stage = self.stages.get(name)
+            if stage is not None and stage.kind != "from":  # scored, not trained: the source's config
+                sources = [s for s in specs if s.name == stage.source]
+                specs += [RunSpec(name, [], s.config, s.config_file, s.seed, stage) for s in sources] \
+                    if stage.kind == "average" else [RunSpec(name, [], sources[0].config, None, None, stage)]
+                continue
+            own_budget = [f"train.{k}={v}" for k, v in self.run_budgets.get(name, {}).items()]
             for seed in self.seeds or [None]:
                 extra = [f"train.seed={seed}"] * (seed is not None) + [
                     f"tracking.group={self.folder}", f"tracking.name={self.folder}/{run_folder(name, seed)}"]
+                if stage is not None:
+                    extra.append(f"train.init_from={self.root / self.folder / run_folder(stage.source, seed)}")
                 try:
-                    cfg = load_config(config_file or base, [*self.overrides, *own, *budget, *extra])
+                    cfg = load_config(config_file or base, [*self.overrides, *own, *budget, *own_budget, *extra])
                 except ConfigError as err:
                     raise ConfigError(f"study {self.name}, run {name}: {err}") from None
-                specs.append(RunSpec(name, own, cfg, config_file, seed))
+                specs.append(RunSpec(name, own, cfg, config_file, seed, stage))
         return specs
 
 
@@ -153,12 +197,13 @@ def load_study(path: str | Path) -> Study:
     if task not in TASKS:
         raise ConfigError(f"study file {path}: task={task!r} is not one of: {', '.join(TASKS)}")
     summary = raw.get("summary") or {}
+    runs, stages, run_budgets = _runs(path, raw.get("runs") or {}, raw.get("grid") or {}, task)
     study = Study(
         name=path.stem, path=path, task=task, description=str(raw.get("description", "")),
         base=path.parent / raw["base"] if raw.get("base") else None,
         overrides=_strings(path, "overrides", raw.get("overrides") or []),
         budget=_budget(path, raw.get("budget"), task),
-        runs=_runs(path, raw.get("runs") or {}, raw.get("grid") or {}),
+        runs=runs, stages=stages, run_budgets=run_budgets,
         model=Path(raw["model"]) if raw.get("model") else None,
         metrics=_strings(path, "summary.metrics", summary.get("metrics") or []),
         plots=_strings(path, "summary.plots", summary.get("plots") or []),
@@ -169,6 +214,8 @@ def load_study(path: str | Path) -> Study:
                                               for run in study.runs):
         raise ConfigError(f"study file {path}: baseline {study.baseline!r} is not one of its runs "
                           f"({', '.join(study.runs)})")
+    if any(stage.kind == "ensemble" for stage in stages.values()) and not study.seeds:
+        raise ConfigError(f"study file {path}: an ensemble run joins the seeds of a run: give 'seeds'")
     if task == "decode" and study.model is None:
         raise ConfigError(f"study file {path}: a decode study needs 'model', the run folder it decodes with")
     from seq2seq.study.plots import PLOTTERS  # here: the plots module reads this one's types
@@ -208,22 +255,39 @@ def _budget(path: Path, value: Any, task: str) -> dict[str, float]:
     return {key: amount}
 
 
-def _runs(path: Path, runs: Any, grid: Any) -> dict[str, tuple[Path | None, list[str]]]:
+RunEntries = dict[str, tuple[Path | None, list[str]]]
+
+
+def _runs(path: Path, runs: Any, grid: Any, task: str) -> tuple[RunEntries, dict[str, Stage], dict[str, dict]]:
     """Named runs, or the grid's combinations (named ``key=value,key=value`` by their values), or,
-    given both, every named run at every combination (named ``run,key=value,...``)."""
+    given both, every named run at every combination (named ``run,key=value,...``); the runs
+    built from earlier runs (:class:`Stage`), and the runs with a budget of their own."""
     if not isinstance(runs, dict) or not isinstance(grid, dict):
         raise ConfigError(f"study file {path}: 'runs' and 'grid' must be mappings")
-    out: dict[str, tuple[Path | None, list[str]]] = {}
+    out: RunEntries = {}
+    stages: dict[str, Stage] = {}
+    budgets: dict[str, dict] = {}
     for name, entry in runs.items():
+        name = str(name)
         if isinstance(entry, dict):
-            extra = sorted(set(entry) - {"config", "overrides"})
-            if extra or "config" not in entry:
-                raise ConfigError(f"study file {path}: run {name} must be a list of overrides or "
-                                  f"{{config: FILE, overrides: [...]}}")
+            kinds = [k for k in STAGES if k in entry]
+            allowed = {"config", "overrides", "budget"} if kinds == ["from"] else {"last"} if kinds == ["average"] \
+                else set() if kinds == ["ensemble"] else {"config", "overrides"}
+            extra = sorted(set(entry) - allowed - set(kinds))
+            if extra or len(kinds) > 1 or not kinds and "config" not in entry:
+                raise ConfigError(f"study file {path}: run {name} must be a list of overrides, {{config: FILE, "
+                                  f"overrides: [...]}}, {{from: RUN, overrides: [...], budget: {{...}}}}, "
+                                  f"{{average: RUN, last: N}} or {{ensemble: RUN}}")
+            if kinds:
+                stages[name] = _stage(path, name, kinds[0], entry, out, stages, task)
+            if "budget" in entry:
+                budgets[name] = _budget(path, entry["budget"], task)
             own = _strings(path, f"runs.{name}", entry.get("overrides") or [])
-            out[str(name)] = (path.parent / entry["config"], own)
+            out[name] = (path.parent / entry["config"] if entry.get("config") else None, own)
         else:
-            out[str(name)] = (None, _strings(path, f"runs.{name}", entry or []))
+            out[name] = (None, _strings(path, f"runs.{name}", entry or []))
+    if grid and stages:
+        raise ConfigError(f"study file {path}: runs built from other runs ({', '.join(stages)}) cannot take a grid")
     if grid:
         keys = list(grid)
         for key in keys:
@@ -241,4 +305,24 @@ def _runs(path: Path, runs: Any, grid: Any) -> dict[str, tuple[Path | None, list
     for name in out:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"study file {path}: run name {name!r} cannot be a folder name")
-    return out
+    return out, stages, budgets
+
+
+def _stage(path: Path, name: str, kind: str, entry: dict, earlier: RunEntries, stages: dict[str, Stage],
+           task: str) -> Stage:
+    """The stage of run ``name``, checked: its source is an earlier run that has what it needs."""
+    source = str(entry[kind])
+    if task not in ("translation", "captioning"):
+        raise ConfigError(f"study file {path}: run {name}: runs built from other runs need a translation or "
+                          f"captioning study, not {task}")
+    if source not in earlier:
+        raise ConfigError(f"study file {path}: run {name} reads {source!r}, which is not a run above it")
+    source_kind = stages[source].kind if source in stages else "train"
+    if source_kind == "ensemble" or kind == "average" and source_kind == "average":
+        raise ConfigError(f"study file {path}: run {name} cannot {kind} {source!r}, "
+                          f"{'an ensemble' if source_kind == 'ensemble' else 'an average'} itself")
+    last = entry.get("last", 0)
+    if kind == "average" and (not isinstance(last, int) or isinstance(last, bool) or last < 1):
+        raise ConfigError(f"study file {path}: run {name}: 'last' must be the number of step checkpoints to "
+                          f"average (at least 1), got {last!r}")
+    return Stage(kind, source, last)

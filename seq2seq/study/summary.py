@@ -77,7 +77,8 @@ def budget_line(study: Study, runs: list[RunSummary]) -> str:
     """What the finished runs recorded of their budget and schedule horizon, in words."""
     if study.task == "decode":
         return study.budget_line()
-    done = [r.results for run in runs for r in run.finished]
+    done = [r.results for run in runs for r in run.finished  # runs trained to the study's budget
+            if r.spec.stage is None and run.name not in study.run_budgets]
     if not done:
         return f"{study.budget_line()}; no run has finished yet"
     budgets = {tuple(sorted((r.get("budget") or {}).items())) for r in done}
@@ -87,11 +88,15 @@ def budget_line(study: Study, runs: list[RunSummary]) -> str:
         listed = "; ".join(str(dict(b)) for b in budgets)
         return f"the finished runs recorded different budgets ({listed}): not comparable"
     budget = dict(next(iter(budgets)))
-    words = ", ".join(f"{v:g} {BUDGETS.get(k, k)}" for k, v in budget.items()) or "no recorded budget"
+    words = _budget_words(budget) or "no recorded budget"
     trained = f"{steps[0]:,} steps" if len(steps) == 1 else f"{steps[0]:,}–{steps[-1]:,} steps (not equal steps)"
     horizon = f"; the learning rate decays over {horizons[0]:,} steps" if len(horizons) == 1 else (
         f"; schedule horizons {horizons[0]:,}–{horizons[-1]:,} steps" if horizons else "")
     return f"every finished run recorded a budget of {words} and trained {trained}{horizon} ({len(done)} runs)"
+
+
+def _budget_words(budget: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {BUDGETS.get(k, k)}" for k, v in budget.items())
 
 
 def machine_line(runs: list[RunSummary]) -> str:
@@ -181,8 +186,12 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
         lines.append(f"\n**Provenance differs: {key}.** " + "; ".join(
             f"`{v}`: {', '.join(who[:6])}{' …' if len(who) > 6 else ''}" for v, who in seen.items()))
     lines += ["", "Runs:"] + [f"- `{run.name}`: " + (" ".join(
-        ([f"config `{run.spec.config_file.name}`"] if run.spec.config_file else [])
-        + [f"`{o}`" for o in run.spec.overrides]) or "the base config") for run in runs]
+        ([run.spec.stage.describe()] if run.spec.stage else [])
+        + ([f"config `{run.spec.config_file.name}`"] if run.spec.config_file and not run.spec.stage else [])
+        + [f"`{o}`" for o in run.spec.overrides]
+        + ([f"(its own budget: {_budget_words(study.run_budgets[run.name])})"] if run.name in study.run_budgets
+           else []))
+        or "the base config") for run in runs]
     return lines
 
 

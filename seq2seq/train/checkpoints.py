@@ -127,14 +127,15 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder means its best checkpoint (else its last); a file means itself."""
+    """A run folder means its best checkpoint (else its last, else its averaged one: a study's
+    averaged rung holds only that); a file means itself."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in ("best.pt", "last.pt", "averaged.pt"):
             for candidate in (path / "checkpoints" / name, path / name):
                 if candidate.is_file():
                     return candidate
-        raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this folder")
+        raise CheckpointError(f"{path}: no checkpoints/best.pt, last.pt or averaged.pt in this folder")
     return path
 
 

@@ -1,0 +1,89 @@
+"""Runs made from other runs of a study: the rungs of a ladder such as single model → averaged
+→ fine-tuned → ensemble (``experiments/studies/sequence_level.yaml``).
+
+- ``average``: per seed, the mean of the source's newest step checkpoints
+  (``train.keep_checkpoints``), written to ``checkpoints/averaged.pt`` and scored on the test set;
+- ``ensemble``: once, every seed of the source decoding together (the mean of their
+  probabilities, :mod:`seq2seq.ensemble`), scored;
+- ``from``: per seed, an ordinary training run that starts from the source's weights
+  (``train.init_from``, set by the study), so it trains, resumes and is summarised like any run.
+
+A scored rung records the sha256 of the checkpoints it read: if a source is trained again, the
+rung is ``changed`` rather than silently stale. Its outputs are written as a training run's are,
+so the summary's paired tests read them; an ensemble is tested against every seed of the baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from seq2seq.config import ConfigError
+from seq2seq.data.fetch import sha256_of
+from seq2seq.study.spec import RunSpec, Study
+from seq2seq.train.checkpoints import (
+    average_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+    step_checkpoints,
+    take_init_tokenizers,
+)
+
+
+def study_folder(spec: RunSpec, run_dir: Path) -> Path:
+    """The study's folder, from a run's folder in it (``<study>/<run>[/seed-<n>]``)."""
+    return run_dir.parents[len(Path(spec.folder).parts) - 1]
+
+
+def sources(study: Study, spec: RunSpec) -> list[RunSpec]:
+    """The runs that ``spec`` reads: the source's run of the same seed, or (an ensemble) all of its seeds."""
+    if spec.stage is None:
+        return []
+    same = [s for s in study.run_specs() if s.name == spec.stage.source]
+    return same if spec.stage.kind == "ensemble" else [s for s in same if s.seed == spec.seed]
+
+
+def inputs(study: Study, spec: RunSpec, folder: Path) -> list[Path]:
+    """The checkpoint files a scored rung reads (ConfigError when a source lacks them)."""
+    found = sources(study, spec)
+    if spec.stage.kind == "ensemble":
+        return [resolve_checkpoint(folder / s.folder) for s in found]
+    source = folder / found[0].folder
+    kept = step_checkpoints(source / "checkpoints")[-spec.stage.last:]
+    if len(kept) < spec.stage.last:
+        raise ConfigError(f"run {spec.label} averages the last {spec.stage.last} step checkpoints of {source}, "
+                          f"which keeps {len(kept)}: train it with train.keep_checkpoints={spec.stage.last} or more")
+    return kept
+
+
+def inputs_sha256(paths: list[Path]) -> str:
+    """One digest of the files a rung read, in order."""
+    return hashlib.sha256(" ".join(file_sha256(p) for p in paths).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, computed once per state of the file (its size and modification time)."""
+    stat = path.stat()
+    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
+
+
+def score_stage(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """Average or ensemble the sources of ``spec`` and score the result on the test set into ``run_dir``."""
+    from seq2seq.tasks import captioning, translation
+
+    read = inputs(study, spec, study_folder(spec, run_dir))
+    models = read
+    if spec.stage.kind == "average":  # a model of its own, beside the tokenizers it reads text with
+        take_init_tokenizers(read[-1], run_dir)
+        models = [save_checkpoint(run_dir / "checkpoints" / "averaged.pt", average_checkpoints(read))]
+    scorer = {"translation": translation.score, "captioning": captioning.score}[study.task]
+    results = scorer(models, run_dir)
+    return {**results, "stage": spec.stage.kind, "source": spec.stage.source, "read": [str(p) for p in read],
+            "inputs_sha256": inputs_sha256(read)}
