@@ -340,6 +340,7 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     every seed's), is tested against the baseline, is skipped when done and is changed when a
     checkpoint it read changes."""
     import json
+    import shutil
 
     root = tmp_path / "studies"
     study = _study(tmp_path, task="translation", seeds=[1, 2], baseline="single", budget={"max_steps": 20},
@@ -366,10 +367,14 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     assert ensemble["models"] == [str(folder / "averaged" / f"seed-{s}" / "checkpoints" / "averaged.pt")
                                   for s in (1, 2)]
     rows = {r["run"]: r for r in _summary_rows(folder)}
-    assert rows["ensemble"]["seeds"] == "1" and rows["ensemble"]["p_value"] and rows["tuned"]["p_value"]
+    assert rows["ensemble"]["seeds"] == "1" and rows["single"]["p_value"] == ""
+    assert all(0 <= float(rows[run]["p_value"]) <= 1 for run in ("averaged", "tuned", "ensemble"))
+    assert rows["ensemble"]["git_commit"] == rows["single"]["git_commit"]  # what trained the models it read
     seeds = {(r["run"], r["seed"]): r for r in _summary_rows(folder, "summary_seeds.csv")}
-    assert ("ensemble", "") in seeds and seeds[("averaged", "2")]["p_value"]
+    assert 0 <= float(seeds[("averaged", "2")]["p_value"]) <= 1
+    assert all(0 <= float(seeds[("ensemble", f"all vs {s}")]["p_value"]) <= 1 for s in (1, 2))
     md = (folder / "summary.md").read_text()
+    assert "Provenance differs" not in md
     assert "trained 20 steps" in md and "an ensemble of every seed of `averaged`" in md
     assert "fine-tuned from `averaged` `train.lr=0.001` (its own budget: 10 training steps)" in md
 
@@ -382,3 +387,20 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     torch.save(ckpt, step)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
     assert states["averaged/seed-1"] == "changed" and states["averaged/seed-2"] == "finished"
+    assert states["tuned/seed-1"] == states["ensemble"] == "waiting" and states["tuned/seed-2"] == "finished"
+    shutil.rmtree(folder / "averaged" / "seed-1")  # averaged again: what the fine-tuned run started from moved
+    run_study(study, root, only=["averaged/seed-1"], log=lambda _: None)
+    states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
+    assert states["averaged/seed-1"] == "finished" and states["tuned/seed-1"] == states["ensemble"] == "changed"
+
+
+def test_a_run_budget_replaces_the_studys_whatever_its_unit(tmp_path):
+    study = _study(tmp_path, task="translation", seeds=[1], budget={"max_steps": 20},
+                   runs={"a": [], "b": {"from": "a", "budget": {"time_budget": 2}}})
+    a, b = study.run_specs()
+    assert (a.config.train.max_steps, a.config.train.time_budget) == (20, None)
+    assert (b.config.train.max_steps, b.config.train.time_budget) == (None, 2)
+    assert b.config.train.init_from == "studies/tiny/a/seed-1"  # under the default root, as the runner sees it
+    with pytest.raises(ConfigError, match="--seeds lists none"):
+        _study(tmp_path, name="ens", seeds=[1], budget={"max_steps": 20},
+               runs={"a": [], "e": {"ensemble": "a"}}).with_seeds([])

@@ -130,13 +130,19 @@ def _summarise(study: Study, root: Path) -> None:
 
 
 def _on_cluster(args: argparse.Namespace, name: str, study: Study, only: list[str]) -> int:
-    """One job per unfinished run, then the summary."""
+    """One job per unfinished run, in waves (runs built from runs wait for their sources' wave),
+    then the summary."""
     folder = args.root / study.folder
-    todo = [s.folder for s in select(study, only or None)
-            if run_state(study, s, folder / s.folder) in ("pending", "partial") or only]
     study_args: dict[str, Any] = {"budget": args.budget, "seeds": args.seeds, "root": args.root}
-    failed = submit(study.path, args.root, study_args, todo, slurm_options(args.slurm), folder / "slurm", log) \
-        if todo else []
+    failed: list[str] = []
+    submitted: set[str] = set()
+    while True:
+        todo = [s.folder for s in select(study, only or None) if s.folder not in submitted and (
+            run_state(study, s, folder / s.folder) in ("pending", "partial") or only and not submitted)]
+        if not todo:
+            break
+        submitted.update(todo)
+        failed += submit(study.path, args.root, study_args, todo, slurm_options(args.slurm), folder / "slurm", log)
     _summarise(study, args.root)
     return 1 if failed else 0
 

@@ -102,7 +102,7 @@ def _attention(study: Study, runs: list[RunSummary], metrics: list[str]) -> Imag
     from seq2seq.tasks.translator import Translator
 
     shown = [r for run in runs if (r := _first(run)) and r.spec.config.model.attention != "none"
-             and (r.folder / "test.src.txt").is_file()]
+             and (r.folder / "test.src.txt").is_file() and (r.folder / "checkpoints").is_dir()]  # no ensembles
     if study.task != "translation" or not shown:
         return None
     sources = (shown[0].folder / "test.src.txt").read_text(encoding="utf-8").splitlines()

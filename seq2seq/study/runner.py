@@ -36,7 +36,7 @@ from seq2seq.experiment import (
 )
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
-from seq2seq.study.stages import file_sha256, inputs, inputs_sha256, score_stage, sources, study_folder
+from seq2seq.study.stages import file_sha256, inputs, inputs_sha256, score_stage, sources, stale, study_folder
 from seq2seq.study.summary import write_summary
 from seq2seq.train.checkpoints import CheckpointError
 from seq2seq.train.distributed import current, join
@@ -61,12 +61,7 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
         return "waiting"
     if spec.stage is not None and spec.stage.kind != "from":
         done = _results(run_dir)
-        if not done:
-            return "pending"
-        try:
-            return "finished" if done.get("inputs_sha256") == inputs_sha256(inputs(study, spec, folder)) else "changed"
-        except (ConfigError, OSError):  # the checkpoints it read are gone
-            return "changed"
+        return "pending" if not done else "changed" if stale(study, spec, run_dir, done) else "finished"
     if study.task == "decode":
         done = _results(run_dir)
         if not done:
@@ -83,7 +78,9 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
         return "pending"
     if progress.budget and progress.budget != want:
         return "changed"
-    return "finished" if finished_run_reason(run_dir, spec.config, progress) else "partial"
+    if not finished_run_reason(run_dir, spec.config, progress):
+        return "partial"
+    return "changed" if spec.stage is not None and stale(study, spec, run_dir, _results(run_dir)) else "finished"
 
 
 def _results(run_dir: Path) -> dict[str, Any]:
@@ -239,7 +236,9 @@ def _execute(study: Study, spec: RunSpec, run_dir: Path, claimed: Callable[[], N
         from seq2seq.tasks.long_dependency import run
     else:
         from seq2seq.tasks.translation import run
-    return run(spec.config, run_dir)
+    read = inputs(study, spec, study_folder(spec, run_dir)) if spec.stage else []  # a fine-tuning run's start
+    results = run(spec.config, run_dir)
+    return {**results, "inputs_sha256": inputs_sha256(read)} if read else results
 
 
 def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:

@@ -149,6 +149,8 @@ class Study:
 
     def with_seeds(self, seeds: list[int]) -> "Study":
         """The same study with these seed replicates (``--seeds``)."""
+        if not seeds and any(stage.kind == "ensemble" for stage in self.stages.values()):
+            raise ConfigError(f"study {self.name}: an ensemble run joins the seeds of a run: --seeds lists none")
         return Study(**{**self.__dict__, "seeds": _seeds(self.path, seeds, self.task)})
 
     def run_specs(self) -> list[RunSpec]:
@@ -168,7 +170,8 @@ class Study:
                 specs += [RunSpec(name, [], s.config, s.config_file, s.seed, stage) for s in sources] \
                     if stage.kind == "average" else [RunSpec(name, [], sources[0].config, None, None, stage)]
                 continue
-            own_budget = [f"train.{k}={v}" for k, v in self.run_budgets.get(name, {}).items()]
+            limits = self.run_budgets.get(name)  # in place of the study's budget, whatever its unit
+            own_budget = [f"train.{k}={limits.get(k, 'null')}" for k in BUDGETS] if limits else []
             for seed in self.seeds or [None]:
                 extra = [f"train.seed={seed}"] * (seed is not None) + [
                     f"tracking.group={self.folder}", f"tracking.name={self.folder}/{run_folder(name, seed)}"]

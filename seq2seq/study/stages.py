@@ -8,8 +8,9 @@
 - ``from``: per seed, an ordinary training run that starts from the source's weights
   (``train.init_from``, set by the study), so it trains, resumes and is summarised like any run.
 
-A scored rung records the sha256 of the checkpoints it read: if a source is trained again, the
-rung is ``changed`` rather than silently stale. Its outputs are written as a training run's are,
+Every rung records the sha256 of the checkpoints it read: if a source is trained again, the
+rung is ``changed`` rather than silently stale. Its provenance is that of the runs that trained
+what it read. Its outputs are written as a training run's are,
 so the summary's paired tests read them; an ensemble is tested against every seed of the baseline.
 """
 
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 from seq2seq.config import ConfigError
 from seq2seq.data.fetch import sha256_of
+from seq2seq.provenance import summarise
 from seq2seq.study.spec import RunSpec, Study
 from seq2seq.train.checkpoints import (
+    CheckpointError,
     average_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
@@ -46,9 +50,9 @@ def sources(study: Study, spec: RunSpec) -> list[RunSpec]:
 
 
 def inputs(study: Study, spec: RunSpec, folder: Path) -> list[Path]:
-    """The checkpoint files a scored rung reads (ConfigError when a source lacks them)."""
+    """The checkpoint files a rung reads (ConfigError or CheckpointError when a source lacks them)."""
     found = sources(study, spec)
-    if spec.stage.kind == "ensemble":
+    if spec.stage.kind != "average":
         return [resolve_checkpoint(folder / s.folder) for s in found]
     source = folder / found[0].folder
     kept = step_checkpoints(source / "checkpoints")[-spec.stage.last:]
@@ -78,12 +82,32 @@ def score_stage(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """Average or ensemble the sources of ``spec`` and score the result on the test set into ``run_dir``."""
     from seq2seq.tasks import captioning, translation
 
-    read = inputs(study, spec, study_folder(spec, run_dir))
+    folder = study_folder(spec, run_dir)
+    read = inputs(study, spec, folder)
     models = read
-    if spec.stage.kind == "average":  # a model of its own, beside the tokenizers it reads text with
-        take_init_tokenizers(read[-1], run_dir)
-        models = [save_checkpoint(run_dir / "checkpoints" / "averaged.pt", average_checkpoints(read))]
-    scorer = {"translation": translation.score, "captioning": captioning.score}[study.task]
-    results = scorer(models, run_dir)
-    return {**results, "stage": spec.stage.kind, "source": spec.stage.source, "read": [str(p) for p in read],
-            "inputs_sha256": inputs_sha256(read)}
+    try:
+        if spec.stage.kind == "average":  # a model of its own, beside the tokenizers it reads text with
+            take_init_tokenizers(read[-1], run_dir)
+            models = [save_checkpoint(run_dir / "checkpoints" / "averaged.pt", average_checkpoints(read))]
+        scorer = {"translation": translation.score, "captioning": captioning.score}[study.task]
+        results = scorer(models, run_dir)
+    except CheckpointError as err:  # members that cannot be averaged or ensembled: this run's failure
+        raise ConfigError(str(err)) from None
+    trained = [_results(folder / s.folder) for s in sources(study, spec)]  # what trained the models it scored
+    return {**results, **summarise(trained), "stage": spec.stage.kind, "source": spec.stage.source,
+            "read": [str(p) for p in read], "inputs_sha256": inputs_sha256(read)}
+
+
+def stale(study: Study, spec: RunSpec, run_dir: Path, results: dict[str, Any]) -> bool:
+    """Whether the checkpoints a finished rung read have changed (or gone) since it read them."""
+    try:
+        return results.get("inputs_sha256") != inputs_sha256(inputs(study, spec, study_folder(spec, run_dir)))
+    except (ConfigError, CheckpointError, OSError):
+        return True
+
+
+def _results(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

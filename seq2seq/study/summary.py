@@ -128,12 +128,13 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
                     "delta", "ci95_low", "ci95_high", "p_value", *PROVENANCE]
     seed_rows = []
     for run in runs:
-        for r in run.replicates:
-            c = run.per_seed.get(r.spec.seed)
-            ci = r.results.get(CI_KEY) or [None, None]
-            seed_rows.append([run.name, r.spec.seed, r.state, *(r.results.get(k) for k in [*metrics, *cost]),
-                              *(ci if has_ci else []), *([c.delta, c.ci95[0], c.ci95[1], c.p_value] if c else
-                                                         [None] * 4), *(r.results.get(k) for k in PROVENANCE)])
+        for r in run.replicates:  # an ensemble (no seed of its own): one row per seed it was tested against
+            for seed, c in ([(r.spec.seed, run.per_seed.get(r.spec.seed))] if r.spec.seed is not None or not
+                            run.per_seed else [(f"all vs {s}", c) for s, c in run.per_seed.items()]):
+                ci = r.results.get(CI_KEY) or [None, None]
+                seed_rows.append([run.name, seed, r.state, *(r.results.get(k) for k in [*metrics, *cost]),
+                                  *(ci if has_ci else []), *([c.delta, c.ci95[0], c.ci95[1], c.p_value] if c else
+                                                             [None] * 4), *(r.results.get(k) for k in PROVENANCE)])
     written = {"csv": folder / "summary.csv", "seeds_csv": folder / "summary_seeds.csv", "md": folder / "summary.md"}
     for path, head, body in ((written["csv"], columns, rows), (written["seeds_csv"], seed_columns, seed_rows)):
         table = io.StringIO(newline="")

@@ -225,5 +225,8 @@ def score(models: list[Path], out: Path) -> dict[str, Any]:
             "test_sentences": len(corpus.test), "beam": cfg.search.beam, "test_bleu_beam": beam["bleu"],
             "test_bleu_greedy": greedy["bleu"], "test_chrf_beam": beam["chrf"],
             "test_bleu_beam_ci95": bleu_interval(beam["hypotheses"], refs),
+            "test_attention_entropy_beam": beam["attention_entropy"],
+            "test_bleu_by_source_length": {k: {"bleu": v[0], "sentences": v[1]} for k, v in beam["by_length"].items()},
             "sacrebleu_signature": beam["bleu_signature"], "eval_precision": precision_name(translator.amp_dtype),
+            "greedy_sentences_per_second": greedy["sentences_per_second"],
             "beam_sentences_per_second": beam["sentences_per_second"]}
