@@ -60,6 +60,26 @@ def test_per_position_norms_equal_autograd_on_a_hand_built_rnn():
     assert flow.first_to_last == pytest.approx(float(sum(ratios) / 3), rel=1e-4)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_the_explicit_recurrence_hands_the_probe_the_same_state_gradients(cell, monkeypatch):
+    """With model.rnn_impl=explicit the probe reads dL/dh_t from the layer's own backward loop,
+    instead of rerunning it step by step: the same curves and layer norms as PyTorch's layers."""
+    import seq2seq.train.gradients as gradients
+
+    fused, explicit = (tiny_model(cell, "bahdanau", enc_layers=2, rnn_impl=impl) for impl in ("torch", "explicit"))
+    src, lens = padded_batch([3, 6, 12, 1])
+    tgt = torch.randint(4, 24, (4, 5), generator=torch.Generator().manual_seed(3))
+    want = gradient_flow(fused, (src, lens), tgt[:, :-1], lambda out: _loss(out, tgt[:, 1:]))
+    monkeypatch.setattr(gradients, "unrolled_encoder", None)  # no step-by-step rerun for the explicit layers
+    got = gradient_flow(explicit, (src, lens), tgt[:, :-1], lambda out: _loss(out, tgt[:, 1:]))
+    assert set(got.by_distance) == set(want.by_distance) == {"len_1-9", "len_10-19"}
+    for bucket, norms in want.by_distance.items():
+        assert got.by_distance[bucket] == pytest.approx(norms, rel=1e-4, abs=1e-9)
+    assert got.sentences == want.sentences and got.first_to_last == pytest.approx(want.first_to_last, rel=1e-4)
+    assert got.layers == pytest.approx(want.layers, rel=1e-4)
+    assert explicit.encoder.rnn._record is None and all(p.grad is None for p in explicit.parameters())
+
+
 def test_layer_gradient_norms_match_the_parameters_gradients():
     model = tiny_model("lstm", "bahdanau", enc_layers=2)
     src, lens = padded_batch([4, 6])

@@ -27,6 +27,11 @@ matrix: each step's backward leaves its (d_t, h_{t-1}) with the tap instead of a
 gradient, and the tap's backward, which autograd runs after every step's, sums them in one
 product. The input products there stay per step (the input includes the attention's context).
 
+The backward loop's ``dh_t`` is the total derivative of the loss with respect to h_t (through
+every later step and the layer's outputs): inside ``with rnn.state_gradients() as grads:``,
+the top layer's forward direction leaves it in ``grads``, which the gradient-flow probe
+(:mod:`seq2seq.train.gradients`) reads instead of rerunning the layer step by step.
+
 Padded steps (``mask`` False) keep the state and output zeros, as packed sequences do, so a
 reverse direction starts at each sentence's last real token. :class:`ExplicitRNN` has
 ``nn.RNN``/``nn.GRU``/``nn.LSTM``'s parameter names and shapes: checkpoints load either way.
@@ -53,8 +58,8 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, gi: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, b_hh: Tensor, mask: Tensor | None,
-                cell: str, reverse: bool, low: torch.dtype | None,
-                tap: "Steps | None" = None) -> tuple[Tensor, Tensor, Tensor | None]:
+                cell: str, reverse: bool, low: torch.dtype | None, tap: "Steps | None" = None,
+                record: "list[Tensor | None] | None" = None) -> tuple[Tensor, Tensor, Tensor | None]:
         batch, steps, _ = gi.shape
         H = h0.size(1)  # noqa: N806 (the equations' name)
         acc = torch.promote_types(gi.dtype, torch.float32)  # states and sums: float32 (float64 in gradcheck)
@@ -95,6 +100,7 @@ class Recurrence(torch.autograd.Function):
                     outputs[:, t] = h_new * real
         ctx.save_for_backward(w, h_prev, acts, mask)
         ctx.cell, ctx.reverse, ctx.gi_dtype, ctx.w_dtype, ctx.tap = cell, reverse, gi.dtype, w_hh.dtype, tap
+        ctx.record = record
         ctx.b_dtype = b_hh.dtype
         return outputs, h, c
 
@@ -112,6 +118,8 @@ class Recurrence(torch.autograd.Function):
         for t in (range(steps) if ctx.reverse else range(steps - 1, -1, -1)):  # the forward loop, backwards
             real = None if mask is None else mask[:, t, None]
             dh_t = dh + d_out[:, t]  # from step t+1 and from the output at t (zero at padding)
+            if ctx.record is not None:
+                ctx.record[t] = dh_t  # (batch, H): dL/dh_t, the total derivative
             x, d = acts[t], d_gh[t]
             if cell == "gru":
                 r, z, n, ghn = x[:, :H], x[:, H:2 * H], x[:, 2 * H:3 * H], x[:, 3 * H:]
@@ -147,9 +155,9 @@ class Recurrence(torch.autograd.Function):
         d_b = flat.sum(dim=0).to(ctx.b_dtype)
         if ctx.tap is not None:  # the tap sums them with the other calls' (see ExplicitRNN.unrolled)
             ctx.tap.leave(flat, h_flat)
-            return d_gi, dh, dc, None, d_b, None, None, None, None, None
+            return d_gi, dh, dc, None, d_b, None, None, None, None, None, None
         d_w = (flat.to(w.dtype).t() @ h_flat.to(w.dtype)).to(ctx.w_dtype)
-        return d_gi, dh, dc, d_w, d_b, None, None, None, None, None
+        return d_gi, dh, dc, d_w, d_b, None, None, None, None, None, None
 
 
 class Steps:
@@ -195,6 +203,7 @@ class ExplicitRNN(nn.Module):
         if not rnn.bias:
             raise ValueError("the explicit recurrence has biases, as every recurrent layer of seq2seq does")
         self._taps: dict[str, tuple[Tensor, Steps]] | None = None  # inside unrolled(): per recurrent matrix
+        self._record: list[Tensor | None] | None = None  # inside state_gradients(): the top forward layer's dL/dh_t
         for name, param in rnn.named_parameters():
             self.register_parameter(name, param)
 
@@ -216,8 +225,13 @@ class ExplicitRNN(nn.Module):
                 k, suffix = layer * dirs + d, f"_l{layer}" + ("_reverse" if d else "")
                 gi = F.linear(layer_in, getattr(self, "weight_ih" + suffix), getattr(self, "bias_ih" + suffix))
                 w_hh, tap = self._recurrent_matrix(suffix, low)
+                record = None
+                if self._record is not None and layer == self.num_layers - 1 and d == 0:
+                    record = self._record
+                    record[:] = [None] * steps
                 out, h, c = Recurrence.apply(gi, h0[k], None if c0 is None else c0[k], w_hh,
-                                             getattr(self, "bias_hh" + suffix), mask, self.cell, d == 1, low, tap)
+                                             getattr(self, "bias_hh" + suffix), mask, self.cell, d == 1, low, tap,
+                                             record)
                 outs.append(out)
                 finals_h.append(h)
                 finals_c.append(c)
@@ -235,6 +249,16 @@ class ExplicitRNN(nn.Module):
             yield
         finally:
             self._taps = None
+
+    @contextmanager
+    def state_gradients(self) -> Iterator[list[Tensor | None]]:
+        """A list that the next backward pass fills with dL/dh_t (batch, hidden), one per step,
+        of the top layer's forward direction."""
+        self._record = []
+        try:
+            yield self._record
+        finally:
+            self._record = None
 
     def _recurrent_matrix(self, suffix: str, low: torch.dtype | None) -> tuple[Tensor, Steps | None]:
         """W_hh of layer/direction ``suffix``, through the loop's tap where there is one."""

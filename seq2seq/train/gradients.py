@@ -3,9 +3,11 @@
 Backpropagation through time multiplies one Jacobian per step, so the gradient of the loss
 with respect to an early hidden state of a tanh RNN can vanish (or explode) with its distance
 from the end of the sentence; gates and attention are the cures. :func:`gradient_flow`
-measures this on one batch. The fused recurrent layers hide their hidden states from
-autograd, so the probe reruns the text encoder one step at a time with the same weights:
-``dL/dh_t`` is then the total derivative, through every later step and the attention. It
+measures this on one batch. PyTorch's fused recurrent layers hide their hidden states from
+autograd, so there the probe reruns the text encoder one step at a time with the same
+weights: ``dL/dh_t`` is then the total derivative, through every later step and the
+attention. The explicit recurrence (``model.rnn_impl=explicit``) computes exactly that
+``dL/dh_t`` in its own backward loop, and the probe reads it from there. It
 reports the norm for the forward direction of the top encoder layer (the one whose gradient
 travels back from the end of the sentence) by distance from the end, averaged in source
 length buckets, and the gradient norm of every layer's parameters.
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from seq2seq.models.encoders import TextEncoder
 from seq2seq.models.memory import Memory
 from seq2seq.models.model import Output, Regressor, Seq2Seq
+from seq2seq.models.recurrence import ExplicitRNN
 
 LENGTH_BUCKETS = ((1, 9), (10, 19), (20, 39), (40, 79), (80, 159), (160, 10**9))  # source tokens
 _CELLS = {"RNN_TANH": torch.rnn_tanh_cell, "GRU": torch.gru_cell, "LSTM": torch.lstm_cell}  # by rnn.mode
@@ -131,13 +134,19 @@ def _probe_gradients(model: Seq2Seq | Regressor, inputs: tuple[Tensor, ...], tgt
                      loss_fn: Callable[[Output | Tensor], Tensor]
                      ) -> tuple[tuple[Tensor | None, ...], list[tuple[str, nn.Parameter]], list[Tensor]]:
     """Gradients of the loss with respect to the probed hidden states, then every trainable parameter."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    encoder = model.encoder
+    if isinstance(encoder, TextEncoder) and isinstance(encoder.rnn, ExplicitRNN):  # its backward has dL/dh_t
+        with encoder.rnn.state_gradients() as states:
+            loss = loss_fn(model.decode(model.encode(*inputs), tgt_in))
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        return (*states, *grads), named, states
     probed: list[Tensor] = []
-    if isinstance(model.encoder, TextEncoder):
-        memory, probed = unrolled_encoder(model.encoder, *inputs)
+    if isinstance(encoder, TextEncoder):
+        memory, probed = unrolled_encoder(encoder, *inputs)
     else:
         memory = model.encode(*inputs)
     loss = loss_fn(model.decode(memory, tgt_in))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return torch.autograd.grad(loss, probed + [p for _, p in named], allow_unused=True), named, probed
 
 
