@@ -108,7 +108,7 @@ class ModelConfig:
     recurrent_gain: float | None = None  # None: PyTorch's init; g: recurrent matrices orthogonal times g
     forget_bias: float | None = 1.0  # LSTM layers' forget-gate bias at init (Gers et al. 2000); None: PyTorch's, near 0
     rnn_impl: str = "torch"  # torch (PyTorch's kernels) | explicit (BPTT written out: seq2seq/models/recurrence.py)
-    attention_scale: bool = False  # luong: divide the scores by sqrt(dec_hidden), as scaled dot-product attention
+    attention_scale: bool = True  # luong: scores / sqrt(dec_hidden) (unscaled, they collapse: docs/results.md)
     attention_fp32: bool = False  # compute attention keys and scores in float32 under bf16 autocast
 
 
@@ -243,8 +243,8 @@ class Config:
                             ("synthetic.test_examples", self.synthetic.test_examples)]:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
-        if m.attention_scale and not m.attention.startswith("luong"):
-            raise ConfigError(f"model.attention_scale scales Luong's scores; model.attention is {m.attention}")
+        if not m.attention.startswith("luong"):  # Luong's scores only: one value where it means nothing
+            m.attention_scale = False
         if m.recurrent_gain is not None and not m.recurrent_gain > 0:
             raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
                               f"got {m.recurrent_gain}")
@@ -395,5 +395,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint). Options added
+    since take their defaults, except where a default would change what the saved run computed:
+    runs from before ``model.attention_scale`` existed computed Luong's scores unscaled."""
+    model = values.get("model")
+    if isinstance(model, dict) and "attention_scale" not in model:
+        values = {**values, "model": {**model, "attention_scale": False}}
     return load_config(base=values)

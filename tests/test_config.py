@@ -76,3 +76,15 @@ def test_shipped_configs_load_and_build(name):
         model = build_translation_model(cfg.model, 50, 60)
     assert model.num_parameters() > 0
     assert model.decoder.kind == cfg.model.attention
+
+
+def test_luong_scores_are_scaled_by_default_but_not_in_runs_made_before_the_option():
+    """The scale is the default for Luong's scores (an unscaled score collapses: results.md); a
+    run saved before ``model.attention_scale`` existed computed them unscaled and loads so."""
+    assert load_config(overrides=["model.attention=luong_general"]).model.attention_scale is True
+    assert load_config(overrides=["model.attention=bahdanau"]).model.attention_scale is False  # it means nothing
+    saved = load_config(overrides=["model.attention=luong_dot"]).to_dict()
+    del saved["model"]["attention_scale"]
+    assert config_from_dict(saved).model.attention_scale is False
+    saved["model"]["attention_scale"] = True
+    assert config_from_dict(saved).model.attention_scale is True
