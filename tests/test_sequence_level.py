@@ -134,3 +134,19 @@ def test_starting_from_a_model_trained_with_other_tokenizers_is_one_line(toy_run
     with pytest.raises(CheckpointError, match="trained with other tokenizers"):
         toy_translation(tmp_path / "joint", "data.joint_vocab=true", f"train.init_from={toy_run}",
                         "train.max_steps=5")
+
+
+def test_a_start_whose_luong_scores_were_scaled_otherwise_is_refused(tmp_path):
+    """Scaling adds no weights, so only the configs can tell: an unscaled model fine-tuned as a
+    scaled one would silently divide its scores by sqrt(d) from the first step."""
+    from seq2seq.config import ModelConfig
+    from seq2seq.train.checkpoints import save_checkpoint
+
+    def config(scale: bool) -> dict:
+        return Config(model=ModelConfig(attention="luong_general", attention_scale=scale)).validate().to_dict()
+
+    unscaled = tiny_model("gru", "luong_general", attention_scale=False)
+    path = save_checkpoint(tmp_path / "unscaled.pt", {"model": unscaled.state_dict(), "config": config(False)})
+    with pytest.raises(CheckpointError, match="model.attention_scale=false; set the same"):
+        load_weights(tiny_model("gru", "luong_general"), path, config=config(True))
+    assert load_weights(unscaled, path, config=config(False)) == path

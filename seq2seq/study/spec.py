@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import Config, ConfigError, load_config, read_yaml_mapping
+from seq2seq.config import Config, ConfigError, config_from_dict, load_config, read_yaml_mapping
 
 TASKS = ("translation", "captioning", "long_dependency", "decode")
 BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
@@ -162,6 +162,9 @@ class Study:
         base = self.model / "config.yaml" if self.task == "decode" else self.base
         if self.task == "decode" and not base.is_file():
             raise ConfigError(f"study {self.name}: model {self.model} is not a run folder (train it first)")
+        saved = None  # a decode study's model as it was trained (options added since: as it computed them)
+        if self.task == "decode":
+            saved, base = config_from_dict(read_yaml_mapping(base, "run config", "a mapping")).to_dict(), None
         specs: list[RunSpec] = []
         for name, (config_file, own) in self.runs.items():
             stage = self.stages.get(name)
@@ -178,7 +181,8 @@ class Study:
                 if stage is not None:
                     extra.append(f"train.init_from={self.root / self.folder / run_folder(stage.source, seed)}")
                 try:
-                    cfg = load_config(config_file or base, [*self.overrides, *own, *budget, *own_budget, *extra])
+                    cfg = load_config(config_file or base, [*self.overrides, *own, *budget, *own_budget, *extra],
+                                      base=saved)
                 except ConfigError as err:
                     raise ConfigError(f"study {self.name}, run {name}: {err}") from None
                 specs.append(RunSpec(name, own, cfg, config_file, seed, stage))

@@ -184,16 +184,23 @@ def load_trained(path: str | Path, task: str, build: Callable[[Config, dict[str,
     return Trained(model, cfg, tokenizers, ckpt.get("precision"))
 
 
-def load_weights(model: nn.Module, path: str | Path, tokenizers: dict[str, Any] | None = None) -> Path:
+def load_weights(model: nn.Module, path: str | Path, tokenizers: dict[str, Any] | None = None,
+                 config: dict[str, Any] | None = None) -> Path:
     """Start ``model`` from the weights of a checkpoint or run folder (``train.init_from``).
-    Weights that do not fit it, or that were trained with other ``tokenizers`` (refs as
-    :func:`tokenizer_refs` writes them), are one CheckpointError."""
+    Weights that do not fit it, that were trained with other ``tokenizers`` (refs as
+    :func:`tokenizer_refs` writes them), or whose attention scores were scaled otherwise than
+    ``config`` (the run's, as a dict) says, are one CheckpointError."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     theirs = sorted(ref["sha256"] for ref in ckpt.get("tokenizers", {}).values())
     if tokenizers is not None and theirs and theirs != sorted(ref["sha256"] for ref in tokenizers.values()):
         raise CheckpointError(f"train.init_from={path}: it was trained with other tokenizers than this run's "
                               f"(a run that starts from it takes its tokenizers: use the same data options)")
+    if config is not None and ckpt.get("config"):  # the same weights, other scores: say so, never fine-tune it
+        was, now = (config_from_dict(c).model.attention_scale for c in (ckpt["config"], config))
+        if was != now:
+            raise CheckpointError(f"train.init_from={path}: it was trained with model.attention_scale="
+                                  f"{str(was).lower()}; set the same to start from it")
     try:  # through the model's load hooks, which read older layouts
         model.load_state_dict(ckpt["model"])
     except RuntimeError:

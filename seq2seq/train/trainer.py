@@ -308,7 +308,8 @@ class Trainer:
             self.resume(last)
             self.log(f"resuming from {last} at step {self.progress.step}")
         elif self.cfg.init_from:
-            path = load_weights(self.model, self.cfg.init_from, self.checkpoint_extra.get("tokenizers"))
+            path = load_weights(self.model, self.cfg.init_from, self.checkpoint_extra.get("tokenizers"),
+                                self.checkpoint_extra.get("config"))
             self.log(f"starting from the weights of {path} (a fresh optimiser)")
         progress = self.train()
         self.log(f"training stopped at step {progress.step}: {progress.stop_reason}")
