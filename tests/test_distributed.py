@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from seq2seq.tasks.captioning import CaptionBatch
 from seq2seq.tasks.features import extract_grids
 from seq2seq.tracking import Tracker
 from seq2seq.train.checkpoints import load_checkpoint
-from seq2seq.train.distributed import SINGLE, Dist, join, leave
+from seq2seq.train.distributed import SINGLE, Dist, end_rank, join, leave
 from seq2seq.train.trainer import Trainer
 
 # SGD: its update is the gradient itself. Adam's first update is about lr * sign(gradient), which
@@ -86,11 +87,18 @@ def _worker(rank: int, world: int, port: int, kind: str, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist = join("cpu")
+    _as_a_rank(lambda: _step(kind, join("cpu"), out))
+
+
+def _as_a_rank(work: Callable[[], None]) -> None:
+    """Do ``work`` in a spawned rank, then end the process as a real rank ends (``end_rank``:
+    no interpreter teardown, which can abort in gloo's worker threads); an error is raised."""
     try:
-        _step(kind, dist, out)
-    finally:
+        work()
+    except BaseException:
         leave()
+        raise
+    end_rank(0)
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
@@ -187,10 +195,7 @@ def _extract_worker(rank: int, world: int, port: int, folder: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    try:
-        _extract(join("cpu"), folder)
-    finally:
-        leave()
+    _as_a_rank(lambda: _extract(join("cpu"), folder))
 
 
 def test_feature_extraction_shared_by_two_ranks_equals_one_process(tmp_path):

@@ -342,6 +342,8 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     import json
     import shutil
 
+    from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+
     root = tmp_path / "studies"
     study = _study(tmp_path, task="translation", seeds=[1, 2], baseline="single", budget={"max_steps": 20},
                    overrides=toy_overrides(tmp_path, "train.valid_every=10", "train.keep_checkpoints=2"),
@@ -382,9 +384,9 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     run_study(study, root, log=logs.append)  # nothing left to do
     assert all(line.endswith("finished, skipped") for line in logs)
     step = folder / "single" / "seed-1" / "checkpoints" / "step-20.pt"
-    ckpt = torch.load(step, weights_only=False)
+    ckpt = load_checkpoint(step)
     next(iter(ckpt["model"].values())).add_(1.0)  # the source trained again: what was read is stale
-    torch.save(ckpt, step)
+    save_checkpoint(step, ckpt)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
     assert states["averaged/seed-1"] == "changed" and states["averaged/seed-2"] == "finished"
     assert states["tuned/seed-1"] == states["ensemble"] == "waiting" and states["tuned/seed-2"] == "finished"
