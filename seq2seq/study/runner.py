@@ -14,7 +14,6 @@ run's fault: the study stops with the one-line error and the run stays pending o
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,16 @@ from seq2seq.experiment import (
 )
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
-from seq2seq.study.stages import file_sha256, inputs, inputs_sha256, score_stage, sources, stale, study_folder
+from seq2seq.study.stages import (
+    file_sha256,
+    inputs,
+    inputs_sha256,
+    read_results,
+    score_stage,
+    sources,
+    stale,
+    study_folder,
+)
 from seq2seq.study.summary import write_summary
 from seq2seq.train.checkpoints import CheckpointError
 from seq2seq.train.distributed import current, join
@@ -60,10 +68,10 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     if any(run_state(study, s, folder / s.folder) != "finished" for s in sources(study, spec)):
         return "waiting"
     if spec.stage is not None and spec.stage.kind != "from":
-        done = _results(run_dir)
+        done = read_results(run_dir)
         return "pending" if not done else "changed" if stale(study, spec, run_dir, done) else "finished"
     if study.task == "decode":
-        done = _results(run_dir)
+        done = read_results(run_dir)
         if not done:
             return "pending"
         return "finished" if done.get("checkpoint_sha256") == model_sha256(study.model) else "changed"
@@ -80,15 +88,7 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
         return "changed"
     if not finished_run_reason(run_dir, spec.config, progress):
         return "partial"
-    return "changed" if spec.stage is not None and stale(study, spec, run_dir, _results(run_dir)) else "finished"
-
-
-def _results(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "results.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        return {}
+    return "changed" if spec.stage is not None and stale(study, spec, run_dir, read_results(run_dir)) else "finished"
 
 
 def _saved_budget(run_dir: Path) -> dict[str, float] | None:

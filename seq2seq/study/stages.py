@@ -10,8 +10,8 @@
 
 Every rung records the sha256 of the checkpoints it read: if a source is trained again, the
 rung is ``changed`` rather than silently stale. Its provenance is that of the runs that trained
-what it read. Its outputs are written as a training run's are,
-so the summary's paired tests read them; an ensemble is tested against every seed of the baseline.
+what it read. Its outputs are written as a training run's are, so the summary's paired tests
+read them; an ensemble is tested against every seed of the baseline.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def score_stage(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         results = scorer(models, run_dir)
     except CheckpointError as err:  # members that cannot be averaged or ensembled: this run's failure
         raise ConfigError(str(err)) from None
-    trained = [_results(folder / s.folder) for s in sources(study, spec)]  # what trained the models it scored
+    trained = [read_results(folder / s.folder) for s in sources(study, spec)]  # what trained the models it scored
     return {**results, **summarise(trained), "stage": spec.stage.kind, "source": spec.stage.source,
             "read": [str(p) for p in read], "inputs_sha256": inputs_sha256(read)}
 
@@ -106,7 +106,8 @@ def stale(study: Study, spec: RunSpec, run_dir: Path, results: dict[str, Any]) -
         return True
 
 
-def _results(run_dir: Path) -> dict[str, Any]:
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """A run folder's results.json, or {} when it has none or a damaged one."""
     try:
         return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
