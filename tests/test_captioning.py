@@ -182,14 +182,36 @@ def test_finetuning_on_cached_frozen_blocks_equals_finetuning_on_pixels(tmp_path
         torch.testing.assert_close(tensor, weights["false"][name], rtol=1e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
 
 
-def test_cider_d_rewards_the_right_caption():
-    pytest.importorskip("pycocoevalcap")
+@pytest.mark.parametrize("pycocoevalcap", [True, False])
+def test_cider_d_rewards_the_right_caption(pycocoevalcap, monkeypatch):
     from seq2seq.tasks.captioning import cider_d
 
+    if pycocoevalcap:
+        pytest.importorskip("pycocoevalcap")
+    else:
+        monkeypatch.setitem(sys.modules, "pycocoevalcap.cider.cider", None)  # import fails: ours scores
     refs = [["man running: dark skin tone"], ["grinning face"], ["red apple"]]
     right = cider_d(["man running: dark skin tone", "grinning face", "red apple"], refs)
     wrong = cider_d(["grinning face", "red apple", "man running: dark skin tone"], refs)
     assert right > wrong >= 0
+
+
+def test_our_cider_d_is_coco_captions():
+    """Without pycocoevalcap the test score is our CIDEr-D, which must be the same number."""
+    pytest.importorskip("pycocoevalcap")
+    import random
+
+    from seq2seq.tasks import captioning
+
+    rng = random.Random(0)
+    words = "a red blue cat dog smiling face with heart eyes hand big small".split()
+    refs = [[" ".join(rng.choices(words, k=rng.randint(2, 8))) for _ in range(rng.randint(1, 4))] for _ in range(60)]
+    hyps = [" ".join(rng.choices(words, k=rng.randint(1, 8))) for _ in range(60)]
+    theirs = captioning.cider_d(hyps, refs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "pycocoevalcap.cider.cider", None)
+        ours = captioning.cider_d(hyps, refs)
+    assert 0 < theirs == pytest.approx(ours, rel=1e-9)
 
 
 @pytest.mark.network

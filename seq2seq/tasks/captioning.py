@@ -36,6 +36,7 @@ from seq2seq.experiment import log, spread
 from seq2seq.files import write_lines, write_references
 from seq2seq.metrics import bleu, bleu_interval
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
+from seq2seq.rewards import CiderD
 from seq2seq.runtime import move, pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
 from seq2seq.tasks.features import cached_grids
@@ -168,17 +169,19 @@ def bleu_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
     return {f"bleu{n}": bleu(hyps, refs, max_ngram_order=n, lowercase=True).score for n in range(1, 5)}
 
 
-def cider_d(hyps: list[str], refs: list[list[str]]) -> float | None:
-    """CIDEr-D from pycocoevalcap (the optional ``cider`` extra), or None when it is not installed."""
-    try:
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError:
-        return None
+def cider_d(hyps: list[str], refs: list[list[str]]) -> float:
+    """Corpus CIDEr-D x 100, document frequencies from ``refs`` as coco-caption computes them:
+    pycocoevalcap's when installed (the ``cider`` extra), else ours, which agrees with it."""
     def tok(s: str) -> str:
         return " ".join(WordTokenizer.split(s))
 
-    score, _ = Cider().compute_score({i: [tok(r) for r in rs] for i, rs in enumerate(refs)},
-                                     {i: [tok(h)] for i, h in enumerate(hyps)})
+    hyps, refs = [tok(h) for h in hyps], [[tok(r) for r in rs] for rs in refs]
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError:
+        ours = CiderD(refs)  # its scores are CIDEr-D / 10
+        return 1000 * sum(ours.score(h, rs) for h, rs in zip(hyps, refs)) / max(len(hyps), 1)
+    score, _ = Cider().compute_score(dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)})
     return float(score) * 100
 
 
