@@ -375,6 +375,8 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     seeds = {(r["run"], r["seed"]): r for r in _summary_rows(folder, "summary_seeds.csv")}
     assert 0 <= float(seeds[("averaged", "2")]["p_value"]) <= 1
     assert all(0 <= float(seeds[("ensemble", f"all vs {s}")]["p_value"]) <= 1 for s in (1, 2))
+    assert rows["ensemble"]["p_value"] == max((seeds[("ensemble", f"all vs {s}")]["p_value"] for s in (1, 2)),
+                                              key=float)  # one output is not seeds-many: the weakest test
     md = (folder / "summary.md").read_text()
     assert "Provenance differs" not in md
     assert "trained 20 steps" in md and "an ensemble of every seed of `averaged`" in md
@@ -394,6 +396,9 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     run_study(study, root, only=["averaged/seed-1"], log=lambda _: None)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
     assert states["averaged/seed-1"] == "finished" and states["tuned/seed-1"] == states["ensemble"] == "changed"
+    (folder / "tuned" / "seed-1" / "results.json").unlink()  # interrupted: it would resume from its own last.pt
+    states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
+    assert states["tuned/seed-1"] == "changed"  # begun from the old average: not resumed as if from the new
 
 
 def test_a_run_budget_replaces_the_studys_whatever_its_unit(tmp_path):

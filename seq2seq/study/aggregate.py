@@ -8,7 +8,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,8 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
         return welch_test(base.values(metric), run.values(metric)), {}
     pairs = {r.spec.seed: r for r in base.finished}
     matched = [(pairs[r.spec.seed], r) for r in run.finished if r.spec.seed in pairs]
-    if run.spec.seed is None and run.finished and None not in pairs:  # an ensemble against every seed's model
+    ensemble = run.spec.seed is None and bool(run.finished) and None not in pairs
+    if ensemble:  # one output against every seed's model
         matched = [(b, run.finished[0]) for b in base.finished]
     if not matched:
         raise ValueError("no seed finished for both runs")
@@ -151,6 +152,10 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
         files = [scored_outputs(task, metric, x.results)[0] for x in (b, s)]  # type: ignore[index]
         hyps.append((read_lines(b.folder / files[0]), read_lines(s.folder / files[1])))
     per_seed = {b.spec.seed: paired_test([h[0]], [h[1]], refs, scored[1]) for (b, s), h in zip(matched, hyps)}
+    if ensemble and len(hyps) > 1:  # its copies pooled would count each sentence as seeds-many: p too small
+        least = max(per_seed.values(), key=lambda c: c.p_value)
+        return replace(least, test=f"the least significant of its paired tests against each of the "
+                                   f"{len(hyps)} seeds' models ({least.test})"), per_seed
     pooled = paired_test([h[0] for h in hyps], [h[1] for h in hyps], refs, scored[1]) if len(hyps) > 1 \
         else next(iter(per_seed.values()))
     return pooled, per_seed

@@ -38,11 +38,12 @@ from seq2seq.study.spec import RunSpec, Study
 from seq2seq.study.stages import (
     file_sha256,
     inputs,
-    inputs_sha256,
     read_results,
+    record_start,
     score_stage,
     sources,
     stale,
+    started_from,
     study_folder,
 )
 from seq2seq.study.summary import write_summary
@@ -87,7 +88,8 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     if progress.budget and progress.budget != want:
         return "changed"
     if not finished_run_reason(run_dir, spec.config, progress):
-        return "partial"
+        begun = started_from(run_dir) if spec.stage is not None else {}
+        return "changed" if begun and stale(study, spec, run_dir, begun) else "partial"
     return "changed" if spec.stage is not None and stale(study, spec, run_dir, read_results(run_dir)) else "finished"
 
 
@@ -236,9 +238,10 @@ def _execute(study: Study, spec: RunSpec, run_dir: Path, claimed: Callable[[], N
         from seq2seq.tasks.long_dependency import run
     else:
         from seq2seq.tasks.translation import run
-    read = inputs(study, spec, study_folder(spec, run_dir)) if spec.stage else []  # a fine-tuning run's start
-    results = run(spec.config, run_dir)
-    return {**results, "inputs_sha256": inputs_sha256(read)} if read else results
+    if spec.stage is None:
+        return run(spec.config, run_dir)
+    start = record_start(run_dir, inputs(study, spec, study_folder(spec, run_dir)))  # a fine-tuning run's start
+    return {**run(spec.config, run_dir), "inputs_sha256": start}
 
 
 def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:

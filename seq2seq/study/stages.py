@@ -24,6 +24,7 @@ from typing import Any
 
 from seq2seq.config import ConfigError
 from seq2seq.data.fetch import sha256_of
+from seq2seq.experiment import write_text
 from seq2seq.provenance import summarise
 from seq2seq.study.spec import RunSpec, Study
 from seq2seq.train.checkpoints import (
@@ -34,6 +35,9 @@ from seq2seq.train.checkpoints import (
     step_checkpoints,
     take_init_tokenizers,
 )
+from seq2seq.train.distributed import current
+
+STARTED_FROM = "started_from.sha256"  # in a fine-tuning run's folder: the digest of the weights it started from
 
 
 def study_folder(spec: RunSpec, run_dir: Path) -> Path:
@@ -65,6 +69,24 @@ def inputs(study: Study, spec: RunSpec, folder: Path) -> list[Path]:
 def inputs_sha256(paths: list[Path]) -> str:
     """One digest of the files a rung read, in order."""
     return hashlib.sha256(" ".join(file_sha256(p) for p in paths).encode()).hexdigest()
+
+
+def record_start(run_dir: Path, read: list[Path]) -> str:
+    """The digest of what a fine-tuning run starts from, written when it first starts: a resume
+    goes on from its own last.pt, whatever its source holds by then, so that is what it trained from."""
+    path = run_dir / STARTED_FROM
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    digest = inputs_sha256(read)
+    if current().main:
+        write_text(path, digest + "\n")
+    return digest
+
+
+def started_from(run_dir: Path) -> dict[str, str]:
+    """A fine-tuning run's record of its start, in the form of its results (empty when none)."""
+    path = run_dir / STARTED_FROM
+    return {"inputs_sha256": path.read_text(encoding="utf-8").strip()} if path.is_file() else {}
 
 
 def file_sha256(path: Path) -> str:

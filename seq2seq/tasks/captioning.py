@@ -303,7 +303,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "test_unseen_base_images": len(unseen), "beam": cfg.search.beam,
             "test_cider_d": cider_d(beam["hypotheses"], refs),
             "scorer": SCORER.format(version=_sacrebleu_version()) + "; CIDEr-D: "
-            + ("pycocoevalcap (x100)" if importlib.util.find_spec("pycocoevalcap") else "not installed"),
+            + ("pycocoevalcap" if importlib.util.find_spec("pycocoevalcap") else "seq2seq.rewards.CiderD") + " (x100)",
         })
         if current().main:
             _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
