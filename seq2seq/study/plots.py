@@ -22,6 +22,14 @@ def _first(run: RunSummary) -> Replicate | None:
     return run.finished[0] if run.finished else None
 
 
+def _replicates(run: RunSummary, n: int) -> str:
+    """How many replicates a curve averages, or what an ensemble's one output joins."""
+    models = run.finished[0].results.get("models", []) if run.finished else []
+    if run.spec.seed is None and len(models) > 1:
+        return f"ensemble of {len(models)}"
+    return f"{n} seed{'s' * (n > 1)}"
+
+
 def _bleu_by_length(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """Test BLEU per source-length bucket (words), one curve per run (Bahdanau et al., Figure 2):
     the mean over seeds, with the seeds' range as a band."""
@@ -33,11 +41,12 @@ def _bleu_by_length(study: Study, runs: list[RunSummary], metrics: list[str]) ->
     counts = next(iter(curves.values()))[0]
     buckets = list(counts)
     fig, ax = plt.subplots(figsize=(7, 4))
+    by_name = {run.name: run for run in runs}
     for name, seeds in curves.items():
         values = [[c[b]["bleu"] for c in seeds if b in c] for b in buckets]
         x = [i for i, v in enumerate(values) if v]
         mean = [float(np.mean(values[i])) for i in x]
-        line, = ax.plot(x, mean, marker="o", label=f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+        line, = ax.plot(x, mean, marker="o", label=f"{name} ({_replicates(by_name[name], len(seeds))})")
         if len(seeds) > 1:
             ax.fill_between(x, [min(values[i]) for i in x], [max(values[i]) for i in x], color=line.get_color(),
                             alpha=0.2, linewidth=0)
