@@ -3,6 +3,7 @@ disk, kill -9 and resume, non-finite weights, malformed user files. Each failure
 line on stderr, without a traceback, and nothing that existed before may be lost."""
 
 import contextlib
+import json
 import os
 import random
 import resource
@@ -142,6 +143,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, straight_run, 
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(last)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    results = json.loads((run_dir / "results.json").read_text())  # the cost counts both sessions
+    assert results["total_minutes"] >= results["train_minutes"] > 0
 
 
 def _file_size_limit(limit: int):

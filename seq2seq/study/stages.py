@@ -105,9 +105,9 @@ def score_stage(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from seq2seq.tasks import captioning, translation
 
     folder = study_folder(spec, run_dir)
-    read = inputs(study, spec, folder)
-    models = read
     try:
+        read = inputs(study, spec, folder)
+        models = read
         if spec.stage.kind == "average":  # a model of its own, beside the tokenizers it reads text with
             take_init_tokenizers(read[-1], run_dir)
             models = [save_checkpoint(run_dir / "checkpoints" / "averaged.pt", average_checkpoints(read))]

@@ -316,10 +316,9 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "images_per_second": progress.examples / max(progress.train_time, 1e-9),
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
-        "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(device), **trainer.record(),
+        "parameters": model.num_parameters(), "device": str(device), **trainer.record(t0),
         "eval_precision": precision_name(captioner.amp_dtype),
-        "seed": cfg.train.seed, "total_minutes": (time.monotonic() - t0) / 60,
+        "seed": cfg.train.seed,
     })
     tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})
     tracker.finish()

@@ -183,10 +183,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         **{f"test_{k}": v for k, v in scores.items()}, "solved": solved(task, scores),
         "train_steps": progress.step, "train_steps_per_second": progress.step / max(progress.train_time, 1e-9),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
-        "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(trainer.device), **trainer.record(),
+        "parameters": model.num_parameters(), "device": str(trainer.device), **trainer.record(t0),
         "seed": cfg.train.seed,
-        "total_minutes": (time.monotonic() - t0) / 60,
     }
     tracker.summary(results)
     tracker.finish()

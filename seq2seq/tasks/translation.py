@@ -195,11 +195,9 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "train_steps_per_second": progress.step / max(progress.train_time, 1e-9),
         "train_steps": progress.step, "train_epochs": progress.tokens / data.tokens_per_epoch(),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
-        "train_minutes": progress.elapsed / 60, "stop_reason": progress.stop_reason,
-        "parameters": model.num_parameters(), "device": str(trainer.device), **trainer.record(),
+        "parameters": model.num_parameters(), "device": str(trainer.device), **trainer.record(t0),
         "eval_precision": precision_name(translator.amp_dtype),
         "seed": cfg.train.seed,
-        "total_minutes": (time.monotonic() - t0) / 60,
     })
     tracker.summary({k: v for k, v in results.items() if not isinstance(v, dict)})
     tracker.finish()

@@ -18,7 +18,9 @@ Both fine-tune a trained model (``train.init_from``): a random model's samples a
 A sample's reference is its batch row's target: one reference, also in captioning, whose
 batches pair an image with one of its captions.
 The outputs are drawn without gradient (:func:`seq2seq.search.sample`), then scored by the
-decoder teacher-forced in one pass, which is where the gradient flows. :class:`SequenceLevel`
+decoder teacher-forced in one pass, which is where the gradient flows (the encoder runs once for
+both; the decoder's dropout draws a new mask in that pass, so the outputs come from a policy a
+dropout mask away from the one the gradient follows: exact with dropout 0). :class:`SequenceLevel`
 wraps the model as the module a training step runs, so DistributedDataParallel averages its
 gradients over ranks as it does cross-entropy's; the weights stay the model's own.
 """

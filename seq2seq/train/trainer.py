@@ -100,6 +100,7 @@ class Trainer:
         self._last_save = time.monotonic()
         self.sessions: list[dict[str, Any]] = []  # provenance of every training session of this run
         self._speed_mark: tuple[int, float] | None = None  # (step, elapsed) where the speed estimate starts
+        self._elapsed_before = 0.0  # seconds of training in earlier sessions of a resumed run
 
     # --- checkpoints -----------------------------------------------------------------
 
@@ -156,16 +157,20 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.progress = Progress(**ckpt["progress"])
+        self._elapsed_before = self.progress.elapsed
         self.sessions = list(ckpt.get("sessions", []))
         self._saved = {"last": self.progress.step} if Path(path) == self.checkpoint_path("last") else {}
         set_rng_state(ckpt["rng"])
 
-    def record(self) -> dict[str, Any]:
-        """What trained this run (see :mod:`seq2seq.provenance`) and the plan it followed, for results.json."""
+    def record(self, started: float) -> dict[str, Any]:
+        """What trained this run (see :mod:`seq2seq.provenance`), the plan it followed and what it
+        cost, for results.json. ``started``: ``time.monotonic()`` when this process's task began;
+        ``total_minutes`` adds the training time of earlier sessions of a resumed run."""
         p = self.progress
         return {**provenance.summarise(self.sessions), "budget": p.budget, "schedule_horizon": p.horizon,
                 "schedule_horizon_basis": p.horizon_basis, "objective": self.cfg.objective,
-                "init_from": self.cfg.init_from}
+                "init_from": self.cfg.init_from, "train_minutes": p.elapsed / 60, "stop_reason": p.stop_reason,
+                "total_minutes": (time.monotonic() - started + self._elapsed_before) / 60}
 
     # --- the horizon -------------------------------------------------------------------
 
