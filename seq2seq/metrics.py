@@ -1,11 +1,20 @@
-"""Corpus metrics with sacreBLEU: BLEU and chrF over multiple references, with signatures."""
+"""Corpus metrics with sacreBLEU: BLEU and chrF over multiple references, with signatures;
+CIDEr-D in sacreBLEU's form, so that the paired tests of :mod:`seq2seq.significance` apply to it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics.base import Metric
+from sacrebleu.metrics.base import Score as SacreScore
 from torch import Tensor
+
+from seq2seq.rewards import CiderD
+from seq2seq.tokenizers import WordTokenizer
 
 
 @dataclass
@@ -87,3 +96,52 @@ def attention_entropy(weights: list[Tensor | None]) -> float | None:
         total += float(-(p * p.log()).sum())
         steps += p.size(0)
     return total / steps if steps else None
+
+
+class CIDErD(Metric):
+    """Corpus CIDEr-D x 100 (Vedantam et al. 2015) as a sacreBLEU metric. CIDEr-D is a mean over
+    captions once its document frequencies are fixed, so a caption's statistics are its own
+    score and a count, and sacreBLEU's approximate randomisation and bootstrap, which sum the
+    statistics of the captions they draw, test it as they test BLEU. Document frequencies come
+    from the references given (coco-caption's convention), counted once where they are one test
+    set repeated (seeds pooled by :func:`~seq2seq.significance.paired_test`), so a pooled score is
+    the mean of the seeds'; words are :class:`~seq2seq.tokenizers.WordTokenizer`'s, lower-cased."""
+
+    def _extract_corpus_statistics(self, hypotheses: Sequence[str],
+                                   references: Sequence[Sequence[str | None]] | None) -> list[list[float]]:
+        if not references:
+            raise ValueError("CIDEr-D needs the references of every caption")
+        refs = [[_words(r) for r in item if r is not None] for item in zip(*references)]  # per caption
+        counts = {len(rs) for rs in refs}
+        self.num_refs = counts.pop() if len(counts) == 1 else -1  # the signature's nrefs (-1: "var")
+        scorer = CiderD(_one_copy(refs))  # scores CIDEr-D / 10
+        return [[1000.0 * scorer.score(_words(h), rs), 1.0] for h, rs in zip(hypotheses, refs)]
+
+    def _compute_score_from_stats(self, stats: Any) -> SacreScore:
+        return SacreScore("CIDEr-D", float(stats[0]) / max(float(stats[1]), 1.0))
+
+    def _aggregate_and_compute(self, stats: list[list[float]]) -> SacreScore:
+        return self._compute_score_from_stats(np.sum(np.asarray(stats, dtype=float), axis=0))
+
+    # per-segment hooks of sacreBLEU's default extraction, which CIDEr-D's corpus-wide weights replace
+    def _preprocess_segment(self, sent: str) -> str:
+        return sent
+
+    def _extract_reference_info(self, refs: Sequence[str]) -> dict[str, Any]:
+        raise NotImplementedError("CIDEr-D weighs n-grams by the whole corpus: see _extract_corpus_statistics")
+
+    def _compute_segment_statistics(self, hypothesis: str, ref_kwargs: dict) -> list[float]:
+        raise NotImplementedError("CIDEr-D weighs n-grams by the whole corpus: see _extract_corpus_statistics")
+
+
+def _one_copy(items: list[list[str]]) -> list[list[str]]:
+    """``items`` without repetition when it is one list repeated whole (k copies), else itself."""
+    n = len(items)
+    for k in range(n, 1, -1):
+        if n % k == 0 and items == items[:n // k] * k:
+            return items[:n // k]
+    return items
+
+
+def _words(text: str) -> str:
+    return " ".join(WordTokenizer.split(text))

@@ -6,6 +6,7 @@ import random
 import pytest
 from sacrebleu.metrics import BLEU
 
+from seq2seq.metrics import CIDErD, ref_streams
 from seq2seq.significance import holm, paired_test, welch_test
 
 WORDS = "le chat noir mange un poisson rouge dans la maison grande petite".split()
@@ -39,6 +40,20 @@ def test_a_clearly_better_system_is_found_and_seeds_pool():
     assert single.ci95[1] - single.ci95[0] > c.ci95[1] - c.ci95[0]  # twice the sentences: a narrower interval
     with pytest.raises(ValueError, match="replicates"):
         paired_test(worse, better[:1], refs, BLEU)
+
+
+def test_cider_d_is_tested_like_bleu():
+    """CIDEr-D's corpus score is a mean of per-caption scores: sacreBLEU's resampling applies, and
+    pooling seeds (the test set repeated) leaves its document frequencies as they were."""
+    refs = _corpus()
+    worse = [_noisy(refs, 0.6, s) for s in (1, 2)]
+    better = [_noisy(refs, 0.8, s + 10) for s in (1, 2)]
+    c = paired_test(worse, better, refs, CIDErD)
+    assert c.delta > 0 and 0 < c.ci95[0] <= c.delta <= c.ci95[1] and c.p_value < 0.01
+    assert paired_test([better[0]], [better[0]], refs, CIDErD).p_value == 1.0
+    scores = [CIDErD().corpus_score(h, ref_streams(refs)).score for h in better]
+    pooled = CIDErD().corpus_score(better[0] + better[1], ref_streams(refs + refs)).score
+    assert pooled == pytest.approx(sum(scores) / 2, rel=1e-9) and scores[0] > 0
 
 
 def test_two_seeds_of_one_noisy_system_are_usually_no_finding():

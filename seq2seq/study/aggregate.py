@@ -16,6 +16,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.base import Metric
 
 from seq2seq.files import REFERENCES, read_lines, read_references
+from seq2seq.metrics import CIDErD
 from seq2seq.provenance import FIELDS
 from seq2seq.significance import Comparison, holm, paired_test, welch_test
 from seq2seq.study.spec import RunSpec, Study
@@ -106,7 +107,7 @@ def scored_outputs(task: str, metric: str, results: dict[str, Any]) -> tuple[str
     table: dict[str, dict[str, tuple[str, Callable[[], Metric]]]] = {
         "translation": {"test_bleu_beam": (beam, BLEU), "test_chrf_beam": (beam, CHRF),
                         "test_bleu_greedy": ("test.greedy.txt", BLEU)},
-        "captioning": {"test_bleu4": (beam, lambda: BLEU(lowercase=True))},
+        "captioning": {"test_bleu4": (beam, lambda: BLEU(lowercase=True)), "test_cider_d": (beam, CIDErD)},
         "decode": {"test_bleu": ("test.hyp.txt", BLEU), "test_chrf": ("test.hyp.txt", CHRF)},
     }
     return table.get(task, {}).get(metric)

@@ -34,9 +34,8 @@ from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import load_image
 from seq2seq.experiment import log, spread
 from seq2seq.files import write_lines, write_references
-from seq2seq.metrics import bleu, bleu_interval
+from seq2seq.metrics import CIDErD, bleu, bleu_interval, ref_streams
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
-from seq2seq.rewards import CiderD
 from seq2seq.runtime import move, pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
 from seq2seq.tasks.features import cached_grids
@@ -172,16 +171,16 @@ def bleu_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
 def cider_d(hyps: list[str], refs: list[list[str]]) -> float:
     """Corpus CIDEr-D x 100, document frequencies from ``refs`` as coco-caption computes them:
     pycocoevalcap's when installed (the ``cider`` extra), else ours, which agrees with it."""
-    def tok(s: str) -> str:
-        return " ".join(WordTokenizer.split(s))
-
-    hyps, refs = [tok(h) for h in hyps], [[tok(r) for r in rs] for rs in refs]
     try:
         from pycocoevalcap.cider.cider import Cider
     except ImportError:
-        ours = CiderD(refs)  # its scores are CIDEr-D / 10
-        return 1000 * sum(ours.score(h, rs) for h, rs in zip(hyps, refs)) / max(len(hyps), 1)
-    score, _ = Cider().compute_score(dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)})
+        return CIDErD().corpus_score(hyps, ref_streams(refs)).score
+
+    def tok(s: str) -> str:
+        return " ".join(WordTokenizer.split(s))
+
+    score, _ = Cider().compute_score({i: [tok(r) for r in rs] for i, rs in enumerate(refs)},
+                                     {i: [tok(h)] for i, h in enumerate(hyps)})
     return float(score) * 100
 
 
@@ -303,7 +302,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "test_unseen_base_images": len(unseen), "beam": cfg.search.beam,
             "test_cider_d": cider_d(beam["hypotheses"], refs),
             "scorer": SCORER.format(version=_sacrebleu_version()) + "; CIDEr-D: "
-            + ("pycocoevalcap" if importlib.util.find_spec("pycocoevalcap") else "seq2seq.rewards.CiderD") + " (x100)",
+            + ("pycocoevalcap" if importlib.util.find_spec("pycocoevalcap") else "seq2seq.metrics.CIDErD") + " (x100)",
         })
         if current().main:
             _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
