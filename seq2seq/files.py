@@ -1,12 +1,15 @@
 """Every file the project writes goes through :func:`atomic_write`: a temporary file in the same
 folder, flushed to disk, renamed over the target. A crash, a kill or a full disk mid-write
 leaves the old file (or none), never half of one, and a failed write is a one-line
-:class:`WriteError` naming the path and the cause."""
+:class:`WriteError` naming the path and the cause. The file gets the permissions a plain
+``open`` would give it (the umask's for a new file, the old file's for a replaced one), not the
+owner-only ones of a temporary file."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +38,7 @@ def atomic_write(path: str | Path, data: bytes | memoryview | str | Callable[[Bi
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _mode(path))
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
@@ -52,6 +56,25 @@ def atomic_write(path: str | Path, data: bytes | memoryview | str | Callable[[Bi
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _read_umask() -> int:
+    """The process's umask: reading it means setting it, so this runs once, at import, before
+    any thread could create a file in between."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _mode(path: Path) -> int:
+    """The permissions ``open(path, "w")`` would leave: the file's own, else 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
 
 
 def write_lines(path: str | Path, lines: list[str]) -> Path:

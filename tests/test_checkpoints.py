@@ -13,6 +13,22 @@ def test_round_trip_and_atomic_write(tmp_path):
     assert ckpt["step"] == 3 and torch.equal(ckpt["model"]["w"], torch.ones(2))
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    """Not the owner-only mode of the temporary file: a study's summary others may read."""
+    import os
+    import stat
+
+    from seq2seq.files import atomic_write
+
+    with open(tmp_path / "plain.txt", "w") as f:
+        f.write("x")
+    new = atomic_write(tmp_path / "new.txt", "x")
+    assert stat.S_IMODE(new.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    os.chmod(new, 0o640)
+    atomic_write(new, "y")  # replaced: keeps what its owner set
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640
+
+
 def test_failed_write_keeps_the_old_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
 
