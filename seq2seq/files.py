@@ -7,6 +7,7 @@ owner-only ones of a temporary file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -37,9 +38,11 @@ def atomic_write(path: str | Path, data: bytes | memoryview | str | Callable[[Bi
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, _mode(path))
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError):  # permission bits are a courtesy: some mounts refuse chmod
+                os.fchmod(f.fileno(), mode)
             if callable(data):
                 data(f)
             else:
@@ -58,23 +61,35 @@ def atomic_write(path: str | Path, data: bytes | memoryview | str | Callable[[Bi
     return path
 
 
-def _read_umask() -> int:
-    """The process's umask: reading it means setting it, so this runs once, at import, before
-    any thread could create a file in between."""
-    umask = os.umask(0o022)
+def _umask_at_import() -> int:
+    """The umask where /proc cannot tell it: reading it means setting it, so this runs once, at
+    import, before any thread could create a file in between."""
+    umask = os.umask(0o077)
     os.umask(umask)
     return umask
 
 
-_UMASK = _read_umask()
+_UMASK = _umask_at_import()
+
+
+def _umask() -> int:
+    """The process's umask now (Linux's /proc/self/status), else as it was at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK
 
 
 def _mode(path: Path) -> int:
     """The permissions ``open(path, "w")`` would leave: the file's own, else 0o666 less the umask."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        return 0o666 & ~_UMASK
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def write_lines(path: str | Path, lines: list[str]) -> Path:

@@ -34,7 +34,8 @@ def ref_streams(refs: list[list[str]]) -> list[list[str | None]]:
     return [[r[i] if i < len(r) else None for r in refs] for i in range(width)]
 
 
-def _check(hyps: list[str], refs: list[list[str]]) -> None:
+def check_references(hyps: list[str], refs: list[list[str]]) -> None:
+    """One list of references per hypothesis, none of them empty (ValueError otherwise)."""
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference lists")
     if any(not r for r in refs):
@@ -44,7 +45,7 @@ def _check(hyps: list[str], refs: list[list[str]]) -> None:
 def bleu(hyps: list[str], refs: list[list[str]], tokenize: str = "13a", max_ngram_order: int = 4,
          lowercase: bool = False) -> Score:
     """Corpus BLEU (cased unless ``lowercase``); ``refs[i]`` holds every reference of ``hyps[i]``."""
-    _check(hyps, refs)
+    check_references(hyps, refs)
     metric = BLEU(tokenize=tokenize, max_ngram_order=max_ngram_order, lowercase=lowercase)
     result = metric.corpus_score(hyps, ref_streams(refs))
     return Score(f"BLEU-{max_ngram_order}" if max_ngram_order != 4 else "BLEU", result.score,
@@ -55,13 +56,13 @@ def bleu_interval(hyps: list[str], refs: list[list[str]], lowercase: bool = Fals
                   samples: int = 1000) -> list[float]:
     """sacreBLEU's 95 % bootstrap interval of corpus BLEU (test-set sampling alone, not training
     noise): ``[mean - ci, mean + ci]`` as its ``μ = mean ± ci`` reports it."""
-    _check(hyps, refs)
+    check_references(hyps, refs)
     score = BLEU(lowercase=lowercase).corpus_score(hyps, ref_streams(refs), n_bootstrap=samples)
     return [score._mean - score._ci, score._mean + score._ci]
 
 
 def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
-    _check(hyps, refs)
+    check_references(hyps, refs)
     metric = CHRF()
     result = metric.corpus_score(hyps, ref_streams(refs))
     return Score("chrF2", result.score, str(metric.get_signature()), str(result))
@@ -112,6 +113,7 @@ class CIDErD(Metric):
         if not references:
             raise ValueError("CIDEr-D needs the references of every caption")
         refs = [[_words(r) for r in item if r is not None] for item in zip(*references)]  # per caption
+        check_references(list(hypotheses), refs)
         counts = {len(rs) for rs in refs}
         self.num_refs = counts.pop() if len(counts) == 1 else -1  # the signature's nrefs (-1: "var")
         scorer = CiderD(_one_copy(refs))  # scores CIDEr-D / 10
@@ -144,4 +146,5 @@ def _one_copy(items: list[list[str]]) -> list[list[str]]:
 
 
 def _words(text: str) -> str:
+    """Lower-cased words and punctuation, space-joined: the tokens CIDEr-D counts."""
     return " ".join(WordTokenizer.split(text))

@@ -1,8 +1,11 @@
+import os
 import random
+import stat
 
 import pytest
 import torch
 
+from seq2seq.files import atomic_write
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 
@@ -15,11 +18,6 @@ def test_round_trip_and_atomic_write(tmp_path):
 
 def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
     """Not the owner-only mode of the temporary file: a study's summary others may read."""
-    import os
-    import stat
-
-    from seq2seq.files import atomic_write
-
     with open(tmp_path / "plain.txt", "w") as f:
         f.write("x")
     new = atomic_write(tmp_path / "new.txt", "x")

@@ -98,7 +98,7 @@ def test_learning_rate_schedules():
     cfg.schedule, cfg.plateau_patience, cfg.plateau_factor = "plateau", 2, 0.5
     for score in (1.0, 2.0, 2.0, 1.0):
         sched.on_validation(score)
-    assert sched.lr(0, 100) == pytest.approx(0.5)
+    assert sched.lr(0, 100) == pytest.approx(0.05) and sched.lr(50, 100) == pytest.approx(0.5)  # warm-up, halved
 
 
 def test_scheduled_sampling_ratios():

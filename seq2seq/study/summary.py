@@ -167,7 +167,7 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
         lines.append(f"- Baseline: `{study.baseline}`; {metrics[0]} of every other run against it{grid}"
                      + (f" ({tested[0].comparison.test}); significant: p < 0.05 after Holm's correction for "
                         f"{len(tested)} comparison(s)" if tested else " (no finished pair yet)") + ".")
-    head = ["run", "state", "seeds", *metrics, *cost, *(["bootstrap ±95 %"] if has_ci else []),
+    head = ["run", "state", "seeds", *metrics, *cost, *(["BLEU bootstrap ±95 %"] if has_ci else []),
             *([f"Δ {metrics[0]} [95 % CI]", "p (Holm)", "significant"] if study.baseline else [])]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:

@@ -34,7 +34,7 @@ from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import load_image
 from seq2seq.experiment import log, spread
 from seq2seq.files import write_lines, write_references
-from seq2seq.metrics import CIDErD, bleu, bleu_interval, ref_streams
+from seq2seq.metrics import CIDErD, bleu, bleu_interval, check_references, ref_streams
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
 from seq2seq.runtime import move, pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
@@ -171,6 +171,7 @@ def bleu_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
 def cider_d(hyps: list[str], refs: list[list[str]]) -> float:
     """Corpus CIDEr-D x 100, document frequencies from ``refs`` as coco-caption computes them:
     pycocoevalcap's when installed (the ``cider`` extra), else ours, which agrees with it."""
+    check_references(hyps, refs)
     try:
         from pycocoevalcap.cider.cider import Cider
     except ImportError:

@@ -38,9 +38,9 @@ class LRSchedule:
         cfg = self.cfg
         if cfg.schedule == "constant":
             return cfg.lr
-        if cfg.schedule == "plateau":
-            return cfg.lr * self.factor
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        if cfg.schedule == "plateau":  # warm-up, then halved (plateau_factor) whenever valid BLEU stalls
+            return cfg.lr * warm * self.factor
         if cfg.decay == "inverse_sqrt":
             return cfg.lr * warm * min(1.0, math.sqrt(max(1, cfg.warmup_steps) / (step + 1)))
         progress = min(1.0, step / horizon) if horizon else 0.0
