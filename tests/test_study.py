@@ -308,6 +308,32 @@ def test_two_workers_and_a_second_process_share_one_study(tmp_path):
     assert {r["state"] for r in _summary_rows(root / "tiny")} == {"finished"}
 
 
+def test_threads_reach_every_worker(monkeypatch):
+    """--threads replaces the cores' share: several study commands on one machine must split the cores."""
+    from seq2seq.study import workers
+
+    started = []
+
+    class Done:
+        def __init__(self, command, env):
+            started.append((command, env))
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(workers.subprocess, "Popen", Done)
+    logs = []
+    assert workers.run_workers(["tiny"], 2, logs.append, threads=3) == 0
+    assert logs == ["starting 2 workers with 3 thread(s) each"] and len(started) == 2
+    assert all(c[-2:] == ["--threads", "3"] and e["OMP_NUM_THREADS"] == "3" for c, e in started)
+    started.clear()
+    workers.run_workers(["tiny"], 2, logs.append)
+    assert started[0][0][-1] == str(workers.threads_per_worker(2))
+
+
 def test_a_study_on_a_cluster_through_submitit(tmp_path):
     """--slurm submits one job per unfinished run (here with submitit's local executor), waits, summarises."""
     import subprocess

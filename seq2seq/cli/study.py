@@ -49,12 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slurm", nargs="*", metavar="KEY=VALUE",
                         help="submit each unfinished run as a job through submitit (cluster=local: this machine)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process of --workers
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int,
+                        help="threads per run (default: the cores / --workers); several study commands on one "
+                             "machine each need their share, or they run several times slower")
     args = parser.parse_args(argv)
     if args.budget is not None and args.budget <= 0:
         parser.error("--budget must be positive")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     return args
 
 
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.slurm is not None:
             status = max(status, _on_cluster(args, name, study, only))
         elif args.workers > 1:
-            status = max(status, run_workers(_forwarded(args, name), args.workers, log))
+            status = max(status, run_workers(_forwarded(args, name), args.workers, log, args.threads))
             _summarise(study, args.root)
         else:
             run_study(study, args.root, only or None, log, summary=not args.worker)

@@ -37,11 +37,11 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_workers(argv: list[str], workers: int, log: Callable[[str], None]) -> int:
+def run_workers(argv: list[str], workers: int, log: Callable[[str], None], threads: int | None = None) -> int:
     """Run ``workers`` copies of the study command ``argv`` (its arguments, without --workers) as
-    claimers of runs with their share of the threads; wait for all. Ctrl-C and SIGTERM reach every
-    worker, which saves and stops. Returns the worst exit status."""
-    threads = threads_per_worker(workers)
+    claimers of runs with ``threads`` each (default: their share of the cores); wait for all.
+    Ctrl-C and SIGTERM reach every worker, which saves and stops. Returns the worst exit status."""
+    threads = threads or threads_per_worker(workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "seq2seq.cli.study", *argv, "--worker", "--threads", str(threads)]
     log(f"starting {workers} workers with {threads} thread(s) each")
