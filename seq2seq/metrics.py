@@ -112,12 +112,12 @@ class CIDErD(Metric):
                                    references: Sequence[Sequence[str | None]] | None) -> list[list[float]]:
         if not references:
             raise ValueError("CIDEr-D needs the references of every caption")
-        refs = [[_words(r) for r in item if r is not None] for item in zip(*references)]  # per caption
+        refs = [[caption_words(r) for r in item if r is not None] for item in zip(*references)]  # per caption
         check_references(list(hypotheses), refs)
         counts = {len(rs) for rs in refs}
         self.num_refs = counts.pop() if len(counts) == 1 else -1  # the signature's nrefs (-1: "var")
         scorer = CiderD(_one_copy(refs))  # scores CIDEr-D / 10
-        return [[1000.0 * scorer.score(_words(h), rs), 1.0] for h, rs in zip(hypotheses, refs)]
+        return [[1000.0 * scorer.score(caption_words(h), rs), 1.0] for h, rs in zip(hypotheses, refs)]
 
     def _compute_score_from_stats(self, stats: Any) -> SacreScore:
         return SacreScore("CIDEr-D", float(stats[0]) / max(float(stats[1]), 1.0))
@@ -145,6 +145,6 @@ def _one_copy(items: list[list[str]]) -> list[list[str]]:
     return items
 
 
-def _words(text: str) -> str:
+def caption_words(text: str) -> str:
     """Lower-cased words and punctuation, space-joined: the tokens CIDEr-D counts."""
     return " ".join(WordTokenizer.split(text))

@@ -34,7 +34,7 @@ from seq2seq.data.fetch import cache_dir
 from seq2seq.data.images import load_image
 from seq2seq.experiment import log, spread
 from seq2seq.files import write_lines, write_references
-from seq2seq.metrics import CIDErD, bleu, bleu_interval, check_references, ref_streams
+from seq2seq.metrics import CIDErD, bleu, bleu_interval, caption_words, check_references, ref_streams
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
 from seq2seq.runtime import move, pick_device, pick_precision, precision_name, seed_everything, serving_precision
 from seq2seq.tasks.captioner import Captioner, image_transform
@@ -43,7 +43,6 @@ from seq2seq.tokenizers import (
     BOS,
     EOS,
     Tokenizer,
-    WordTokenizer,
     load_tokenizer_file,
     train_sentencepiece,
     train_word_vocab,
@@ -177,11 +176,8 @@ def cider_d(hyps: list[str], refs: list[list[str]]) -> float:
     except ImportError:
         return CIDErD().corpus_score(hyps, ref_streams(refs)).score
 
-    def tok(s: str) -> str:
-        return " ".join(WordTokenizer.split(s))
-
-    score, _ = Cider().compute_score({i: [tok(r) for r in rs] for i, rs in enumerate(refs)},
-                                     {i: [tok(h)] for i, h in enumerate(hyps)})
+    score, _ = Cider().compute_score({i: [caption_words(r) for r in rs] for i, rs in enumerate(refs)},
+                                     {i: [caption_words(h)] for i, h in enumerate(hyps)})
     return float(score) * 100
 
 
