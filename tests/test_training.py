@@ -226,10 +226,11 @@ def test_a_time_budgeted_run_freezes_its_horizon_and_resumes_bit_identically(tmp
     """The learning rate follows the step, not the clock: once the horizon is estimated it is
     frozen in the checkpoint, and a resumed run (whose own estimate would differ) repeats the
     uninterrupted run's updates exactly, and ends at the same step."""
+    import seq2seq.train.schedules as schedules
     import seq2seq.train.trainer as training
 
     monkeypatch.setattr(training, "warm", lambda cfg, step, elapsed: step >= 8)  # warm at step 8, whatever the clock
-    monkeypatch.setattr(training, "time_horizon", lambda *args: 25)
+    monkeypatch.setattr(schedules, "time_horizon", lambda *args: 25)
     torch.manual_seed(0)
     straight = _trainer(tmp_path / "a", max_steps=None, time_budget=10.0)
     straight.train()
@@ -240,7 +241,7 @@ def test_a_time_budgeted_run_freezes_its_horizon_and_resumes_bit_identically(tmp
     crashed = _trainer(tmp_path / "b", CrashAt(14), max_steps=None, time_budget=10.0)
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashed.train()
-    monkeypatch.setattr(training, "time_horizon", lambda *args: 99)  # a slower machine would estimate otherwise
+    monkeypatch.setattr(schedules, "time_horizon", lambda *args: 99)  # a slower machine would estimate otherwise
     resumed = _trainer(tmp_path / "b", max_steps=None, time_budget=10.0)
     resumed.resume(tmp_path / "b" / "checkpoints" / "last.pt")
     assert resumed.progress.step == 10 and resumed.progress.horizon == 25  # frozen at step 8

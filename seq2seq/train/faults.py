@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import signal
 import socket
@@ -146,3 +147,11 @@ def non_finite_parameter(model: nn.Module) -> str | None:
         if not bool(p.detach().isfinite().all()):
             return name
     return None
+
+
+def diverged(loss: float, grad_norm: float, step: int, kept: str) -> FloatingPointError:
+    """The one-line error of a step whose loss or gradient norm is not finite (it was not applied);
+    ``kept`` says which checkpoint the run can go on from."""
+    what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
+    return FloatingPointError(f"training {what} at step {step} (not applied to the weights){kept}; to get past it, "
+                              f"lower train.lr or set train.clip_norm in a new run")

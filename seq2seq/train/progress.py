@@ -31,6 +31,15 @@ class Progress:
     horizon_basis: str = ""  # how it was planned, in words
     budget: dict[str, float] = field(default_factory=dict)  # the limits it was planned for (max_steps, ...)
 
+    def count(self, stats: StepStats, seconds: float, world: int, clipped: bool) -> None:
+        """Count one finished update: a step of ``world`` batches, one per rank."""
+        self.step += 1
+        self.batch_in_epoch += world
+        self.tokens += stats.tokens
+        self.examples += stats.examples
+        self.train_time += seconds
+        self.clipped_steps += clipped
+
 
 @dataclass
 class StepStats:

@@ -109,6 +109,18 @@ def time_horizon(cfg: TrainConfig, step: int, elapsed: float, seconds_per_step: 
     return horizon
 
 
+def time_plan(cfg: TrainConfig, data: EpochPlan, world: int, step: int, elapsed: float, seconds_per_step: float,
+              seconds_per_validation: float) -> tuple[int, str]:
+    """A time-budgeted run's horizon, estimated at ``step``, and how it was found: the budget's
+    :func:`time_horizon`, or ``max_steps``/``max_epochs`` where they come first."""
+    estimate = time_horizon(cfg, step, elapsed, seconds_per_step, seconds_per_validation)
+    steps, basis = step_horizon(cfg, data, world)
+    if steps and steps < estimate:
+        return steps, basis
+    return estimate, (f"time budget of {cfg.time_budget:g} min ({estimate:,} steps, estimated at step {step} from "
+                      f"{seconds_per_step:.3f} s per step and {seconds_per_validation:.1f} s per validation)")
+
+
 def teacher_forcing_ratio(cfg: TrainConfig, step: int) -> float:
     """Probability of feeding the reference token at ``step`` (scheduled sampling decays it)."""
     if cfg.sampling_schedule == "linear":

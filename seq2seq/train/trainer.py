@@ -26,6 +26,7 @@ from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
+from seq2seq.train import faults
 from seq2seq.train.checkpoints import (
     keep_step,
     load_checkpoint,
@@ -39,7 +40,7 @@ from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_
 from seq2seq.train.gradients import gradient_flow
 from seq2seq.train.probes import AttentionProbe
 from seq2seq.train.progress import Display, Progress, StepStats, Window, finish_reason
-from seq2seq.train.schedules import LRSchedule, budget_of, step_horizon, teacher_forcing_ratio, time_horizon, warm
+from seq2seq.train.schedules import LRSchedule, budget_of, step_horizon, teacher_forcing_ratio, time_plan, warm
 from seq2seq.train.sequence_level import SequenceLevel
 
 
@@ -202,11 +203,7 @@ class Trainer:
         if self.dist.main:
             mark_step, mark_elapsed = self._speed_mark
             speed = (p.elapsed - seconds_per_validation - mark_elapsed) / (p.step - mark_step)
-            estimate = time_horizon(cfg, p.step, p.elapsed, speed, seconds_per_validation)
-            steps, basis = step_horizon(cfg, self.data, self.dist.world)
-            plan = (min(steps, estimate), basis) if steps and steps < estimate else (estimate, (
-                f"time budget of {cfg.time_budget:g} min ({estimate:,} steps, estimated at step {p.step} from "
-                f"{speed:.3f} s per step and {seconds_per_validation:.1f} s per validation)"))
+            plan = time_plan(cfg, self.data, self.dist.world, p.step, p.elapsed, speed, seconds_per_validation)
         p.horizon, p.horizon_basis = self.dist.from_main(plan)
         p.budget = budget_of(cfg)
         self.log(f"schedule horizon: {p.horizon:,} steps, from the {p.horizon_basis}")
@@ -355,22 +352,14 @@ class Trainer:
                     loss, grad_norm = step.loss, step.grad_norm
                     dt = time.monotonic() - t0
                     clipped = 0 < cfg.clip_norm < grad_norm
-                    p.step += 1
-                    p.batch_in_epoch += world
-                    p.tokens += step.tokens
-                    p.examples += step.examples
-                    p.train_time += dt
-                    p.clipped_steps += clipped
+                    p.count(step, dt, world, clipped)
                     window.add(loss, grad_norm, clipped, step.tokens, dt)
                     self._tick()
                     # fp16: an overflowing step is skipped and the scale halved; below 1 the run has diverged
                     overflow = self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0
                     if not (math.isfinite(loss) and (math.isfinite(grad_norm) or overflow)):
                         self.tracker.log(window.stats(), step=p.step)  # the explosion stays visible in W&B
-                        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
-                        raise FloatingPointError(f"training {what} at step {p.step} (not applied to the weights)"
-                                                 f"{self._kept('last')}; to get past it, lower train.lr or "
-                                                 f"set train.clip_norm in a new run")
+                        raise faults.diverged(loss, grad_norm, p.step, self._kept("last"))
                     if cfg.gradient_flow_every and p.step % cfg.gradient_flow_every == 0 and self.dist.main:
                         self.probe_gradient_flow(batch)  # after this step's update
                     if p.step % cfg.log_every == 0:
