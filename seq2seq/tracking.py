@@ -66,6 +66,14 @@ class JsonlTracker(Tracker):
         self._write({"summary": values})
 
 
+def logged_rows(path: Path, key: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log (``metrics.jsonl``) that hold ``key``, in the order written;
+    none when the file is absent."""
+    if not path.is_file():
+        return []
+    return [row for line in path.read_text(encoding="utf-8").splitlines() if key in (row := json.loads(line))]
+
+
 class WandbTracker(Tracker):
     def __init__(self, cfg: TrackingConfig, run_dir: Path, config: dict[str, Any], job_type: str):
         import wandb

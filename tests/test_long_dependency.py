@@ -17,8 +17,10 @@ from seq2seq.tasks.long_dependency import (
     evaluate,
     make_batch,
     run,
+    solved_at_step,
 )
 from seq2seq.tokenizers import BOS, EOS
+from seq2seq.tracking import JsonlTracker
 from seq2seq.train.gradients import gradient_flow
 
 SMALL = ["model.attention=none", "model.bidirectional=false", "model.emb_dim=16", "model.enc_hidden=32",
@@ -83,8 +85,28 @@ def test_a_gru_learns_the_copy_task_at_t5_within_seconds(tmp_path):
                "model.enc_cell=gru", "model.dec_cell=gru", "train.max_steps=300", "train.valid_every=300",
                "train.lr=1e-2", "train.warmup_steps=20", "synthetic.batch_size=64", "synthetic.test_examples=500")
     results = run(cfg, tmp_path)
-    assert results["test_accuracy"] >= 0.9 and results["solved"]
+    assert results["test_accuracy"] >= 0.9 and results["solved"] and results["solved_at_step"] == 300
     assert results["test_cross_entropy"] < results["test_baseline_cross_entropy"] / 10
+
+
+def test_solved_at_step_is_the_first_validation_over_the_bar(tmp_path):
+    """Read from metrics.jsonl: training lines and a resumed session's repeated validations are
+    ignored, a later dip does not move it, and a run that never met the bar has none."""
+    log = tmp_path / "metrics.jsonl"
+    tracker = JsonlTracker(log)
+    for step, accuracy in [(500, 0.3), (1000, 0.95), (1500, 0.85), (1000, 0.95)]:
+        tracker.log({"train/loss": 0.1}, step=step)
+        tracker.log({"valid/accuracy": accuracy, "valid/score": accuracy}, step=step)
+    copy, adding = _cfg("synthetic.task=copy").synthetic, _cfg("synthetic.task=adding").synthetic
+    assert solved_at_step(copy, log) == 1000
+    assert solved_at_step(copy, tmp_path / "absent.jsonl") is None
+    tracker = JsonlTracker(tmp_path / "adding.jsonl")
+    for step, mse in [(500, 0.1), (1000, ADDING_BASELINE_MSE / 20)]:
+        tracker.log({"valid/mse": mse, "valid/score": -mse}, step=step)
+    assert solved_at_step(adding, tmp_path / "adding.jsonl") == 1000
+    tracker.log({"valid/mse": 0.2, "valid/score": -0.2}, step=1500)
+    assert solved_at_step(adding, tmp_path / "adding.jsonl") == 1000
+    assert solved_at_step(adding, log) is None  # no mse logged: nothing met the bar
 
 
 def test_the_adding_model_reads_vectors_and_the_probe_measures_it():

@@ -16,6 +16,7 @@ from PIL import Image
 from seq2seq.plotting import attention_heatmap, figure_image, image_grid, plt
 from seq2seq.study.aggregate import Replicate, RunSummary
 from seq2seq.study.spec import Study
+from seq2seq.tracking import logged_rows
 
 
 def _first(run: RunSummary) -> Replicate | None:
@@ -220,10 +221,7 @@ def _by_sequence_length(study: Study, runs: list[RunSummary], metrics: list[str]
 
 def _training_rows(folder: Path, key: str) -> list[dict[str, Any]]:
     """The training log lines of the run in ``folder`` that record ``key`` (metrics.jsonl), in step order."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [row for line in path.read_text(encoding="utf-8").splitlines() if key in (row := json.loads(line))]
+    return logged_rows(folder / "metrics.jsonl", key)
 
 
 def _grad_norm(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:

@@ -33,7 +33,7 @@ from seq2seq.models.model import LossSum, Regressor, Seq2Seq, build_text_encoder
 from seq2seq.runtime import move, seed_everything
 from seq2seq.search import greedy_search
 from seq2seq.tokenizers import BOS, EOS
-from seq2seq.tracking import make_tracker
+from seq2seq.tracking import logged_rows, make_tracker
 from seq2seq.train.trainer import Trainer
 
 FIRST_SYMBOL = EOS + 1  # ids below are pad, unk, <s>, </s>
@@ -151,6 +151,16 @@ def solved(cfg: SyntheticConfig, scores: dict[str, float]) -> bool:
     return scores["accuracy"] >= 0.9 if cfg.task == "copy" else scores["mse"] < ADDING_BASELINE_MSE / 10
 
 
+def solved_at_step(cfg: SyntheticConfig, log: Path) -> int | None:
+    """The first validation step whose validation scores meet :func:`solved`'s bar, read from the
+    run's ``metrics.jsonl`` (which holds every session of a resumed run); None if none did.
+    How long a cell needs to learn a task, to the resolution of ``train.valid_every``."""
+    measure = "valid/accuracy" if cfg.task == "copy" else "valid/mse"
+    steps = [row["step"] for row in logged_rows(log, measure)
+             if solved(cfg, {k.removeprefix("valid/"): v for k, v in row.items()})]
+    return min(steps, default=None)
+
+
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train on generated batches within the step budget, then score the fixed test set."""
     t0 = time.monotonic()
@@ -181,6 +191,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {
         "task": task.task, "length": task.length, "cell": cfg.model.enc_cell,
         **{f"test_{k}": v for k, v in scores.items()}, "solved": solved(task, scores),
+        "solved_at_step": solved_at_step(task, run_dir / "metrics.jsonl"),
         "train_steps": progress.step, "train_steps_per_second": progress.step / max(progress.train_time, 1e-9),
         "clipped_fraction": progress.clipped_steps / max(progress.step, 1),
         "parameters": model.num_parameters(), "device": str(trainer.device), **trainer.record(t0),
