@@ -27,6 +27,7 @@ from seq2seq.train.faults import CollectiveTimeout, ResumeRefused, RunFolderBusy
 from seq2seq.train.progress import Progress, finish_reason
 
 T = TypeVar("T")
+PRUNED_PROGRESS = "progress.json"  # a finished run's progress, kept when its checkpoints are pruned
 USER_ERRORS = (ConfigError, CorpusError, FetchError, CheckpointError, TokenizerError, BackboneError, ImageError,
                FloatingPointError, WriteError, RunFolderBusy, ResumeRefused, CollectiveTimeout)
 
@@ -128,6 +129,9 @@ def _raise_if_finished(run_dir: Path, cfg: Config) -> None:
     if reason:
         raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
                           f"{run_dir / 'results.json'}. To train it further, raise {_limit_option(reason)}")
+    if (run_dir / PRUNED_PROGRESS).is_file() and not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise ConfigError(f"run folder {run_dir} holds a finished run whose checkpoints were pruned: it cannot "
+                          f"train further; choose another --run-dir")
 
 
 _locks: dict[Path, RunLock] = {}
@@ -178,9 +182,13 @@ def same_run_config(run_dir: Path, cfg: Config) -> bool:
 
 
 def run_progress(run_dir: Path) -> Progress | None:
-    """Where the run in ``run_dir`` stands (its last checkpoint's progress), or None before one."""
+    """Where the run in ``run_dir`` stands (its last checkpoint's progress, or the progress a
+    finished run kept when its checkpoints were pruned), or None before one."""
     last = run_dir / "checkpoints" / "last.pt"
-    return Progress(**load_checkpoint(last, mmap=True)["progress"]) if last.is_file() else None
+    if last.is_file():
+        return Progress(**load_checkpoint(last, mmap=True)["progress"])
+    pruned = run_dir / PRUNED_PROGRESS
+    return Progress(**json.loads(pruned.read_text(encoding="utf-8"))) if pruned.is_file() else None
 
 
 def finished_run_reason(run_dir: Path, cfg: Config, progress: Progress | None = None) -> str:

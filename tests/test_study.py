@@ -1,5 +1,6 @@
-"""The study runner: a tiny study end to end, resumed and skipped runs, decode studies, bad files."""
+"""The study runner: a tiny study end to end, resumed and skipped runs, pruned runs, decode studies, bad files."""
 
+import json
 
 import pytest
 import torch
@@ -7,7 +8,9 @@ import yaml
 from conftest import toy_overrides
 
 from seq2seq.config import ConfigError
+from seq2seq.experiment import open_run_dir
 from seq2seq.study import load_study, run_study
+from seq2seq.study.prune import prune
 from seq2seq.study.runner import describe_runs
 
 
@@ -34,11 +37,11 @@ def _crash_after_checkpoint(monkeypatch, at_step):
 
 def test_a_tiny_study_runs_resumes_and_skips(tmp_path, monkeypatch):
     root = tmp_path / "studies"
-    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=5",
-                                                                                "train.gradient_flow_every=5"),
-                   budget={"max_steps": 10},
-                   runs={"gru": [], "lstm": ["model.enc_cell=lstm", "model.dec_cell=lstm"]},
-                   summary={"plots": ["bleu_by_length", "metrics", "attention", "gradient_flow"]})
+    fields = dict(task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=5",
+                                                               "train.gradient_flow_every=5"),
+                  budget={"max_steps": 10}, runs={"gru": [], "lstm": ["model.enc_cell=lstm", "model.dec_cell=lstm"]},
+                  summary={"plots": ["bleu_by_length", "metrics", "attention", "gradient_flow"]})
+    study = _study(tmp_path, **fields)
     lstm = study.run_specs()[1]
     assert lstm.config.train.max_steps == 10 and lstm.config.train.time_budget is None
     assert lstm.config.tracking.group == "tiny" and lstm.config.tracking.name == "tiny/lstm"
@@ -67,6 +70,18 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path, monkeypatch):
     run_study(study, root, log=logs.append)  # the same command again: nothing to train
     assert [line.split(": ", 1)[1] for line in logs] == ["finished, skipped", "finished, skipped"]
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+    summary = (folder / "summary.csv").read_text()
+    pruned, freed = prune(study, root)  # the checkpoints go, the record stays and the runs stay finished
+    assert pruned == ["gru", "lstm"] and freed > 0 and not (folder / "gru" / "checkpoints").exists()
+    assert json.loads((folder / "gru" / "progress.json").read_text())["step"] == 10
+    logs.clear()
+    run_study(study, root, log=logs.append)
+    assert [line.split(": ", 1)[1] for line in logs] == ["finished, skipped", "finished, skipped"]
+    assert (folder / "summary.csv").read_text() == summary
+    longer = _study(tmp_path, **{**fields, "budget": {"max_steps": 20}})
+    with pytest.raises(ConfigError, match="checkpoints were pruned: it cannot train further"):
+        open_run_dir(longer.run_specs()[0].config, folder / "gru")
 
 
 def _summary_rows(folder, name="summary.csv"):
@@ -411,6 +426,7 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     logs.clear()
     run_study(study, root, log=logs.append)  # nothing left to do
     assert all(line.endswith("finished, skipped") for line in logs)
+    assert prune(study, root)[0] == ["tuned/seed-1", "tuned/seed-2"]  # what other runs read keeps its checkpoints
     step = folder / "single" / "seed-1" / "checkpoints" / "step-20.pt"
     ckpt = load_checkpoint(step)
     next(iter(ckpt["model"].values())).add_(1.0)  # the source trained again: what was read is stale

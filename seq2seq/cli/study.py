@@ -8,6 +8,7 @@
     python experiments/study.py attention --slurm slurm_partition=gpu gpus_per_node=1 timeout_min=120
     python experiments/study.py my_study.yaml --dry-run   # print every run's resolved config
     python experiments/study.py gradients exploding       # several studies, one after another
+    python experiments/study.py gradients --prune         # delete finished runs' checkpoints, keep their record
 
 Runs go to studies/<study>/<run>[/seed-<n>]/ (ordinary run folders); running the same command
 again skips finished runs and resumes an interrupted one, and a second command on the same
@@ -27,6 +28,7 @@ from typing import Any
 from seq2seq.config import ConfigError
 from seq2seq.experiment import log, run_cli
 from seq2seq.study import Study, describe_runs, dry_run, load_study, run_study
+from seq2seq.study.prune import prune
 from seq2seq.study.runner import run_state, select
 from seq2seq.study.summary import write_summary
 from seq2seq.study.workers import run_workers, set_threads, slurm_options, submit
@@ -39,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=Path("studies"), help="where study folders go")
     parser.add_argument("--list", action="store_true", help="show the runs and their state, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config of every run")
+    parser.add_argument("--prune", action="store_true",
+                        help="delete the checkpoints of finished runs no other run reads, keeping what the summary "
+                             "reads; they stay finished but cannot train further. Runs nothing")
     parser.add_argument("--only", action="append", metavar="RUN",
                         help="run only this run (all its seeds), or RUN/seed-N (repeatable)")
     parser.add_argument("--budget", type=float,
@@ -108,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.dry_run:
             print(dry_run(study))
+            continue
+        if args.prune:
+            pruned, freed = prune(study, args.root)
+            print(f"{study.name}: pruned {len(pruned)} finished runs, {freed / 2**20:,.1f} MiB freed")
             continue
         only = [n for n in args.only or [] if n in {x for s in study.run_specs() for x in (s.name, s.folder)}]
         if args.only and not only:
