@@ -1,6 +1,7 @@
 """The study runner: a tiny study end to end, resumed and skipped runs, pruned runs, decode studies, bad files."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from conftest import toy_overrides
 from seq2seq.config import ConfigError
 from seq2seq.experiment import open_run_dir
 from seq2seq.study import load_study, run_study
-from seq2seq.study.prune import prune
+from seq2seq.study.records import export_records, prune, restore_records
 from seq2seq.study.runner import describe_runs
 
 
@@ -154,6 +155,28 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
     assert all(r["p_value"] for r in seeds if r["run"] == "starved") and not seeds[0]["p_value"]
     md = (folder / "summary.md").read_text()
     assert " ± " in md and "Holm" in md and "**yes**" in md and "seeds 1, 2" in md
+
+    records = tmp_path / "records"  # the study moves to another machine without weights or corpus text
+    assert export_records(study, tmp_path / "studies", records) == [s.folder for s in study.run_specs()]
+    exported = {p.relative_to(records / "tiny" / "good" / "seed-1").as_posix()
+                for p in (records / "tiny" / "good" / "seed-1").rglob("*")}
+    assert {"config.yaml", "results.json", "metrics.jsonl", "progress.json", "test.refs.sha256"} <= exported
+    assert not exported & {"checkpoints", "tokenizers", "test.refs.jsonl", "test.src.txt"}
+    shutil.rmtree(records / "tiny" / "starved" / "seed-2")  # a run that never finished there: trained here
+    elsewhere = tmp_path / "elsewhere"
+    assert restore_records(study, records, elsewhere) == ["good/seed-1", "good/seed-2", "starved/seed-1"]
+    assert (elsewhere / "tiny" / "good" / "seed-1" / "test.refs.jsonl").read_text() == \
+        (folder / "good" / "seed-1" / "test.refs.jsonl").read_text()  # written again from the data
+    logs = []
+    again = run_study(study, elsewhere, log=logs.append)
+    assert [line.split(": ", 1)[1].split(" (")[0] for line in logs if "seed" in line.split(": ")[0]][:4] == \
+        ["finished, skipped", "finished, skipped", "finished, skipped", "starting"]
+    restored = {r["run"]: r for r in _summary_rows(again)}
+    assert all(restored[run][k] == rows[run][k] for run in rows for k in ("test_bleu_beam_mean", "p_value"))
+    (records / "tiny" / "good" / "seed-1" / "test.refs.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(ConfigError, match="other test references than the data here gives"):
+        restore_records(study, records, tmp_path / "third")
+    assert not (tmp_path / "third" / "tiny" / "good" / "seed-1").exists()
 
 
 def test_stale_rows_show_their_state_and_no_figures(tmp_path, monkeypatch):

@@ -9,6 +9,8 @@
     python experiments/study.py my_study.yaml --dry-run   # print every run's resolved config
     python experiments/study.py gradients exploding       # several studies, one after another
     python experiments/study.py gradients --prune         # delete finished runs' checkpoints, keep their record
+    python experiments/study.py gradients --export records    # the finished runs' records, no weights, no corpus
+    python experiments/study.py gradients --restore records   # ... back on another machine: they count as finished
 
 Runs go to studies/<study>/<run>[/seed-<n>]/ (ordinary run folders); running the same command
 again skips finished runs and resumes an interrupted one, and a second command on the same
@@ -28,7 +30,7 @@ from typing import Any
 from seq2seq.config import ConfigError
 from seq2seq.experiment import log, run_cli
 from seq2seq.study import Study, describe_runs, dry_run, load_study, run_study
-from seq2seq.study.prune import prune
+from seq2seq.study.records import export_records, prune, restore_records
 from seq2seq.study.runner import run_state, select
 from seq2seq.study.summary import write_summary
 from seq2seq.study.workers import run_workers, set_threads, slurm_options, submit
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prune", action="store_true",
                         help="delete the checkpoints of finished runs no other run reads, keeping what the summary "
                              "reads; they stay finished but cannot train further. Runs nothing")
+    parser.add_argument("--export", type=Path, metavar="DIR",
+                        help="copy every finished run's record (config, results, metrics, test outputs; no weights, "
+                             "no corpus text) to DIR/<study>/. Runs nothing")
+    parser.add_argument("--restore", type=Path, metavar="DIR",
+                        help="copy the records in DIR/<study>/ into the study's folder (never over a run there), "
+                             "their test references written again from the data; then run the study as asked")
     parser.add_argument("--only", action="append", metavar="RUN",
                         help="run only this run (all its seeds), or RUN/seed-N (repeatable)")
     parser.add_argument("--budget", type=float,
@@ -108,15 +116,22 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"no study here has a run named {', '.join(unknown)}")
     status = 0
     for name, study in zip(args.studies, studies):
+        if args.restore and not args.worker:
+            restored = restore_records(study, args.restore, args.root)
+            log(f"{study.name}: {len(restored)} runs restored from {args.restore}")
         if args.list:
             print("\n".join(describe_runs(study, args.root)))
             continue
         if args.dry_run:
             print(dry_run(study))
             continue
-        if args.prune:
-            pruned, freed = prune(study, args.root)
-            print(f"{study.name}: pruned {len(pruned)} finished runs, {freed / 2**20:,.1f} MiB freed")
+        if args.prune or args.export:
+            if args.prune:
+                pruned, freed = prune(study, args.root)
+                print(f"{study.name}: pruned {len(pruned)} finished runs, {freed / 2**20:,.1f} MiB freed")
+            if args.export:
+                print(f"{study.name}: {len(export_records(study, args.root, args.export))} finished runs' records "
+                      f"in {args.export / study.folder}")
             continue
         only = [n for n in args.only or [] if n in {x for s in study.run_specs() for x in (s.name, s.folder)}]
         if args.only and not only:

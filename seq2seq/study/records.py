@@ -1,0 +1,120 @@
+"""A study's record: what its summary reads, kept without the weights or the corpus.
+
+A study's summary, paired tests included, reads each run's config, ``results.json``,
+``metrics.jsonl``, test outputs and test references, and none of its checkpoints. So:
+
+- ``--prune`` deletes the ``checkpoints/`` of every finished run that no other run reads and
+  writes the run's final progress beside its results (``progress.json``): the run stays
+  *finished*, the same study command skips it, and the summary is built as before (less the
+  attention plot, which decodes with the models). A pruned run cannot train further.
+- ``--export DIR`` copies the record of every finished run to ``DIR/<study>/``: the files above
+  and the final progress, with the sha256 of the test references in place of the references
+  and no test sources (corpus text stays in the cache, under its licence). A record is small
+  enough to commit or mail.
+- ``--restore DIR`` copies records back into the study's folder, never over a run already
+  there, and writes each run's test references again from the data, checked against the
+  sha256. Restored runs are finished: the study trains only what is missing and compares every
+  run, restored or trained here, in one summary. This is how a study outlives a machine.
+
+Runs built from other runs (averages, fine-tunes, ensembles) read their sources' checkpoints,
+so their sources are never pruned and they are not exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from seq2seq.config import Config, ConfigError
+from seq2seq.experiment import PRUNED_PROGRESS, run_progress, write_text
+from seq2seq.files import REFERENCES, write_references
+from seq2seq.study.runner import run_state
+from seq2seq.study.spec import Study
+from seq2seq.study.stages import file_sha256, sources
+
+REFERENCES_SHA256 = "test.refs.sha256"  # in an exported record, instead of the references
+NOT_EXPORTED = {"run.lock", "wandb_id.txt", "test.src.txt", REFERENCES}  # and folders, and *.tsv (they hold refs)
+
+
+def prune(study: Study, root: Path) -> tuple[list[str], int]:
+    """Prune every finished run of ``study`` under ``root`` that no other run reads; returns the
+    runs pruned and the bytes freed."""
+    study = dataclasses.replace(study, root=root)  # fine-tuning runs name their sources under it
+    folder = root / study.folder
+    specs = study.run_specs()
+    read = {source.folder for spec in specs for source in sources(study, spec)}
+    pruned, freed = [], 0
+    for spec in specs:
+        run_dir = folder / spec.folder
+        checkpoints = run_dir / "checkpoints"
+        if spec.folder in read or not checkpoints.is_dir() or run_state(study, spec, run_dir) != "finished":
+            continue
+        if run_progress(run_dir) is None:  # a rung scored from its sources: nothing of its own to keep
+            continue
+        _keep_progress(run_dir, run_dir)
+        freed += sum(p.stat().st_size for p in checkpoints.rglob("*") if p.is_file())
+        shutil.rmtree(checkpoints)
+        pruned.append(spec.folder)
+    return pruned, freed
+
+
+def export_records(study: Study, root: Path, dest: Path) -> list[str]:
+    """Copy the record of every finished run of ``study`` under ``root`` (not built from another
+    run) to ``dest/<study>/``; returns the runs exported."""
+    study = dataclasses.replace(study, root=root)
+    exported = []
+    for spec in study.run_specs():
+        run_dir = root / study.folder / spec.folder
+        if spec.stage is not None or run_state(study, spec, run_dir) != "finished":
+            continue
+        out = dest / study.folder / spec.folder
+        out.mkdir(parents=True, exist_ok=True)
+        for path in run_dir.iterdir():
+            if path.is_file() and path.name not in NOT_EXPORTED and path.suffix != ".tsv":
+                shutil.copy2(path, out / path.name)
+        _keep_progress(run_dir, out)
+        if (run_dir / REFERENCES).is_file():
+            write_text(out / REFERENCES_SHA256, file_sha256(run_dir / REFERENCES) + "\n")
+        exported.append(spec.folder)
+    return exported
+
+
+def restore_records(study: Study, src: Path, root: Path) -> list[str]:
+    """Copy the records in ``src/<study>/`` into the study's folder under ``root`` where the run
+    is not there yet, their references written from the data; returns the runs restored."""
+    study = dataclasses.replace(study, root=root)
+    restored = []
+    for spec in study.run_specs():
+        record, run_dir = src / study.folder / spec.folder, root / study.folder / spec.folder
+        if not (record / "results.json").is_file() or (run_dir / "config.yaml").exists():
+            continue
+        shutil.copytree(record, run_dir, dirs_exist_ok=True)
+        digest = run_dir / REFERENCES_SHA256
+        if digest.is_file():
+            write_references(run_dir, test_references(study.task, spec.config))
+            if file_sha256(run_dir / REFERENCES) != digest.read_text(encoding="utf-8").strip():
+                shutil.rmtree(run_dir)
+                raise ConfigError(f"record {record} was scored on other test references than the data here gives "
+                                  f"(another corpus version or split?); not restored")
+        restored.append(spec.folder)
+    return restored
+
+
+def test_references(task: str, cfg: Config) -> list[list[str]]:
+    """The test references a run of ``task`` with ``cfg`` is scored against, read from the data."""
+    if task == "captioning":
+        from seq2seq.tasks.captioning import load_captions
+
+        return [ex.captions for ex in load_captions(cfg).test]
+    from seq2seq.tasks.translation import load_data
+
+    return [ex.refs for ex in load_data(cfg).test]
+
+
+def _keep_progress(run_dir: Path, out: Path) -> None:
+    """Write the final progress of the run in ``run_dir`` to ``out`` (a decoded run has none)."""
+    progress = run_progress(run_dir)
+    if progress is not None:
+        write_text(out / PRUNED_PROGRESS, json.dumps(dataclasses.asdict(progress), indent=2) + "\n")
