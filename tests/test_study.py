@@ -73,8 +73,9 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path, monkeypatch):
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
     summary = (folder / "summary.csv").read_text()
+    _study(tmp_path, name="beams", task="decode", model=str(root / "tiny" / "lstm"), runs={"beam1": ["search.beam=1"]})
     pruned, freed = prune(study, root)  # the checkpoints go, the record stays and the runs stay finished
-    assert pruned == ["gru", "lstm"] and freed > 0 and not (folder / "gru" / "checkpoints").exists()
+    assert pruned == ["gru"] and freed > 0 and not (folder / "gru" / "checkpoints").exists()  # beams decodes lstm
     assert json.loads((folder / "gru" / "progress.json").read_text())["step"] == 10
     logs.clear()
     run_study(study, root, log=logs.append)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.only or [] if name not in names]
     if unknown:  # before anything trains
         raise ConfigError(f"no study here has a run named {', '.join(unknown)}")
+    if (args.prune or args.export or args.restore) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--prune, --export and --restore change files in one process: run them without torchrun")
     status = 0
     for name, study in zip(args.studies, studies):
-        if args.restore and not args.worker:
-            restored = restore_records(study, args.restore, args.root)
+        if args.restore and not (args.worker or args.list or args.dry_run):
+            restored = restore_records(study, args.restore, args.root, log)
             log(f"{study.name}: {len(restored)} runs restored from {args.restore}")
         if args.list:
             print("\n".join(describe_runs(study, args.root)))

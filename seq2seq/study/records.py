@@ -12,12 +12,14 @@ A study's summary, paired tests included, reads each run's config, ``results.jso
   and no test sources (corpus text stays in the cache, under its licence). A record is small
   enough to commit or mail.
 - ``--restore DIR`` copies records back into the study's folder, never over a run already
-  there, and writes each run's test references again from the data, checked against the
-  sha256. Restored runs are finished: the study trains only what is missing and compares every
-  run, restored or trained here, in one summary. This is how a study outlives a machine.
+  there, with each run's test references written again from this machine's data and checked
+  against the sha256. Restored runs are finished: the study trains only what is missing and
+  compares every run, restored or trained here, in one summary. This is how a study outlives
+  a machine.
 
-Runs built from other runs (averages, fine-tunes, ensembles) read their sources' checkpoints,
-so their sources are never pruned and they are not exported.
+Runs that other runs read (the sources of averages, fine-tunes, ensembles, and models that a
+decode study file names) keep their checkpoints and are not exported, and neither are the
+runs built from them: on another machine they train again.
 """
 
 from __future__ import annotations
@@ -25,31 +27,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from seq2seq.config import Config, ConfigError
 from seq2seq.experiment import PRUNED_PROGRESS, run_progress, write_text
 from seq2seq.files import REFERENCES, write_references
 from seq2seq.study.runner import run_state
-from seq2seq.study.spec import Study
+from seq2seq.study.spec import Study, load_study
 from seq2seq.study.stages import file_sha256, sources
 
 REFERENCES_SHA256 = "test.refs.sha256"  # in an exported record, instead of the references
-NOT_EXPORTED = {"run.lock", "wandb_id.txt", "test.src.txt", REFERENCES}  # and folders, and *.tsv (they hold refs)
+EXPORTED = ("config.yaml", "results.json", "metrics.jsonl", PRUNED_PROGRESS)  # and test outputs: test.*.txt
 
 
 def prune(study: Study, root: Path) -> tuple[list[str], int]:
-    """Prune every finished run of ``study`` under ``root`` that no other run reads; returns the
-    runs pruned and the bytes freed."""
+    """Prune every finished run of ``study`` under ``root`` that nothing reads; returns the runs
+    pruned and the bytes freed."""
     study = dataclasses.replace(study, root=root)  # fine-tuning runs name their sources under it
-    folder = root / study.folder
-    specs = study.run_specs()
-    read = {source.folder for spec in specs for source in sources(study, spec)}
+    read = _read_by_others(study, root)
     pruned, freed = [], 0
-    for spec in specs:
-        run_dir = folder / spec.folder
+    for spec in study.run_specs():
+        run_dir = root / study.folder / spec.folder
         checkpoints = run_dir / "checkpoints"
-        if spec.folder in read or not checkpoints.is_dir() or run_state(study, spec, run_dir) != "finished":
+        if _is_read(spec.folder, read) or not checkpoints.is_dir() or run_state(study, spec, run_dir) != "finished":
             continue
         if run_progress(run_dir) is None:  # a rung scored from its sources: nothing of its own to keep
             continue
@@ -61,18 +62,20 @@ def prune(study: Study, root: Path) -> tuple[list[str], int]:
 
 
 def export_records(study: Study, root: Path, dest: Path) -> list[str]:
-    """Copy the record of every finished run of ``study`` under ``root`` (not built from another
-    run) to ``dest/<study>/``; returns the runs exported."""
+    """Copy the record of every finished run of ``study`` under ``root`` that neither reads nor
+    is read by another run to ``dest/<study>/``; returns the runs exported."""
     study = dataclasses.replace(study, root=root)
+    read = _read_by_others(study, root)
     exported = []
     for spec in study.run_specs():
         run_dir = root / study.folder / spec.folder
-        if spec.stage is not None or run_state(study, spec, run_dir) != "finished":
+        if spec.stage is not None or _is_read(spec.folder, read) or run_state(study, spec, run_dir) != "finished":
             continue
         out = dest / study.folder / spec.folder
         out.mkdir(parents=True, exist_ok=True)
         for path in run_dir.iterdir():
-            if path.is_file() and path.name not in NOT_EXPORTED and path.suffix != ".tsv":
+            if path.name in EXPORTED or path.name.startswith("test.") and path.suffix == ".txt" \
+                    and path.name != "test.src.txt":
                 shutil.copy2(path, out / path.name)
         _keep_progress(run_dir, out)
         if (run_dir / REFERENCES).is_file():
@@ -81,28 +84,41 @@ def export_records(study: Study, root: Path, dest: Path) -> list[str]:
     return exported
 
 
-def restore_records(study: Study, src: Path, root: Path) -> list[str]:
+def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], None] = print) -> list[str]:
     """Copy the records in ``src/<study>/`` into the study's folder under ``root`` where the run
-    is not there yet, their references written from the data; returns the runs restored."""
+    is not there yet, their references written from the data and checked; returns the runs
+    restored. A record is checked in a scratch folder and moved into place only when whole."""
     study = dataclasses.replace(study, root=root)
-    restored = []
+    restored: list[str] = []
+    references: dict[str, list[list[str]]] = {}  # per data options: the corpus is read once
     for spec in study.run_specs():
         record, run_dir = src / study.folder / spec.folder, root / study.folder / spec.folder
-        if not (record / "results.json").is_file() or (run_dir / "config.yaml").exists():
+        if not (record / "results.json").is_file() or run_dir.exists():
             continue
-        shutil.copytree(record, run_dir, dirs_exist_ok=True)
-        digest = run_dir / REFERENCES_SHA256
+        scratch = run_dir.with_name(f".{run_dir.name}.restoring")
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(record, scratch)
+        digest = scratch / REFERENCES_SHA256
         if digest.is_file():
-            write_references(run_dir, test_references(study.task, spec.config))
-            if file_sha256(run_dir / REFERENCES) != digest.read_text(encoding="utf-8").strip():
-                shutil.rmtree(run_dir)
+            key = json.dumps([dataclasses.asdict(spec.config.data), dataclasses.asdict(spec.config.captions)],
+                             default=str)
+            if key not in references:
+                references[key] = reference_lists(study.task, spec.config)
+            write_references(scratch, references[key])
+            if file_sha256(scratch / REFERENCES) != digest.read_text(encoding="utf-8").strip():
+                shutil.rmtree(scratch)
                 raise ConfigError(f"record {record} was scored on other test references than the data here gives "
                                   f"(another corpus version or split?); not restored")
+        scratch.rename(run_dir)
+        if run_state(study, spec, run_dir) != "finished":  # e.g. another budget than the study file's now
+            shutil.rmtree(run_dir)
+            log(f"{spec.label}: record not restored: it is not a finished run of the study as it is now")
+            continue
         restored.append(spec.folder)
     return restored
 
 
-def test_references(task: str, cfg: Config) -> list[list[str]]:
+def reference_lists(task: str, cfg: Config) -> list[list[str]]:
     """The test references a run of ``task`` with ``cfg`` is scored against, read from the data."""
     if task == "captioning":
         from seq2seq.tasks.captioning import load_captions
@@ -111,6 +127,27 @@ def test_references(task: str, cfg: Config) -> list[list[str]]:
     from seq2seq.tasks.translation import load_data
 
     return [ex.refs for ex in load_data(cfg).test]
+
+
+def _read_by_others(study: Study, root: Path) -> set[str]:
+    """The runs of ``study`` that another run reads: a source of a rung, or the model of a
+    decode study file beside this one."""
+    specs = study.run_specs()
+    read = {source.folder for spec in specs for source in sources(study, spec)}
+    folder = (root / study.folder).resolve()
+    for path in sorted(study.path.parent.glob("*.yaml")) if study.path else []:
+        try:
+            model = load_study(path).model
+        except ConfigError:
+            continue
+        if model is not None and model.resolve().is_relative_to(folder):
+            read.add(model.resolve().relative_to(folder).as_posix())
+    return read
+
+
+def _is_read(folder: str, read: set[str]) -> bool:
+    """Whether a run folder is one that is read, or lies in or holds one."""
+    return any(folder == r or folder.startswith(f"{r}/") or r.startswith(f"{folder}/") for r in read)
 
 
 def _keep_progress(run_dir: Path, out: Path) -> None:

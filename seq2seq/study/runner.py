@@ -59,7 +59,8 @@ RUN_FAILURES = (FloatingPointError, ConfigError)  # the run's own fault: recorde
 def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     """pending (never started), partial (started, resumable), finished (at exactly the study's
     budget, or decoded with the model as it is now), failed (see error.txt), changed (the
-    folder holds this run made with other options, another budget, or an older model), or
+    folder holds this run made with other options, another budget, or an older model, or a pruned
+    run the study now asks more of), or
     waiting (built from a run of the study that has not finished)."""
     if not same_run_config(run_dir, spec.config):
         return "changed"
@@ -88,6 +89,8 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     if progress.budget and progress.budget != want:
         return "changed"
     if not finished_run_reason(run_dir, spec.config, progress):
+        if not (run_dir / "checkpoints" / "last.pt").is_file():  # pruned (progress.json): it cannot go on
+            return "changed"
         begun = started_from(run_dir) if spec.stage is not None else {}
         return "changed" if begun and stale(study, spec, run_dir, begun) else "partial"
     return "changed" if spec.stage is not None and stale(study, spec, run_dir, read_results(run_dir)) else "finished"
