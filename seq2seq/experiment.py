@@ -129,7 +129,7 @@ def _raise_if_finished(run_dir: Path, cfg: Config) -> None:
     if reason:
         raise RunFinished(f"run folder {run_dir} holds a finished run ({reason}); its results are in "
                           f"{run_dir / 'results.json'}. To train it further, raise {_limit_option(reason)}")
-    if (run_dir / PRUNED_PROGRESS).is_file() and not (run_dir / "checkpoints" / "last.pt").is_file():
+    if pruned(run_dir):
         raise ConfigError(f"run folder {run_dir} holds a finished run whose checkpoints were pruned: it cannot "
                           f"train further; choose another --run-dir")
 
@@ -189,6 +189,11 @@ def run_progress(run_dir: Path) -> Progress | None:
         return Progress(**load_checkpoint(last, mmap=True)["progress"])
     pruned = run_dir / PRUNED_PROGRESS
     return Progress(**json.loads(pruned.read_text(encoding="utf-8"))) if pruned.is_file() else None
+
+
+def pruned(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` is known only by the progress it kept when its checkpoints were pruned."""
+    return (run_dir / PRUNED_PROGRESS).is_file() and not (run_dir / "checkpoints" / "last.pt").is_file()
 
 
 def finished_run_reason(run_dir: Path, cfg: Config, progress: Progress | None = None) -> str:

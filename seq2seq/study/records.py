@@ -52,9 +52,8 @@ def prune(study: Study, root: Path) -> tuple[list[str], int]:
         checkpoints = run_dir / "checkpoints"
         if _is_read(spec.folder, read) or not checkpoints.is_dir() or run_state(study, spec, run_dir) != "finished":
             continue
-        if run_progress(run_dir) is None:  # a rung scored from its sources: nothing of its own to keep
+        if not _keep_progress(run_dir, run_dir):  # a rung scored from its sources: nothing of its own to keep
             continue
-        _keep_progress(run_dir, run_dir)
         freed += sum(p.stat().st_size for p in checkpoints.rglob("*") if p.is_file())
         shutil.rmtree(checkpoints)
         pruned.append(spec.folder)
@@ -150,8 +149,10 @@ def _is_read(folder: str, read: set[str]) -> bool:
     return any(folder == r or folder.startswith(f"{r}/") or r.startswith(f"{folder}/") for r in read)
 
 
-def _keep_progress(run_dir: Path, out: Path) -> None:
-    """Write the final progress of the run in ``run_dir`` to ``out`` (a decoded run has none)."""
+def _keep_progress(run_dir: Path, out: Path) -> bool:
+    """Write the final progress of the run in ``run_dir`` to ``out``; False when it has none (a
+    rung scored from its sources, a decoded run)."""
     progress = run_progress(run_dir)
     if progress is not None:
         write_text(out / PRUNED_PROGRESS, json.dumps(dataclasses.asdict(progress), indent=2) + "\n")
+    return progress is not None

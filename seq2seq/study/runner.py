@@ -27,6 +27,7 @@ from seq2seq.experiment import (
     config_yaml,
     finished_run_reason,
     open_run_dir,
+    pruned,
     run_progress,
     same_run_config,
     unlock_run_dir,
@@ -60,8 +61,8 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     """pending (never started), partial (started, resumable), finished (at exactly the study's
     budget, or decoded with the model as it is now), failed (see error.txt), changed (the
     folder holds this run made with other options, another budget, or an older model, or a pruned
-    run the study now asks more of), or
-    waiting (built from a run of the study that has not finished)."""
+    run the study now asks more of), or waiting (built from a run of the study that has not
+    finished)."""
     if not same_run_config(run_dir, spec.config):
         return "changed"
     if (run_dir / "error.txt").is_file():
@@ -89,7 +90,7 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     if progress.budget and progress.budget != want:
         return "changed"
     if not finished_run_reason(run_dir, spec.config, progress):
-        if not (run_dir / "checkpoints" / "last.pt").is_file():  # pruned (progress.json): it cannot go on
+        if pruned(run_dir):  # its checkpoints are gone: it cannot go on
             return "changed"
         begun = started_from(run_dir) if spec.stage is not None else {}
         return "changed" if begun and stale(study, spec, run_dir, begun) else "partial"
