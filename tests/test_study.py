@@ -168,6 +168,14 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
     assert restore_records(study, records, elsewhere) == ["good/seed-1", "good/seed-2", "starved/seed-1"]
     assert (elsewhere / "tiny" / "good" / "seed-1" / "test.refs.jsonl").read_text() == \
         (folder / "good" / "seed-1" / "test.refs.jsonl").read_text()  # written again from the data
+    from seq2seq.study.runner import run_state
+    from seq2seq.study.summary import write_summary
+
+    specs = study.run_specs()  # summarised before the missing seed trains: its row has a mean, no test
+    write_summary(study, elsewhere / "tiny", specs, [run_state(study, s, elsewhere / "tiny" / s.folder) for s in specs])
+    partial = {r["run"]: r for r in _summary_rows(elsewhere / "tiny")}["starved"]
+    assert partial["seeds"] == "1" and partial["test_bleu_beam_mean"] and partial["p_value"] == ""
+    assert "not tested: 1/2 seeds of this run finished" in (elsewhere / "tiny" / "summary.md").read_text()
     logs = []
     again = run_study(study, elsewhere, log=logs.append)
     assert [line.split(": ", 1)[1].split(" (")[0] for line in logs if "seed" in line.split(": ")[0]][:4] == \
@@ -477,3 +485,32 @@ def test_a_run_budget_replaces_the_studys_whatever_its_unit(tmp_path):
     with pytest.raises(ConfigError, match="--seeds lists none"):
         _study(tmp_path, name="ens", seeds=[1], budget={"max_steps": 20},
                runs={"a": [], "e": {"ensemble": "a"}}).with_seeds([])
+
+
+def test_each_row_is_tested_on_the_first_metric_it_has_once_every_seed_finished(tmp_path):
+    """A grid over copy (accuracy) and adding (MSE): each point is tested on the metric it
+    recorded; a row with a seed still running shows its mean and no test."""
+    from seq2seq.study.aggregate import Replicate, RunSummary, compare
+
+    study = _study(tmp_path, task="long_dependency", runs={"gru": [], "lstm": ["model.dec_cell=lstm"]},
+                   grid={"synthetic.task": ["copy", "adding"]}, seeds=[1, 2, 3], budget={"max_steps": 10},
+                   baseline="gru")
+    figures = {"gru": {"copy": [0.9, 0.95, 0.92], "adding": [0.01, 0.012, 0.011]},
+               "lstm": {"copy": [0.1, 0.2, 0.15], "adding": [0.5, 0.6, 0.55]}}
+    runs: dict[str, RunSummary] = {}
+    for spec in study.run_specs():
+        cell, task = spec.name.split(",")[0], "copy" if "copy" in spec.name else "adding"
+        metric = "test_accuracy" if task == "copy" else "test_mse"
+        finished = not (spec.name == "lstm,task=adding" and spec.seed == 3)
+        results = {metric: figures[cell][task][spec.seed - 1]} if finished else {}
+        runs.setdefault(spec.name, RunSummary(spec.name, [])).replicates.append(
+            Replicate(spec, tmp_path, "finished" if finished else "partial", results))
+    compare(study, list(runs.values()), ["test_accuracy", "test_mse"])
+    copy, adding = runs["lstm,task=copy"], runs["lstm,task=adding"]
+    assert copy.metric == "test_accuracy" and copy.comparison.delta == pytest.approx(0.15 - 0.9233, abs=1e-3)
+    assert copy.comparison.p_value < 0.05
+    assert adding.comparison is None and adding.note == "not tested: 2/3 seeds of this run finished"
+    assert adding.mean("test_mse") == pytest.approx(0.55)
+    adding.replicates[2] = Replicate(adding.replicates[2].spec, tmp_path, "finished", {"test_mse": 0.55})
+    compare(study, list(runs.values()), ["test_accuracy", "test_mse"])
+    assert adding.metric == "test_mse" and adding.comparison.delta == pytest.approx(0.55 - 0.011)

@@ -1,6 +1,6 @@
 """A study's runs as the summary sees them: each run's seed replicates with their state, the
 figures of the finished ones only (mean, sd, range), what trained them, and the paired test of
-the first metric against the baseline (see :mod:`seq2seq.significance`)."""
+the first metric both recorded against the baseline (see :mod:`seq2seq.significance`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ class Replicate:
 class RunSummary:
     name: str
     replicates: list[Replicate]
-    comparison: Comparison | None = None  # the first metric against the baseline, pooled over seeds
+    comparison: Comparison | None = None  # ``metric`` against the baseline, pooled over seeds
+    metric: str = ""  # the study's first metric that this run and its baseline both recorded
     adjusted_p: float = math.nan  # Holm-corrected
     significant: bool = False
     per_seed: dict[int | None, Comparison] = field(default_factory=dict)
@@ -113,20 +114,30 @@ def scored_outputs(task: str, metric: str, results: dict[str, Any]) -> tuple[str
     return table.get(task, {}).get(metric)
 
 
-def compare(study: Study, runs: list[RunSummary], metric: str) -> None:
-    """Test every run against the study's baseline on ``metric``: paired over the outputs on
+def compare(study: Study, runs: list[RunSummary], metrics: list[str]) -> None:
+    """Test every run against the study's baseline on the first of ``metrics`` both recorded
+    (a grid over tasks has accuracy at one point, MSE at another): paired over the outputs on
     the test set where the metric comes from outputs, else Welch's t-test over seeds; per
-    seed too; then Holm's correction over the runs compared."""
+    seed too; then Holm's correction over the runs compared. Only rows whose every seed
+    finished, and whose baseline's did, are tested: the others show their means, untested."""
     by_name = {r.name: r for r in runs}
     for run in runs:
         base = by_name.get(study.baseline_of(run.name) or "")
         if base is None:
             continue
-        if not run.finished or not base.finished:
-            run.note = "not finished"
+        if len(run.finished) < len(run.replicates) or len(base.finished) < len(base.replicates):
+            # a test on the seeds done so far would join Holm's family with less evidence than the
+            # study asked for, and its p value would move as seeds arrive: wait for every seed
+            waiting = run if len(run.finished) < len(run.replicates) else base
+            run.note = (f"not tested: {len(waiting.finished)}/{len(waiting.replicates)} seeds of "
+                        f"{'the baseline' if waiting is base else 'this run'} finished")
+            continue
+        run.metric = next((m for m in metrics if run.values(m) and base.values(m)), "")
+        if not run.metric:
+            run.note = "no metric recorded by both this run and its baseline"
             continue
         try:
-            run.comparison, run.per_seed = _compare(study.task, metric, base, run)
+            run.comparison, run.per_seed = _compare(study.task, run.metric, base, run)
         except (OSError, ValueError) as err:  # missing or mismatched outputs: say so, never guess
             run.note = f"no paired test: {err}"
     tested = [r for r in runs if r.comparison is not None]

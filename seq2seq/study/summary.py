@@ -36,7 +36,7 @@ COST = {  # what a run cost, beside its scores
     "long_dependency": ["train_steps", "train_minutes", "train_steps_per_second", "clipped_fraction", "parameters"],
     "decode": [],
 }
-SIGNIFICANCE = ["delta", "ci95_low", "ci95_high", "p_value", "p_holm", "significant"]
+SIGNIFICANCE = ["tested_metric", "delta", "ci95_low", "ci95_high", "p_value", "p_holm", "significant"]
 PROVENANCE = ["precision", "processes", "device_name", "git_commit", "git_dirty", "torch_version"]
 CI_KEY = "test_bleu_beam_ci95"  # sacreBLEU's bootstrap interval of a run's test BLEU (BLEU-4 for captioning)
 
@@ -51,6 +51,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def _signed(value: float) -> str:
+    """A difference with its sign, to two decimals, or two significant digits where smaller (MSE)."""
+    return f"{value:+.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:+.2g}"
 
 
 def _mean_sd(run: RunSummary, metric: str) -> str:
@@ -70,7 +75,7 @@ def _significance(run: RunSummary) -> list[Any]:
     c = run.comparison
     if c is None:
         return [None] * len(SIGNIFICANCE)
-    return [c.delta, c.ci95[0], c.ci95[1], c.p_value, run.adjusted_p, run.significant]
+    return [run.metric, c.delta, c.ci95[0], c.ci95[1], c.p_value, run.adjusted_p, run.significant]
 
 
 def budget_line(study: Study, runs: list[RunSummary]) -> str:
@@ -115,7 +120,7 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
     metrics = study.metrics or DEFAULT_METRICS[study.task]
     cost = [c for c in COST[study.task] if c not in metrics]
     runs = collect(study, folder, specs, states)
-    compare(study, runs, metrics[0])
+    compare(study, runs, metrics)
     has_ci = any(r.results.get(CI_KEY) for run in runs for r in run.finished)
 
     columns = ["run", "state", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd")),
@@ -162,13 +167,15 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
              f"- Trained on: {machine_line(runs)}.",
              f"- Command: `python experiments/study.py {study.path.stem}`; written {time.strftime('%Y-%m-%d %H:%M')}."]
     tested = [r for r in runs if r.comparison is not None]
+    measured = list(dict.fromkeys(r.metric for r in tested)) or metrics[:1]
     if study.baseline:
         grid = "" if study.baseline in study.runs else " at the same grid point"
-        lines.append(f"- Baseline: `{study.baseline}`; {metrics[0]} of every other run against it{grid}"
+        lines.append(f"- Baseline: `{study.baseline}`; {' or '.join(measured)} of every other run against it{grid}"
                      + (f" ({tested[0].comparison.test}); significant: p < 0.05 after Holm's correction for "
                         f"{len(tested)} comparison(s)" if tested else " (no finished pair yet)") + ".")
     head = ["run", "state", "seeds", *metrics, *cost, *(["BLEU bootstrap ±95 %"] if has_ci else []),
-            *([f"Δ {metrics[0]} [95 % CI]", "p (Holm)", "significant"] if study.baseline else [])]
+            *([f"Δ {measured[0] if len(measured) == 1 else ''} [95 % CI]", "p (Holm)", "significant"]
+              if study.baseline else [])]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         is_base = study.baseline is not None and run.name.partition(",")[0] == study.baseline
@@ -178,7 +185,8 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
             cells.append(_cell(_ci_halfwidth(run)))
         if study.baseline:
             c = run.comparison
-            cells += ([f"{c.delta:+.2f} [{c.ci95[0]:+.2f}, {c.ci95[1]:+.2f}]", f"{_cell(c.p_value)} "
+            which = f"{run.metric}: " if len(measured) > 1 else ""
+            cells += ([f"{which}{_signed(c.delta)} [{_signed(c.ci95[0])}, {_signed(c.ci95[1])}]", f"{_cell(c.p_value)} "
                        f"({_cell(run.adjusted_p)})", "**yes**" if run.significant else "no"] if c else
                       ["–", "–", run.note or "–"] if not is_base else ["–", "–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
