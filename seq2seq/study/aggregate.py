@@ -52,6 +52,11 @@ class RunSummary:
         return [r for r in self.replicates if r.state == "finished"]
 
     @property
+    def complete(self) -> bool:
+        """Every seed finished: the row the study asked for, ready for its test."""
+        return all(r.state == "finished" for r in self.replicates)
+
+    @property
     def state(self) -> str:
         states = [r.state for r in self.replicates]
         if len(set(states)) == 1:
@@ -125,10 +130,9 @@ def compare(study: Study, runs: list[RunSummary], metrics: list[str]) -> None:
         base = by_name.get(study.baseline_of(run.name) or "")
         if base is None:
             continue
-        if len(run.finished) < len(run.replicates) or len(base.finished) < len(base.replicates):
-            # a test on the seeds done so far would join Holm's family with less evidence than the
-            # study asked for, and its p value would move as seeds arrive: wait for every seed
-            waiting = run if len(run.finished) < len(run.replicates) else base
+        waiting = next((r for r in (run, base) if not r.complete), None)
+        if waiting is not None:  # a test on the seeds done so far would join Holm's family with less
+            # evidence than the study asked for, and its p value would move as seeds arrive
             run.note = (f"not tested: {len(waiting.finished)}/{len(waiting.replicates)} seeds of "
                         f"{'the baseline' if waiting is base else 'this run'} finished")
             continue

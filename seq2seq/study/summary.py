@@ -174,7 +174,7 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
                      + (f" ({tested[0].comparison.test}); significant: p < 0.05 after Holm's correction for "
                         f"{len(tested)} comparison(s)" if tested else " (no finished pair yet)") + ".")
     head = ["run", "state", "seeds", *metrics, *cost, *(["BLEU bootstrap ±95 %"] if has_ci else []),
-            *([f"Δ {measured[0] if len(measured) == 1 else ''} [95 % CI]", "p (Holm)", "significant"]
+            *([f"Δ{f' {measured[0]}' if len(measured) == 1 else ''} [95 % CI]", "p (Holm)", "significant"]
               if study.baseline else [])]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
