@@ -49,7 +49,9 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path, monkeypatch):
     _crash_after_checkpoint(monkeypatch, 7)  # an interrupted study: lstm has last.pt at step 5 of its 10
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_study(study, root, only=["lstm"], log=lambda _: None)
-    assert [line.split()[1] for line in describe_runs(study, root)[2:]] == ["pending", "partial"]
+    listed = describe_runs(study, root)[2:]
+    assert [line.split()[1] for line in listed] == ["pending", "partial"]
+    assert listed[0].split()[2] == "-" and listed[1].split()[2:4] == ["step", "5"]  # where the partial run stands
 
     logs = []
     folder = run_study(study, root, log=logs.append)

@@ -1,7 +1,7 @@
 """Run a study: several runs that differ by a few options (each once per seed), then one summary.
 
     python experiments/study.py attention                 # experiments/studies/attention.yaml
-    python experiments/study.py attention --list          # the runs and their state
+    python experiments/study.py attention --list          # the runs, their state, steps and minutes so far
     python experiments/study.py attention --seeds 1,2,3   # every run once per seed
     python experiments/study.py attention --only luong_dot --budget 500   # its own folder: attention-budget-500
     python experiments/study.py attention --workers 2     # two runs at once, one thread each
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("studies", nargs="+", metavar="STUDY",
                         help="a study file, or the name of one in experiments/studies/ (several: run in turn)")
     parser.add_argument("--root", type=Path, default=Path("studies"), help="where study folders go")
-    parser.add_argument("--list", action="store_true", help="show the runs and their state, run nothing")
+    parser.add_argument("--list", action="store_true", help="show the runs, their state and how far each has trained, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config of every run")
     parser.add_argument("--prune", action="store_true",
                         help="delete the checkpoints of finished runs no other run reads, keeping what the summary "

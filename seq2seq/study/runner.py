@@ -122,8 +122,18 @@ def describe_runs(study: Study, root: Path) -> list[str]:
     lines = [f"{study.name}: {study.description}" if study.description else study.name, f"  {study.budget_line()}"]
     for spec in study.run_specs():
         state = run_state(study, spec, folder / spec.folder)
-        lines.append(f"  {spec.folder:<32} {state:<9} {_differences(spec)}")
+        lines.append(f"  {spec.folder:<32} {state:<9} {_stands(folder / spec.folder):<22} {_differences(spec)}")
     return lines
+
+
+def _stands(run_dir: Path) -> str:
+    """How far a started run has trained and for how long (all its sessions), from its last
+    checkpoint: what a study's owner reads to know when it will end; "-" before one."""
+    try:
+        progress = run_progress(run_dir)
+    except CheckpointError:
+        return "checkpoint unreadable"
+    return f"step {progress.step:,} {progress.elapsed / 60:.1f} min" if progress else "-"
 
 
 def _differences(spec: RunSpec) -> str:
