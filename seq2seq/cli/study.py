@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("studies", nargs="+", metavar="STUDY",
                         help="a study file, or the name of one in experiments/studies/ (several: run in turn)")
     parser.add_argument("--root", type=Path, default=Path("studies"), help="where study folders go")
-    parser.add_argument("--list", action="store_true", help="show the runs, their state and how far each has trained, run nothing")
+    parser.add_argument("--list", action="store_true",
+                        help="show the runs, their state and how far each has trained, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config of every run")
     parser.add_argument("--prune", action="store_true",
                         help="delete the checkpoints of finished runs no other run reads, keeping what the summary "
