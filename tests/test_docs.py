@@ -2,10 +2,14 @@
 the site builds with no broken link, and the README stays a front page."""
 
 import dataclasses
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from markdown.extensions.toc import slugify
 
 from seq2seq.config import Config
 
@@ -33,6 +37,19 @@ def test_the_site_builds_without_a_broken_link(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "configuration" / "index.html").is_file()
+
+
+def test_the_tour_links_to_headings_that_exist():
+    """The notebook is not part of the site's build, which checks the pages' anchors: its links
+    into the docs are checked here, against the anchors the site gives the headings."""
+    cells = json.loads((ROOT / "docs" / "tour.ipynb").read_text(encoding="utf-8"))["cells"]
+    text = "".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
+    links = re.findall(r"\]\((\w+\.md)(?:#([\w-]+))?\)", text)
+    assert len(links) > 5
+    for page, anchor in links:
+        lines = (ROOT / "docs" / page).read_text(encoding="utf-8").splitlines()
+        anchors = {slugify(line.lstrip("#").strip().replace("`", ""), "-") for line in lines if line.startswith("#")}
+        assert not anchor or anchor in anchors, f"docs/tour.ipynb links to {page}#{anchor}, a heading that is gone"
 
 
 def test_the_readme_is_a_front_page():
