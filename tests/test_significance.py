@@ -7,7 +7,7 @@ import pytest
 from sacrebleu.metrics import BLEU
 
 from seq2seq.metrics import CIDErD, ref_streams
-from seq2seq.significance import holm, paired_test, welch_test
+from seq2seq.significance import holm, paired_test, permutation_p, welch_test
 
 WORDS = "le chat noir mange un poisson rouge dans la maison grande petite".split()
 
@@ -74,3 +74,13 @@ def test_welch_over_seeds():
     assert c.delta == pytest.approx(0.3933, abs=1e-3) and c.p_value < 0.001 and c.ci95[0] > 0
     assert math.isnan(welch_test([0.1], [0.5]).p_value)  # one seed: no spread to test against
     assert welch_test([1.0, 1.0], [1.0, 1.0]).p_value == 1.0
+
+
+def test_runs_that_never_vary_get_the_exact_permutation_p_not_zero():
+    # 3 seeds against 3 that always score 0 and 1: of the 20 splits only the observed one and its
+    # mirror are as extreme, p = 0.1; a t-test of zero spread would claim p = 0
+    never = welch_test([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    assert never.p_value == pytest.approx(0.1) and never.delta == 1.0 and "permutation" in never.test
+    assert permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.1)
+    assert permutation_p([0.0, 0.0], [1.0, 1.0, 1.0]) == pytest.approx(0.1)  # 1 split of C(5, 3) = 10
+    assert permutation_p([1.0, 2.0], [1.0, 2.0]) == 1.0

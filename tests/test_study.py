@@ -1,6 +1,7 @@
 """The study runner: a tiny study end to end, resumed and skipped runs, pruned runs, decode studies, bad files."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -157,7 +158,8 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
                                                         ("starved", "2")]
     assert all(r["p_value"] for r in seeds if r["run"] == "starved") and not seeds[0]["p_value"]
     md = (folder / "summary.md").read_text()
-    assert " ± " in md and "Holm" in md and "**yes**" in md and "seeds 1, 2" in md
+    assert " ± " in md and "**yes**" in md and "seeds 1, 2" in md
+    assert "(sacreBLEU paired approximate randomisation" in md and "Holm's correction for 1 comparison(s)" in md
 
     records = tmp_path / "records"  # the study moves to another machine without weights or corpus text
     assert export_records(study, tmp_path / "studies", records) == [s.folder for s in study.run_specs()]
@@ -513,6 +515,17 @@ def test_each_row_is_tested_on_the_first_metric_it_has_once_every_seed_finished(
     assert copy.comparison.p_value < 0.05
     assert adding.comparison is None and adding.note == "not tested: 2/3 seeds of this run finished"
     assert adding.mean("test_mse") == pytest.approx(0.55)
+    # the waiting row counts in Holm's family as p = 1: the interim summary claims no more than the final
+    assert copy.adjusted_p == pytest.approx(min(1.0, 2 * copy.comparison.p_value))
     adding.replicates[2] = Replicate(adding.replicates[2].spec, tmp_path, "finished", {"test_mse": 0.55})
     compare(study, list(runs.values()), ["test_accuracy", "test_mse"])
     assert adding.metric == "test_mse" and adding.comparison.delta == pytest.approx(0.55 - 0.011)
+    assert adding.note == "" and adding.adjusted_p <= 2 * adding.comparison.p_value
+
+    # a seed without a finite value (or a baseline without the metric) leaves the row untested,
+    # never tested on the seeds that happened to record it
+    copy.replicates[1] = Replicate(copy.replicates[1].spec, tmp_path, "finished", {"test_accuracy": math.nan})
+    compare(study, list(runs.values()), ["test_accuracy", "test_mse"])
+    assert copy.comparison is None and copy.note.startswith("no metric recorded by every seed")
+    assert math.isnan(copy.adjusted_p) and not copy.significant
+    assert adding.adjusted_p == pytest.approx(min(1.0, 2 * adding.comparison.p_value))

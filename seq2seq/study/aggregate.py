@@ -65,13 +65,18 @@ class RunSummary:
         return ", ".join(f"{n}/{len(states)} {s}" for s, n in counts.items())
 
     def values(self, metric: str) -> list[float]:
-        """The metric of every finished seed that has it (booleans count as 0/1)."""
+        """The metric of every finished seed that has a finite value of it (booleans count as 0/1)."""
         out = []
         for r in self.finished:
             v = r.results.get(metric)
-            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+            if isinstance(v, (int, float)) and math.isfinite(v):
                 out.append(float(v))
         return out
+
+    def recorded(self, metric: str) -> bool:
+        """Every seed finished with a finite value of the metric: a test of this row uses all
+        its seeds, never the ones that happened to record it (a diverged seed is the one missing)."""
+        return self.complete and len(self.values(metric)) == len(self.replicates)
 
     def mean(self, metric: str) -> float | None:
         v = self.values(metric)
@@ -123,30 +128,38 @@ def compare(study: Study, runs: list[RunSummary], metrics: list[str]) -> None:
     """Test every run against the study's baseline on the first of ``metrics`` both recorded
     (a grid over tasks has accuracy at one point, MSE at another): paired over the outputs on
     the test set where the metric comes from outputs, else Welch's t-test over seeds; per
-    seed too; then Holm's correction over the runs compared. Only rows whose every seed
-    finished, and whose baseline's did, are tested: the others show their means, untested."""
+    seed too; then Holm's correction over every row that has a baseline. Only rows whose every
+    seed finished, and whose baseline's did, are tested: the others show their means, untested,
+    and count in Holm's family with p = 1, so an interim summary never claims more than the
+    final one will."""
     by_name = {r.name: r for r in runs}
+    family = []
     for run in runs:
         base = by_name.get(study.baseline_of(run.name) or "")
         if base is None:
             continue
+        family.append(run)
+        run.comparison, run.per_seed, run.metric, run.note = None, {}, "", ""
+        run.adjusted_p, run.significant = math.nan, False
         waiting = next((r for r in (run, base) if not r.complete), None)
         if waiting is not None:  # a test on the seeds done so far would join Holm's family with less
             # evidence than the study asked for, and its p value would move as seeds arrive
             run.note = (f"not tested: {len(waiting.finished)}/{len(waiting.replicates)} seeds of "
                         f"{'the baseline' if waiting is base else 'this run'} finished")
             continue
-        run.metric = next((m for m in metrics if run.values(m) and base.values(m)), "")
+        run.metric = next((m for m in metrics if run.recorded(m) and base.recorded(m)), "")
         if not run.metric:
-            run.note = "no metric recorded by both this run and its baseline"
+            run.note = "no metric recorded by every seed of both this run and its baseline"
             continue
         try:
             run.comparison, run.per_seed = _compare(study.task, run.metric, base, run)
         except (OSError, ValueError) as err:  # missing or mismatched outputs: say so, never guess
             run.note = f"no paired test: {err}"
-    tested = [r for r in runs if r.comparison is not None]
-    for run, (p, significant) in zip(tested, holm([r.comparison.p_value for r in tested])):
-        run.adjusted_p, run.significant = p, significant
+    untested = [r.comparison is None for r in family]
+    p_values = [1.0 if skip else r.comparison.p_value for r, skip in zip(family, untested)]
+    for run, skip, (p, significant) in zip(family, untested, holm(p_values)):
+        if not skip:
+            run.adjusted_p, run.significant = p, significant
 
 
 def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple[Comparison, dict]:

@@ -131,8 +131,8 @@ def _stands(run_dir: Path) -> str:
     checkpoint: what a study's owner reads to know when it will end; "-" before one."""
     try:
         progress = run_progress(run_dir)
-    except CheckpointError:
-        return "checkpoint unreadable"
+    except (CheckpointError, ValueError, TypeError, KeyError):  # a damaged checkpoint or progress.json
+        return "progress unreadable"
     return f"step {progress.step:,} {progress.elapsed / 60:.1f} min" if progress else "-"
 
 

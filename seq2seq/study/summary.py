@@ -170,9 +170,12 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
     measured = list(dict.fromkeys(r.metric for r in tested)) or metrics[:1]
     if study.baseline:
         grid = "" if study.baseline in study.runs else " at the same grid point"
+        tests = "; ".join(dict.fromkeys(r.comparison.test for r in tested))
+        family = sum(1 for r in runs if study.baseline_of(r.name)  # as aggregate.compare counts it
+                     and not (r.comparison is not None and math.isnan(r.comparison.p_value)))
         lines.append(f"- Baseline: `{study.baseline}`; {' or '.join(measured)} of every other run against it{grid}"
-                     + (f" ({tested[0].comparison.test}); significant: p < 0.05 after Holm's correction for "
-                        f"{len(tested)} comparison(s)" if tested else " (no finished pair yet)") + ".")
+                     + (f" ({tests}); significant: p < 0.05 after Holm's correction for {family} comparison(s), "
+                        f"a row not tested yet counting as p = 1" if tested else " (no finished pair yet)") + ".")
     head = ["run", "state", "seeds", *metrics, *cost, *(["BLEU bootstrap ±95 %"] if has_ci else []),
             *([f"Δ{f' {measured[0]}' if len(measured) == 1 else ''} [95 % CI]", "p (Holm)", "significant"]
               if study.baseline else [])]
