@@ -124,14 +124,14 @@ def scored_outputs(task: str, metric: str, results: dict[str, Any]) -> tuple[str
     return table.get(task, {}).get(metric)
 
 
-def compare(study: Study, runs: list[RunSummary], metrics: list[str]) -> None:
+def compare(study: Study, runs: list[RunSummary], metrics: list[str]) -> int:
     """Test every run against the study's baseline on the first of ``metrics`` both recorded
     (a grid over tasks has accuracy at one point, MSE at another): paired over the outputs on
     the test set where the metric comes from outputs, else Welch's t-test over seeds; per
     seed too; then Holm's correction over every row that has a baseline. Only rows whose every
     seed finished, and whose baseline's did, are tested: the others show their means, untested,
     and count in Holm's family with p = 1, so an interim summary never claims more than the
-    final one will."""
+    final one will. Returns the family's size."""
     by_name = {r.name: r for r in runs}
     family = []
     for run in runs:
@@ -160,6 +160,7 @@ def compare(study: Study, runs: list[RunSummary], metrics: list[str]) -> None:
     for run, skip, (p, significant) in zip(family, untested, holm(p_values)):
         if not skip:
             run.adjusted_p, run.significant = p, significant
+    return sum(not math.isnan(p) for p in p_values)  # holm leaves NaN (no test possible) out
 
 
 def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple[Comparison, dict]:

@@ -120,7 +120,7 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
     metrics = study.metrics or DEFAULT_METRICS[study.task]
     cost = [c for c in COST[study.task] if c not in metrics]
     runs = collect(study, folder, specs, states)
-    compare(study, runs, metrics)
+    family = compare(study, runs, metrics)
     has_ci = any(r.results.get(CI_KEY) for run in runs for r in run.finished)
 
     columns = ["run", "state", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd")),
@@ -152,14 +152,15 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
             del plots[kind]
         else:
             atomic_write(path, lambda f, picture=picture: picture.save(f, format="PNG"))
-    lines = _markdown(study, runs, metrics, cost, has_ci)
+    lines = _markdown(study, runs, metrics, cost, has_ci, family)
     lines += [""] + [f"![{kind}]({path.name})" for kind, path in plots.items()]
     atomic_write(written["md"], "\n".join(lines) + "\n")
     _log_to_wandb(study, folder, specs, columns, rows, plots)
     return {**written, **plots}
 
 
-def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: list[str], has_ci: bool) -> list[str]:
+def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: list[str], has_ci: bool,
+              family: int) -> list[str]:
     seeds = (f"seeds {', '.join(map(str, study.seeds))} (each run once per seed; cells are mean ± sample sd over "
              f"the finished seeds)" if study.seeds else "one seeded run per row (its config's train.seed)")
     lines = [f"# Study `{study.name}`", "", study.description, "",
@@ -171,8 +172,6 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
     if study.baseline:
         grid = "" if study.baseline in study.runs else " at the same grid point"
         tests = "; ".join(dict.fromkeys(r.comparison.test for r in tested))
-        family = sum(1 for r in runs if study.baseline_of(r.name)  # as aggregate.compare counts it
-                     and not (r.comparison is not None and math.isnan(r.comparison.p_value)))
         lines.append(f"- Baseline: `{study.baseline}`; {' or '.join(measured)} of every other run against it{grid}"
                      + (f" ({tests}); significant: p < 0.05 after Holm's correction for {family} comparison(s), "
                         f"a row not tested yet counting as p = 1" if tested else " (no finished pair yet)") + ".")
