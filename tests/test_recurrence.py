@@ -88,16 +88,18 @@ def test_checkpoints_load_either_way_and_bf16_stays_close():
     assert out.dtype == torch.float32 and (out - exact).abs().max() < 0.05  # bf16 products, fp32 states
 
 
-@pytest.mark.parametrize("cell,attention,layers", [("gru", "bahdanau", 1), ("lstm", "luong_general", 2),
-                                                   ("rnn", "none", 1)])
-def test_a_model_trains_alike_with_either_recurrence(cell, attention, layers):
+@pytest.mark.parametrize("cell,attention,layers,feeding", [("gru", "bahdanau", 1, False),
+                                                           ("lstm", "luong_general", 2, False),
+                                                           ("lstm", "luong_general", 2, True),
+                                                           ("rnn", "none", 1, False)])
+def test_a_model_trains_alike_with_either_recurrence(cell, attention, layers, feeding):
     from conftest import padded_batch, tiny_model
 
     from seq2seq.models.model import sequence_loss
 
     src, lens = padded_batch([5, 3, 4])
     tgt = torch.randint(4, 24, (3, 6))
-    models = [tiny_model(cell, attention, enc_layers=layers, dec_layers=layers, rnn_impl=impl).train()
+    models = [tiny_model(cell, attention, feeding, enc_layers=layers, dec_layers=layers, rnn_impl=impl).train()
               for impl in ("torch", "explicit")]
     assert isinstance(models[1].encoder.rnn, ExplicitRNN) and isinstance(models[1].decoder.rnn, ExplicitRNN)
     losses = []
@@ -110,7 +112,7 @@ def test_a_model_trains_alike_with_either_recurrence(cell, attention, layers):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_the_step_by_step_decoder_sums_its_recurrent_gradient_once(monkeypatch):
+def test_the_step_by_step_decoder_sums_its_weight_gradients_once(monkeypatch):
     from conftest import padded_batch, tiny_model
 
     from seq2seq.models import recurrence
@@ -123,4 +125,4 @@ def test_the_step_by_step_decoder_sums_its_recurrent_gradient_once(monkeypatch):
     src, lens = padded_batch([5, 3])
     tgt = torch.randint(4, 24, (2, 7))
     model((src, lens), tgt).logits.sum().backward()
-    assert calls == [7]  # one tap for the decoder's W_hh, its gradient from the 7 steps in one product
+    assert calls == [7, 7]  # one tap each for the decoder's W_hh and W_ih: the 7 steps' gradient in one product

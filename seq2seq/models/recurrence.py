@@ -22,10 +22,11 @@ recurrent products run in bf16 while the states, gates and sums stay in float32.
 
 A decoder with attention over its previous state (Bahdanau, input feeding) cannot run the
 loop here: each step's input needs the previous step's state first, so it calls the layer
-once per step. Inside ``with rnn.unrolled():`` the steps share one *tap* per recurrent
-matrix: each step's backward leaves its (d_t, h_{t-1}) with the tap instead of a weight
-gradient, and the tap's backward, which autograd runs after every step's, sums them in one
-product. The input products there stay per step (the input includes the attention's context).
+once per step, and its input products run per step too (the input includes the attention's
+context). Inside ``with rnn.unrolled():`` the steps share one *tap* per weight matrix, W_hh
+and W_ih alike: each step's backward leaves its (d_t, h_{t-1}) or (d_t, x_t) with the tap
+instead of a weight gradient, and the tap's backward, which autograd runs after every step's,
+sums them in one product.
 
 The backward loop's ``dh_t`` is the total derivative of the loss with respect to h_t (through
 every later step and the layer's outputs): inside ``with rnn.state_gradients() as grads:``,
@@ -161,14 +162,33 @@ class Recurrence(torch.autograd.Function):
 
 
 class Steps:
-    """What the steps of one unrolled loop leave for their recurrent matrix's gradient."""
+    """What the steps of one unrolled loop leave for their shared matrix's gradient."""
 
     def __init__(self) -> None:
         self.parts: list[tuple[Tensor, Tensor]] = []
 
     def leave(self, d: Tensor, h: Tensor) -> None:
-        """d (batch, gates*hidden) the pre-activations' gradient, h (batch, hidden) h_{t-1}."""
+        """d (rows, gates*hidden) the pre-activations' gradient, h (rows, .) what the matrix
+        multiplied: h_{t-1} for W_hh, the step's input x_t for W_ih."""
         self.parts.append((d, h))
+
+
+class StepInput(torch.autograd.Function):
+    """``StepInput.apply(x, w, tap)`` is one step's input product ``x w^T``, x (batch, 1, input),
+    w (gates*hidden, input) from the loop's :class:`Tap`: its backward returns x's gradient and
+    leaves (d_t, x_t) with the tap instead of a gradient for w."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, tap: Steps) -> Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.tap = tap
+        return x.to(w.dtype) @ w.t()  # (batch, 1, gates*hidden)
+
+    @staticmethod
+    def backward(ctx: Any, d: Tensor) -> tuple[Tensor, None, None]:
+        x, w = ctx.saved_tensors
+        ctx.tap.leave(d.reshape(-1, d.size(-1)), x.reshape(-1, x.size(-1)))
+        return (d.to(w.dtype) @ w).to(x.dtype), None, None
 
 
 class Tap(torch.autograd.Function):
@@ -202,7 +222,7 @@ class ExplicitRNN(nn.Module):
         self.dropout, self.bidirectional, self.bias = rnn.dropout, rnn.bidirectional, rnn.bias
         if not rnn.bias:
             raise ValueError("the explicit recurrence has biases, as every recurrent layer of seq2seq does")
-        self._taps: dict[str, tuple[Tensor, Steps]] | None = None  # inside unrolled(): per recurrent matrix
+        self._taps: dict[str, tuple[Tensor, Steps]] | None = None  # inside unrolled(): per weight matrix
         self._record: list[Tensor | None] | None = None  # inside state_gradients(): the top forward layer's dL/dh_t
         for name, param in rnn.named_parameters():
             self.register_parameter(name, param)
@@ -223,8 +243,13 @@ class ExplicitRNN(nn.Module):
             outs = []
             for d in range(dirs):
                 k, suffix = layer * dirs + d, f"_l{layer}" + ("_reverse" if d else "")
-                gi = F.linear(layer_in, getattr(self, "weight_ih" + suffix), getattr(self, "bias_ih" + suffix))
-                w_hh, tap = self._recurrent_matrix(suffix, low)
+                w_ih, ih_tap = self._shared_matrix("weight_ih" + suffix, low)
+                b_ih = getattr(self, "bias_ih" + suffix)
+                if ih_tap is None:
+                    gi = F.linear(layer_in, w_ih, b_ih)  # (batch, T, gates*hidden), all steps at once
+                else:  # one step of an unrolled loop
+                    gi = StepInput.apply(layer_in, w_ih, ih_tap) + b_ih
+                w_hh, tap = self._shared_matrix("weight_hh" + suffix, low)
                 record = None
                 if self._record is not None and layer == self.num_layers - 1 and d == 0:
                     record = self._record
@@ -243,7 +268,7 @@ class ExplicitRNN(nn.Module):
 
     @contextmanager
     def unrolled(self) -> Iterator[None]:
-        """Calls inside share one :class:`Tap` per recurrent matrix (a step-by-step loop)."""
+        """Calls inside share one :class:`Tap` per weight matrix (a step-by-step loop)."""
         self._taps = {}
         try:
             yield
@@ -260,15 +285,15 @@ class ExplicitRNN(nn.Module):
         finally:
             self._record = None
 
-    def _recurrent_matrix(self, suffix: str, low: torch.dtype | None) -> tuple[Tensor, Steps | None]:
-        """W_hh of layer/direction ``suffix``, through the loop's tap where there is one."""
-        w = getattr(self, "weight_hh" + suffix)
+    def _shared_matrix(self, name: str, low: torch.dtype | None) -> tuple[Tensor, Steps | None]:
+        """The weight ``name`` (weight_hh_l0, weight_ih_l0, ...), through the loop's tap where there is one."""
+        w = getattr(self, name)
         if self._taps is None or not (torch.is_grad_enabled() and w.requires_grad):
             return w, None
-        if suffix not in self._taps:
+        if name not in self._taps:
             steps = Steps()
-            self._taps[suffix] = (Tap.apply(w, steps, low), steps)
-        return self._taps[suffix]
+            self._taps[name] = (Tap.apply(w, steps, low), steps)
+        return self._taps[name]
 
 
 def _low_precision(device: torch.device) -> torch.dtype | None:
