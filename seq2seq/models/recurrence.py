@@ -193,8 +193,8 @@ class StepInput(torch.autograd.Function):
 
 class Tap(torch.autograd.Function):
     """``Tap.apply(w, steps, low)`` is ``w`` (cast to ``low``) for the steps of one unrolled loop;
-    their backward passes leave (d_t, h_{t-1}) in ``steps``, and this backward, which autograd
-    runs after all of theirs, turns them into w's gradient with one product."""
+    their backward passes leave (d_t, h_{t-1}) or (d_t, x_t) in ``steps``, and this backward,
+    which autograd runs after all of theirs, turns them into w's gradient with one product."""
 
     @staticmethod
     def forward(ctx: Any, w: Tensor, tap: Steps, low: torch.dtype | None) -> Tensor:
