@@ -134,7 +134,8 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
 
     study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=40"),
                    budget={"max_steps": 40}, seeds=[1, 2], baseline="good",
-                   runs={"good": [], "starved": ["train.lr=0.0002"]}, summary={"plots": ["metrics", "bleu_by_length"]})
+                   runs={"good": [], "starved": ["train.lr=0.0002"]},
+                   summary={"plots": ["metrics", "bleu_by_length", "attention"]})
     folder = run_study(study, tmp_path / "studies", log=lambda _: None)
     for run in ("good", "starved"):
         for seed in (1, 2):
@@ -180,8 +181,10 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
     partial = {r["run"]: r for r in _summary_rows(elsewhere / "tiny")}["starved"]
     assert partial["seeds"] == "1" and partial["test_bleu_beam_mean"] and partial["p_value"] == ""
     assert "not tested: 1/2 seeds of this run finished" in (elsewhere / "tiny" / "summary.md").read_text()
+    assert not (elsewhere / "tiny" / "attention.png").exists()  # restored records have no weights to decode with
     logs = []
     again = run_study(study, elsewhere, log=logs.append)
+    assert (again / "attention.png").stat().st_size > 0  # starved's seed 2, trained here: its first seed with weights
     assert [line.split(": ", 1)[1].split(" (")[0] for line in logs if "seed" in line.split(": ")[0]][:4] == \
         ["finished, skipped", "finished, skipped", "finished, skipped", "starting"]
     restored = {r["run"]: r for r in _summary_rows(again)}

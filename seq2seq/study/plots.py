@@ -107,12 +107,14 @@ def _search(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.I
 
 
 def _attention(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
-    """The attention of the same two test sentences (greedy), one column per run with attention."""
+    """The attention of the same two test sentences (greedy), one column per run with attention:
+    its first finished seed that has its weights (a record restored from ``--restore`` has none)."""
     from seq2seq.experiment import spread
     from seq2seq.tasks.translator import Translator
 
-    shown = [r for run in runs if (r := _first(run)) and r.spec.config.model.attention != "none"
-             and (r.folder / "test.src.txt").is_file() and (r.folder / "checkpoints").is_dir()]  # no ensembles
+    with_weights = (next((r for r in run.finished if (r.folder / "checkpoints").is_dir()), None) for run in runs)
+    shown = [r for r in with_weights if r is not None and r.spec.config.model.attention != "none"
+             and (r.folder / "test.src.txt").is_file()]  # an ensemble has no checkpoints of its own
     if study.task != "translation" or not shown:
         return None
     sources = (shown[0].folder / "test.src.txt").read_text(encoding="utf-8").splitlines()
