@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from sacrebleu.metrics import BLEU, CHRF
 
 from seq2seq.config import ConfigError
+from seq2seq.tokenizers import WordTokenizer
 
 Reward = Callable[[list[str], list[str]], list[float]]  # (outputs, references) -> one reward each
 
@@ -49,14 +50,16 @@ class CiderD:
     """CIDEr-D of one caption against its references, / 10 (a perfect match of a long caption
     scores near 10 in the paper's scale). TF-IDF vectors of 1- to 4-grams, their clipped cosine
     per n, a Gaussian penalty on the length difference (sigma 6), averaged over n and references.
-    The length is the caption's word count (pycocoevalcap counts its bigrams)."""
+    The length is the caption's word count (pycocoevalcap counts its bigrams). Words are
+    :class:`~seq2seq.tokenizers.WordTokenizer`'s, lower-cased, punctuation apart (``"grass."`` is
+    ``grass`` and ``.``), as the test metric counts them, whatever the spacing of the text."""
 
     def __init__(self, corpus: list[list[str]], n: int = 4, sigma: float = 6.0):
         """``corpus``: every training image's references (the document frequencies)."""
         self.n, self.sigma = n, sigma
         self.df: Counter = Counter()
         for refs in corpus:
-            self.df.update(set().union(*(_ngrams(r.lower().split(), n) for r in refs)) if refs else set())
+            self.df.update(set().union(*(_ngrams(WordTokenizer.split(r), n) for r in refs)) if refs else set())
         self.log_docs = math.log(max(len(corpus), 1))
 
     def _vector(self, words: list[str]) -> tuple[list[dict[tuple[str, ...], float]], list[float]]:
@@ -66,11 +69,11 @@ class CiderD:
         return vec, [math.sqrt(sum(v * v for v in vn.values())) for vn in vec]
 
     def score(self, hyp: str, refs: list[str]) -> float:
-        h_words = hyp.lower().split()
+        h_words = WordTokenizer.split(hyp)
         h_vec, h_norm = self._vector(h_words)
         total = 0.0
         for ref in refs:
-            r_words = ref.lower().split()
+            r_words = WordTokenizer.split(ref)
             r_vec, r_norm = self._vector(r_words)
             penalty = math.exp(-((len(h_words) - len(r_words)) ** 2) / (2 * self.sigma ** 2))
             for k in range(self.n):

@@ -41,13 +41,35 @@ def _given(logp: list[float], tokens: list[list[int]]) -> Samples:
 @pytest.mark.parametrize("objective", ["scst", "mrt"])
 def test_the_loss_raises_the_probability_of_outputs_rewarded_above_their_siblings(objective):
     seq = _objective(objective)
-    out = _given([-3.0, -3.0, -3.0, -3.0], [[7, 7], [5, 5], [7, 5], [5, 5]])  # rewards 1, 0, 0.5, 0
+    out = _given([-3.0, -3.0, -3.0, -3.0], [[7, 7], [5, 5], [7, 5], [5, 5, 5]])  # rewards 1, 0, 0.5, 0
     terms = seq.terms(out, _Batch(torch.tensor([[5, 2]])))
     sum(t.total / t.count for t in terms).backward()
     grad = out.logp.grad.tolist()
     assert grad[0] < 0 and grad[1] > 0 and grad[3] > 0  # descent raises log p of the best, lowers the worst
     assert grad[0] < grad[2]
     assert seq.stats["train/reward"] == pytest.approx(0.375)
+
+
+def test_mrt_counts_an_output_drawn_twice_once():
+    seq = _objective("mrt")
+    out = _given([-2.0, -2.0, -2.0, -2.0, -1.0, -1.0, -1.0, -1.0],
+                 [[7], [7], [5], [5, 5], [7], [5], [6], [7, 7]])  # input 1 drew [7] twice; input 2 has no repeat
+    terms = seq.terms(out, _Batch(torch.tensor([[5, 2], [5, 2]])))
+    terms[0].total.backward()
+    assert out.logp.grad[1] == 0 and out.logp.grad[0] != 0  # the repeat is no candidate of its own
+    # expected rewards: input 1 over {[7], [5], [5, 5]} = 1/3, input 2 over its four = (1 + 0 + 0 + 1)/4
+    assert seq.stats["train/reward_baseline"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+
+
+def test_a_sample_is_scored_with_the_probability_it_was_drawn_with():
+    seq = _objective("mrt")  # dropout 0: the scoring pass is the drawing policy
+    src, lens = padded_batch([5, 4])
+    torch.manual_seed(1)
+    drawn = sample(seq.model.decoder, seq.model.encode(src, lens), 4, 6)
+    torch.manual_seed(1)
+    out = seq((src, lens), torch.tensor([[5, 2], [6, 2]]))
+    assert out.tokens == [h.tokens for h in drawn]
+    assert out.logp.tolist() == pytest.approx([h.logprob for h in drawn], abs=1e-5)  # padding and start excluded
 
 
 def test_scst_with_the_greedy_baseline_judges_samples_against_the_greedy_output():
@@ -98,6 +120,13 @@ def test_cider_d_weighs_rare_ngrams_and_scores_an_exact_match_highest():
     assert make_reward("bleu")(["le chat dort"], ["le chat dort"]) == [pytest.approx(1.0)]
     with pytest.raises(ConfigError, match="captioning reward"):
         make_reward("cider")
+
+
+def test_the_cider_d_reward_counts_words_as_the_test_metric_does():
+    cider = CiderD([["woman: red hair"], ["man: red hair"], ["grinning face."]])
+    exact = cider(["woman : red hair"], ["woman : red hair"])
+    assert cider(["woman: red hair"], ["woman : red hair"]) == pytest.approx(exact)  # the colon is a word apart
+    assert cider(["Woman"], ["woman: red hair"])[0] > 0  # "woman" is matched in "woman:"
 
 
 def test_sequence_level_options_are_checked():

@@ -12,13 +12,15 @@ train on what the model itself produces, scored by the test metric:
   no extra decoding, and every sample is judged against its siblings).
 * **MRT**, minimum risk training (Shen et al. 2016; Edunov et al. 2018): the expected cost
   ``1 - r`` over the k samples under the model's distribution renormalised over them,
-  ``Q(y_i) = p(y_i)^alpha / sum_j p(y_j)^alpha``, per input.
+  ``Q(y_i) = p(y_i)^alpha / sum_j p(y_j)^alpha``, per input; an output drawn twice counts once
+  (the paper's candidates are a set).
 
 Both fine-tune a trained model (``train.init_from``): a random model's samples all score 0.
 A sample's reference is its batch row's target: one reference, also in captioning, whose
 batches pair an image with one of its captions.
-The outputs are drawn without gradient (:func:`seq2seq.search.sample`), then scored by the
-decoder teacher-forced in one pass, which is where the gradient flows (the encoder runs once for
+The outputs are drawn without gradient (:func:`seq2seq.search.sample`, which never outputs
+padding or the start token), then scored by the decoder teacher-forced in one pass under the
+same restriction, which is where the gradient flows (the encoder runs once for
 both; the decoder's dropout draws a new mask in that pass, so the outputs come from a policy a
 dropout mask away from the one the gradient follows: exact with dropout 0). :class:`SequenceLevel`
 wraps the model as the module a training step runs, so DistributedDataParallel averages its
@@ -80,9 +82,10 @@ class SequenceLevel(nn.Module):
         cand_in, cand_out = cand_in[:, :cand_out.size(1)].to(tgt_in.device), cand_out.to(tgt_in.device)
         rows = torch.arange(tgt_in.size(0), device=tgt_in.device).repeat_interleave(k)
         logits = self.model.decode(memory.index_select(rows), cand_in).logits  # (batch*k, steps, vocab)
+        logits = logits.index_fill(-1, torch.tensor([PAD, BOS], device=logits.device), float("-inf"))  # as drawn
         nll, _ = token_losses(logits.reshape(-1, logits.size(-1)), cand_out.reshape(-1))
         real = cand_out != PAD
-        logp = -(nll.view_as(cand_out) * real).sum(dim=1)  # (batch*k,)
+        logp = -nll.view_as(cand_out).masked_fill(~real, 0.0).sum(dim=1)  # (batch*k,) padding scores inf
         xent = self.model.decode(memory, tgt_in) if self.cfg.xent_weight > 0 else None
         return Samples([h.tokens for h in drawn], logp, real.sum(dim=1), greedy, xent)
 
@@ -101,7 +104,9 @@ class SequenceLevel(nn.Module):
             advantage = (rewards - baseline).view(-1)  # (batch*k,)
             terms = [LossSum(-(advantage * out.logp).sum(), int(out.scored.sum()))]
         else:
-            q = torch.softmax(cfg.mrt_alpha * out.logp.float().view(-1, k), dim=1)  # (batch, k)
+            repeated = ~_first_copies(out, k).to(out.logp.device)  # (batch*k,)
+            scores = (cfg.mrt_alpha * out.logp.float()).masked_fill(repeated, float("-inf"))
+            q = torch.softmax(scores.view(-1, k), dim=1)  # (batch, k), over each input's distinct samples
             baseline = (q.detach() * rewards).sum(dim=1, keepdim=True)  # the expected reward
             terms = [LossSum((q * (1.0 - rewards)).sum(), rewards.size(0))]
         if out.xent is not None:
@@ -120,6 +125,20 @@ def make_objective(cfg: TrainConfig, model: Seq2Seq, tokenizer: Tokenizer, max_l
         return None
     reward = make_reward(default_reward if cfg.reward == "auto" else cfg.reward, train_refs)
     return SequenceLevel(model, cfg, reward, tokenizer.decode, max_len)
+
+
+def _first_copies(out: Samples, k: int) -> Tensor:
+    """(batch*k,) bool: whether each sample is the first of its input's k to be that output (its
+    tokens and whether it ended). MRT's Q is a distribution over a set (Shen et al. 2016, Alg. 1):
+    an output drawn twice is one candidate, not twice the weight."""
+    first, seen = [], set()
+    for i, (tokens, scored) in enumerate(zip(out.tokens, out.scored.tolist())):
+        if i % k == 0:
+            seen = set()
+        key = (tuple(tokens), scored)
+        first.append(key not in seen)
+        seen.add(key)
+    return torch.tensor(first)
 
 
 def _references(tgt_out: Tensor) -> list[list[int]]:
