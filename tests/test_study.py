@@ -280,6 +280,7 @@ def test_a_decode_study_reuses_a_trained_model_and_notices_when_it_moves(toy_run
     assert rows[0].startswith("run,state,seeds,test_bleu_mean,test_bleu_sd,brevity_penalty_mean") and len(rows) == 5
     results = yaml.safe_load((folder / "beam=3,length_penalty=1.0" / "results.json").read_text())
     assert results["beam"] == 3 and results["length_penalty"] == 1.0 and 0 < results["brevity_penalty"] <= 1
+    assert 0 < results["valid_brevity_penalty"] <= 1 and results["valid_bleu"] >= 0  # settings are chosen on valid
     assert len(results["checkpoint_sha256"]) == 64 and (folder / "search.png").is_file()
 
     best = model / "checkpoints" / "best.pt"

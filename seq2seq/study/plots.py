@@ -83,26 +83,32 @@ def _metrics(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.
 
 
 def _search(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
-    """Decode studies: BLEU against beam width, one curve per length penalty."""
-    points: dict[float, list[tuple[int, float]]] = {}
+    """Decode studies: BLEU against beam width, one curve per length penalty; validation (where a
+    setting is chosen) beside test."""
+    splits = {"valid_bleu": "validation BLEU", "test_bleu": "test BLEU"}
+    points: dict[str, dict[float, list[tuple[int, float]]]] = {key: {} for key in splits}
     for run in runs:
         r = _first(run).results if run.finished else {}
-        if "test_bleu" in r:
-            points.setdefault(r["length_penalty"], []).append((r["beam"], r["test_bleu"]))
-    if not points:
+        for key in splits:
+            if key in r:
+                points[key].setdefault(r["length_penalty"], []).append((r["beam"], r[key]))
+    shown = [key for key in splits if points[key]]
+    if not shown:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for penalty, pts in sorted(points.items()):
-        pts.sort()
-        ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=f"length penalty {penalty:g}")
-    ax.set_xscale("log")
-    beams = sorted({b for pts in points.values() for b, _ in pts})
-    ax.set_xticks(beams, [str(b) for b in beams])
-    ax.set_xlabel("beam width")
-    ax.set_ylabel("test BLEU")
-    ax.set_title(study.name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 4), squeeze=False)
+    for ax, key in zip(axes[0], shown):
+        for penalty, pts in sorted(points[key].items()):
+            pts.sort()
+            ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=f"length penalty {penalty:g}")
+        ax.set_xscale("log")
+        ax.minorticks_off()  # the beams are the ticks
+        beams = sorted({b for pts in points[key].values() for b, _ in pts})
+        ax.set_xticks(beams, [str(b) for b in beams])
+        ax.set_xlabel("beam width")
+        ax.set_ylabel(splits[key])
+        ax.set_title(f"{study.name}: {splits[key]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return figure_image(fig)
 
 

@@ -259,7 +259,8 @@ def _execute(study: Study, spec: RunSpec, run_dir: Path, claimed: Callable[[], N
 
 
 def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Decode the test set of the study's trained model with the search options of ``cfg``."""
+    """Decode the validation and test sets of the study's trained model with the search options
+    of ``cfg``: a setting is chosen on ``valid_bleu`` and reported with its ``test_bleu``."""
     from seq2seq.files import write_lines, write_references
     from seq2seq.tasks.translation import evaluate, load_data
     from seq2seq.tasks.translator import Translator
@@ -270,9 +271,11 @@ def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
     sha = model_sha256(study.model)
     translator = Translator.load(study.model, device=cfg.train.device)
     translator.cfg = cfg  # the trained model's config with this run's search options
-    test = load_data(cfg).test
-    if not test:
-        raise ConfigError(f"study {study.name}: the model's corpus has no test split to decode")
+    data = load_data(cfg)
+    test = data.test
+    if not test or not data.valid:
+        raise ConfigError(f"study {study.name}: the model's corpus needs a validation and a test split to decode")
+    valid = evaluate(translator, data.valid, beam=cfg.search.beam)
     out = evaluate(translator, test, beam=cfg.search.beam)
     if current().main:
         write_lines(run_dir / "test.hyp.txt", out["hypotheses"])
@@ -280,6 +283,7 @@ def decode(study: Study, cfg: Config, run_dir: Path) -> dict[str, Any]:
     words = sum(len(h.split()) for h in out["hypotheses"])
     return {"model": str(study.model), "checkpoint_sha256": sha, "beam": cfg.search.beam,
             "length_penalty": cfg.search.length_penalty,
+            "valid_bleu": valid["bleu"], "valid_brevity_penalty": valid["brevity_penalty"],
             "test_bleu": out["bleu"], "brevity_penalty": out["brevity_penalty"], "test_chrf": out["chrf"],
             "mean_output_words": words / len(test), "sentences_per_second": out["sentences_per_second"],
             "sacrebleu_signature": out["bleu_signature"], "eval_precision": precision_name(translator.amp_dtype)}

@@ -17,8 +17,9 @@ comparable, and what the summary shows.
       metrics: [test_bleu_beam, test_bleu_greedy]
       plots: [bleu_by_length]
 
-A ``decode`` study trains nothing: it decodes the test set of a finished run (``model``, a
-run folder relative to the working directory) once per search setting of its runs and grid.
+A ``decode`` study trains nothing: it decodes the validation and test sets of a finished run
+(``model``, a run folder relative to the working directory) once per search setting of its
+runs and grid; a setting is chosen on ``valid_bleu``, never on the test split.
 
 A run can build on an earlier run of the study, seed by seed (a ladder: the sequence_level study):
 
@@ -124,7 +125,7 @@ class Study:
     def budget_line(self) -> str:
         """How the runs are meant to be comparable, in words (the summary says what they recorded)."""
         if self.task == "decode":
-            return f"every run decodes the test set of the same trained model ({self.model})"
+            return f"every run decodes the validation and test sets of the same trained model ({self.model})"
         (key, value), = self.budget.items()
         others = [n for n in self.runs if n in self.stages or n in self.run_budgets]
         if others:
