@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -249,6 +250,49 @@ def test_a_time_budgeted_run_freezes_its_horizon_and_resumes_bit_identically(tmp
     assert resumed.progress.step == 25
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_the_horizon_estimate_and_a_scheduled_validation_score_a_step_once(tmp_path, monkeypatch):
+    """Scored twice, the same weights would count once as a validation without improvement:
+    early stopping and the plateau schedule would come one validation early."""
+    import seq2seq.train.schedules as schedules
+    import seq2seq.train.trainer as training
+
+    monkeypatch.setattr(training, "warm", lambda cfg, step, elapsed: step >= 10)  # estimated at step 10
+    monkeypatch.setattr(schedules, "time_horizon", lambda *args: 25)
+    trainer = _trainer(tmp_path, max_steps=None, time_budget=10.0, keep_checkpoints=3)
+    scored = []
+    trainer.validate_fn = lambda t: scored.append(t.progress.step) or {"score": float(t.progress.step)}
+    trainer.train()
+    assert scored == [10, 20, 25] and trainer.progress.bad_validations == 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")) == \
+        ["step-10.pt", "step-20.pt", "step-25.pt"]  # the step the estimate scored is kept for averaging too
+
+
+def test_the_horizon_estimate_leaves_validation_time_out_of_the_speed(tmp_path, monkeypatch):
+    import seq2seq.train.schedules as schedules
+    import seq2seq.train.trainer as training
+
+    monkeypatch.setattr(training, "warm", lambda cfg, step, elapsed: step >= 12)  # mark at step 6
+    seen = {}
+    monkeypatch.setattr(schedules, "time_horizon",
+                        lambda cfg, step, elapsed, per_step, per_validation: seen.setdefault("speed", per_step) and 20)
+    trainer = _trainer(tmp_path, max_steps=None, time_budget=10.0, valid_every=8)
+    slow = trainer.validate_fn
+    trainer.validate_fn = lambda t: time.sleep(0.5) or slow(t)  # a validation at step 8, between mark and estimate
+    started = time.monotonic()
+    trainer.train()
+    assert 0 < seen["speed"] < 0.5 / 6  # the step-8 validation's half second is not the steps' time
+    assert time.monotonic() - started > 1.0  # (it did take place: steps 8, 12, 16, 20)
+
+
+def test_training_data_without_a_batch_is_one_line(tmp_path):
+    from seq2seq.config import ConfigError
+
+    trainer = _trainer(tmp_path)
+    trainer.data.epoch = lambda epoch: []  # e.g. every pair filtered out by max_len
+    with pytest.raises(ConfigError, match="0 batch\\(es\\) an epoch, fewer than the 1 process"):
+        trainer.train()
 
 
 def test_the_horizon_estimate_counts_validations():

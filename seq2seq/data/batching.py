@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,6 +20,31 @@ from torch.nn.utils.rnn import pad_sequence
 from seq2seq.data.encoded import TokenArray
 from seq2seq.runtime import move
 from seq2seq.tokenizers import BOS, EOS, PAD
+
+
+class Batch(Protocol):
+    """What the trainer reads of a batch (:class:`TextBatch`, the caption and synthetic batches)."""
+
+    tgt_in: Tensor  # (batch, tgt_len)
+    tgt_out: Tensor  # (batch, tgt_len)
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]: ...  # what the encoder takes
+
+    @property
+    def size(self) -> int: ...  # sentences or images
+
+    def to(self, device: torch.device) -> "Batch": ...
+
+    def num_tokens(self) -> int: ...
+
+
+class TrainData(Protocol):
+    """What the trainer reads of its data: the batch plan of an epoch (index lists), and a batch."""
+
+    def epoch(self, epoch: int) -> list[list[int]]: ...
+
+    def batch(self, indices: list[int]) -> Batch: ...
 
 
 class SourceBatch:

@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from seq2seq import provenance
-from seq2seq.config import TrainConfig
+from seq2seq.config import ConfigError, TrainConfig
+from seq2seq.data.batching import Batch, TrainData
 from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name
@@ -42,27 +43,6 @@ from seq2seq.train.probes import AttentionProbe
 from seq2seq.train.progress import Display, Progress, StepStats, Window, finish_reason
 from seq2seq.train.schedules import LRSchedule, budget_of, step_horizon, teacher_forcing_ratio, time_plan, warm
 from seq2seq.train.sequence_level import SequenceLevel
-
-
-class Batch(Protocol):
-    tgt_in: Tensor  # (batch, tgt_len)
-    tgt_out: Tensor  # (batch, tgt_len)
-
-    @property
-    def inputs(self) -> tuple[Tensor, ...]: ...  # what the encoder takes
-
-    @property
-    def size(self) -> int: ...  # sentences or images
-
-    def to(self, device: torch.device) -> "Batch": ...
-
-    def num_tokens(self) -> int: ...
-
-
-class TrainData(Protocol):
-    def epoch(self, epoch: int) -> list[list[int]]: ...
-
-    def batch(self, indices: list[int]) -> Batch: ...
 
 
 def make_optimizer(params: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -100,7 +80,8 @@ class Trainer:
         self._saved: dict[str, int] = {}  # checkpoint name -> the step it holds
         self._last_save = time.monotonic()
         self.sessions: list[dict[str, Any]] = []  # provenance of every training session of this run
-        self._speed_mark: tuple[int, float] | None = None  # (step, elapsed) where the speed estimate starts
+        self._speed_mark: tuple[int, float, float] | None = None  # (step, elapsed, validating) at its start
+        self._validating = 0.0  # seconds spent in validate() this session, checkpoints included
         self._elapsed_before = 0.0  # seconds of training in earlier sessions of a resumed run
 
     # --- checkpoints -----------------------------------------------------------------
@@ -192,22 +173,25 @@ class Trainer:
         if not cfg.time_budget or p.horizon:
             return
         if self._speed_mark is None and warm(cfg, 2 * p.step, 2 * p.elapsed):
-            self._speed_mark = (p.step, p.elapsed)
+            self._speed_mark = (p.step, p.elapsed, self._validating)
         ready = self._speed_mark is not None and p.step > self._speed_mark[0] and warm(cfg, p.step, p.elapsed)
         if not self.dist.from_main(ready):
             return
+        mark_step, mark_elapsed, mark_validating = self._speed_mark
+        training = p.elapsed - mark_elapsed - (self._validating - mark_validating)  # steps alone since the mark
         started = time.monotonic()
         self.validate(save=False)
         seconds_per_validation = time.monotonic() - started
         plan = None
         if self.dist.main:
-            mark_step, mark_elapsed = self._speed_mark
-            speed = (p.elapsed - seconds_per_validation - mark_elapsed) / (p.step - mark_step)
+            speed = max(training / (p.step - mark_step), 1e-6)  # seconds per step
             plan = time_plan(cfg, self.data, self.dist.world, p.step, p.elapsed, speed, seconds_per_validation)
         p.horizon, p.horizon_basis = self.dist.from_main(plan)
         p.budget = budget_of(cfg)
         self.log(f"schedule horizon: {p.horizon:,} steps, from the {p.horizon_basis}")
-        self.save("last")
+        last = self.save("last")
+        if p.step % cfg.valid_every == 0 and self.dist.main:  # the scheduled validation of this step, done
+            keep_step(last, p.step, cfg.keep_checkpoints)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -277,7 +261,7 @@ class Trainer:
 
     def validate(self, save: bool = True) -> dict[str, float]:
         """Run the task's validation, track the best score, checkpoint best (and ``save``: last)."""
-        p = self.progress
+        p, started = self.progress, time.monotonic()
         self.model.eval()
         with torch.no_grad(), self.autocast():
             metrics = self.validate_fn(self)
@@ -297,6 +281,7 @@ class Trainer:
             self.save("best")
         if save and self.dist.main:
             keep_step(self.save("last"), p.step, self.cfg.keep_checkpoints)  # step-<n>.pt for averaging
+        self._validating += time.monotonic() - started
         return metrics
 
     def log(self, message: str) -> None:
@@ -306,7 +291,7 @@ class Trainer:
     def fit(self) -> Progress:
         """Resume from ``checkpoints/last.pt`` when the run folder has one, then :meth:`train`."""
         last = self.checkpoint_path("last")
-        if last.exists():
+        if self.dist.from_main(last.exists()):  # every rank resumes, or none (a rank missing the file fails)
             self.resume(last)
             self.log(f"resuming from {last} at step {self.progress.step}")
         elif self.cfg.init_from:
@@ -343,6 +328,10 @@ class Trainer:
             rank, world = self.dist.rank, self.dist.world
             while self._budget_left():
                 batches = self.data.epoch(p.epoch)
+                if len(batches) < world:  # no step would ever run: the loop would spin
+                    raise ConfigError(f"the training data makes {len(batches)} batch(es) an epoch, fewer than the "
+                                      f"{world} process(es) that each need one a step: use fewer processes or "
+                                      f"smaller batches")
                 # each step takes the next `world` batches of the epoch's plan, one per rank
                 while p.batch_in_epoch + world <= len(batches) and self._budget_left():
                     t0 = time.monotonic()
@@ -370,8 +359,8 @@ class Trainer:
                         if self.dist.main:
                             self.display.report(cfg, p, stats)
                         window = Window()
-                    self._estimate_horizon()
-                    if p.step % cfg.valid_every == 0:
+                    self._estimate_horizon()  # may validate this step (its weights are scored once)
+                    if p.step % cfg.valid_every == 0 and p.last_validation != p.step:
                         self.validate()  # saves last.pt too
                     elif cfg.checkpoint_minutes and time.monotonic() - self._last_save >= cfg.checkpoint_minutes * 60:
                         self.save("last")  # after the step's work: a kill loses at most checkpoint_minutes
