@@ -129,7 +129,8 @@ class TrainConfig:
     plateau_factor: float = 0.5  # plateau: lr multiplier when valid BLEU stalls
     plateau_patience: int = 2  # plateau: validations without improvement before decaying
     label_smoothing: float = 0.1  # the target distribution's mass spread over the vocabulary (Szegedy et al. 2016)
-    attention_reg: float = 0.0  # doubly stochastic attention penalty (Show, Attend and Tell: 1.0)
+    attention_reg: float = 0.0  # doubly stochastic attention penalty's weight (Show, Attend and Tell: 1.0)
+    attention_reg_per: str = "token"  # token: vs each caption's summed NLL (Xu et al.); caption: x mean length
     teacher_forcing: float = 1.0  # probability of feeding the reference token (1 = always); a schedule's floor
     sampling_schedule: str = "none"  # none | linear | inverse_sigmoid (Bengio et al. 2015), from 1 to teacher_forcing
     sampling_k: float = 2000.0  # inverse_sigmoid: k; linear: steps to reach teacher_forcing
@@ -200,6 +201,7 @@ class Config:
         _choice("model.init", m.init, INITS)
         _choice("model.rnn_impl", m.rnn_impl, ("torch", "explicit"))
         _choice("train.schedule", t.schedule, ("warmup_decay", "plateau", "constant"))
+        _choice("train.attention_reg_per", t.attention_reg_per, ("token", "caption"))
         _choice("train.decay", t.decay, ("cosine", "linear", "inverse_sqrt"))
         _choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice("train.sampling_schedule", t.sampling_schedule, ("none", "linear", "inverse_sigmoid"))
@@ -245,6 +247,8 @@ class Config:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if not m.attention.startswith("luong"):  # Luong's scores only: one value where it means nothing
             m.attention_scale = False
+        if not (t.attention_reg > 0 and m.attention != "none"):  # no penalty: likewise
+            t.attention_reg_per = "token"
         if m.recurrent_gain is not None and not m.recurrent_gain > 0:
             raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
                               f"got {m.recurrent_gain}")
@@ -397,8 +401,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a checkpoint). Options added
     since take their defaults, except where a default would change what the saved run computed:
-    runs from before ``model.attention_scale`` existed computed Luong's scores unscaled."""
-    model = values.get("model")
+    runs from before ``model.attention_scale`` existed computed Luong's scores unscaled, and runs
+    from before ``train.attention_reg_per`` divided the attention penalty by the captions."""
+    model, train = values.get("model"), values.get("train")
     if isinstance(model, dict) and "attention_scale" not in model:
         values = {**values, "model": {**model, "attention_scale": False}}
+    if isinstance(train, dict) and "attention_reg_per" not in train:
+        values = {**values, "train": {**train, "attention_reg_per": "caption"}}
     return load_config(base=values)

@@ -295,6 +295,33 @@ def test_training_data_without_a_batch_is_one_line(tmp_path):
         trainer.train()
 
 
+@pytest.mark.parametrize("per", ["token", "caption"])
+def test_the_attention_penalty_is_weighed_per_token_as_xu_et_al_or_per_caption(tmp_path, per):
+    from seq2seq.models.model import mean_loss
+
+    trainer = _trainer(tmp_path, attention_reg=2.0, attention_reg_per=per)
+    batch = trainer.data.batch(trainer.data.epoch(0)[0])
+    out = trainer.model(batch.inputs, batch.tgt_in)
+    nll, penalty = trainer.sequence_loss(out, batch)
+    tokens, captions = int((batch.tgt_out != 0).sum()), batch.tgt_out.size(0)
+    assert nll.count == tokens and penalty.count == (tokens if per == "token" else captions)
+    if per == "token":  # Xu et al.: mean over captions of (summed NLL + lambda * penalty), per token here
+        assert mean_loss([nll, penalty]).item() == pytest.approx(((nll.total + penalty.total) / tokens).item())
+
+
+def test_runs_made_before_the_option_keep_the_penalty_per_caption():
+    from seq2seq.config import config_from_dict, load_config
+
+    penalised = ["model.attention=bahdanau", "train.attention_reg=1.0"]
+    saved = load_config(overrides=penalised).to_dict()
+    del saved["train"]["attention_reg_per"]  # a config.yaml written before the option existed
+    assert config_from_dict(saved).train.attention_reg_per == "caption"
+    assert load_config(overrides=penalised).train.attention_reg_per == "token"
+    unpenalised = load_config().to_dict()  # no penalty: the option means nothing and compares equal
+    del unpenalised["train"]["attention_reg_per"]
+    assert config_from_dict(unpenalised) == load_config()
+
+
 def test_the_horizon_estimate_counts_validations():
     from seq2seq.train.schedules import time_horizon
 

@@ -200,12 +200,13 @@ class Trainer:
 
     def sequence_loss(self, out: Output, batch: Batch) -> list[LossSum]:
         """The sequence models' loss: label-smoothed cross-entropy per token, plus the attention
-        penalty per sequence if any."""
+        penalty if any, per token (Xu et al.'s weight against a caption's summed NLL) or per caption."""
         loss, _, n = summed_sequence_loss(out.logits, batch.tgt_out, self.cfg.label_smoothing)
         terms = [LossSum(loss, n)]
         if self.cfg.attention_reg > 0 and out.attention is not None:
             penalty = attention_penalty(out.attention.float(), out.memory_mask, batch.tgt_out)
-            terms.append(LossSum(self.cfg.attention_reg * penalty.total, penalty.count))
+            per = n if self.cfg.attention_reg_per == "token" else penalty.count
+            terms.append(LossSum(self.cfg.attention_reg * penalty.total, per))
         return terms
 
     def train_step(self, batch: Batch) -> StepStats:
