@@ -25,6 +25,23 @@ def test_transparency_is_composited_on_white(tmp_path):
     assert load_image(_save(pal, tmp_path / "p.png", transparency=0)).getpixel((0, 0)) == (10, 200, 30)
 
 
+@pytest.mark.parametrize("mode, key, kept", [("RGB", (0, 0, 0), (200, 10, 10)), ("L", 0, (100, 100, 100))])
+def test_a_colour_keyed_background_is_composited_on_white(tmp_path, mode, key, kept):
+    img = Image.new(mode, (8, 8), key)  # the key colour is transparent (a tRNS chunk)
+    img.putpixel((1, 1), kept if mode == "RGB" else kept[0])
+    out = load_image(_save(img, tmp_path / "k.png", transparency=key))
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1)) == kept
+
+
+def test_16_bit_grey_keeps_its_brightness(tmp_path):
+    import numpy as np
+
+    grey = np.full((4, 4), 257 * 80, dtype=np.uint16)
+    grey[0, 0] = 257 * 100  # two greys, 80 and 100 in 8 bits: not stretched to 0 and 255
+    out = load_image(_save(Image.fromarray(grey), tmp_path / "g.png"))
+    assert out.getpixel((1, 1)) == (80, 80, 80) and out.getpixel((0, 0)) == (100, 100, 100)
+
+
 @pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("1", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"),
                                        ("LA", "PNG"), ("RGB", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF")])
 def test_modes_become_rgb(tmp_path, mode, fmt):

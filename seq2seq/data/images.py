@@ -70,12 +70,13 @@ def _sniff(path: Path) -> str | None:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale into 8 bits
-        lo, hi = image.getextrema()
-        scale = 255.0 / max(hi - lo, 1)
-        image = image.point(lambda v: (v - lo) * scale).convert("L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    """RGB with transparency put on white (the emoji renders' background), whichever way the file
+    stores it: an alpha channel, a palette entry or one colour key (``tRNS`` of an RGB or grey PNG).
+    Cached features depend on it: a change here changes :data:`seq2seq.tasks.features.PIXELS`."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: 65,535 is white, as 255 in 8 bits
+        image = image.point(lambda v: v * (1 / 257)).convert("L")  # (32-bit: above 255 clips)
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -87,6 +88,12 @@ def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTran
     return torch.cat(d.collect(grids, -(-len(paths) // batch_size)))
 
 
+# how files become pixels and pixels features; a change here (images.py's decoding, the CNN's
+# layout) must change this line, or old features would be read as new ones
+PIXELS = ("v2: JPEG drafts at the resize size; transparency (alpha, palette, colour key) on white; 16-bit grey / 257; "
+          "channels-last CNN, batch norms folded")
+
+
 def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
                  amp_dtype: torch.dtype | None, workers: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> Tensor:
@@ -95,7 +102,8 @@ def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTrans
     frozen = encoder.cnn[: encoder.frozen_blocks]
     key = hashlib.sha256(json.dumps({"cnn": weights_digest(frozen), "blocks": len(frozen),
                                      "transform": repr(transform), "precision": precision_name(amp_dtype),
-                                     "pixels": "JPEG drafts at the resize size; channels-last CNN, batch norms folded",
+                                     "pixels": PIXELS, "device": device.type,
+                                     "torch": [torch.__version__, torchvision.__version__],
                                      "files": stats}).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.pt"
     # one process extracts, another waits and reads (not across the ranks of one run: they extract together)
