@@ -215,6 +215,29 @@ def test_our_cider_d_is_coco_captions():
 
 
 @pytest.mark.network
+def test_features_are_cached_from_the_cnn_training_starts_from(shapes_run, tmp_path, monkeypatch):
+    import shutil
+
+    from seq2seq.tasks import captioning
+    from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
+
+    source = tmp_path / "source"  # a start whose frozen CNN differs from a fresh build's (fine-tuned elsewhere)
+    shutil.copytree(shapes_run[0], source)
+    best = source / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(best)
+    conv = next(k for k in ckpt["model"] if k.startswith("encoder.cnn.") and k.endswith("weight"))
+    ckpt["model"][conv] = ckpt["model"][conv] * 0.5
+    save_checkpoint(best, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    seen = []
+    real = captioning.cached_grids
+    monkeypatch.setattr(captioning, "cached_grids",
+                        lambda encoder, *a, **kw: seen.append(encoder.state_dict()["cnn." + conv[12:]].clone())
+                        or real(encoder, *a, **kw))
+    _shapes(tmp_path / "tuned", f"train.init_from={source}", "train.max_steps=2", "train.valid_every=2")
+    assert seen and all(torch.equal(w, ckpt["model"][conv]) for w in seen)
+
+
+@pytest.mark.network
 def test_scst_fine_tunes_a_captioning_run_on_cider_d(shapes_run, tmp_path):
     run_dir, before = shapes_run
     results = _shapes(tmp_path / "scst", "train.objective=scst", f"train.init_from={run_dir}",

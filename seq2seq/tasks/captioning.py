@@ -48,7 +48,7 @@ from seq2seq.tokenizers import (
     train_word_vocab,
 )
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs
+from seq2seq.train.checkpoints import load_checkpoint, load_weights, take_init_tokenizers, tokenizer_refs
 from seq2seq.train.distributed import current, main_first
 from seq2seq.train.sequence_level import make_objective
 from seq2seq.train.trainer import Trainer
@@ -229,6 +229,17 @@ def evaluate(captioner: Captioner, examples: list[CaptionExample], inputs: Tenso
             "images_per_second": len(examples) / max(time.monotonic() - start, 1e-9)}
 
 
+def _load_start(model: torch.nn.Module, run_dir: Path, init_from: str | None) -> None:
+    """Load the weights training starts from (the run's last checkpoint, else ``train.init_from``)
+    before its features are cached: a model fine-tuned elsewhere has other frozen CNN weights than
+    a fresh build, whose features would be stale. The trainer loads them again, with its checks."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        model.load_state_dict(load_checkpoint(last)["model"])
+    elif init_from:
+        load_weights(model, init_from)
+
+
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Fetch data and weights, cache features, train within the budget, evaluate on test."""
     t0 = time.monotonic()
@@ -247,6 +258,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     captioner = Captioner(model, cfg, tokenizer, device, amp)
     grids: dict[str, Tensor | None] = {"train": None, "valid": None, "test": None}
     if encoder.frozen_blocks and cfg.image.cache_features:  # the frozen blocks run once per image
+        _load_start(model, run_dir, cfg.train.init_from)
         for split in grids:
             examples = getattr(corpus, split)
             if examples:
