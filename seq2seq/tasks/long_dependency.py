@@ -7,8 +7,9 @@
   against the no-memory baseline ``symbols * log(alphabet) / (T + 2 * symbols)``.
 - Adding problem (Hochreiter & Schmidhuber 1997, in the form of Le et al. 2015 and Arjovsky
   et al. 2016): T pairs (value, marker), values uniform in [0, 1], one marker in each half; the
-  target is the sum of the two marked values. Many to one: the same text encoder over vectors, a linear head on its summary
-  (:class:`~seq2seq.models.model.Regressor`). Scored by MSE against the constant baseline 1/6.
+  target is the sum of the two marked values. Many to one: the same text encoder over vectors,
+  a linear head on its summary (:class:`~seq2seq.models.model.Regressor`). Scored by MSE
+  against the constant baseline 1/6.
 
 Every batch is a function of (seed, batch number) alone, so runs are deterministic and resume
 exactly; validation and test sets come from seeds of their own.
