@@ -63,7 +63,7 @@ def experiment_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+def comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config without the options that may change when a run is resumed."""
     out = json.loads(json.dumps(cfg))
     for key in ("time_budget", "max_steps", "max_epochs", "patience", "device", "checkpoint_minutes",
@@ -178,7 +178,7 @@ def same_run_config(run_dir: Path, cfg: Config) -> bool:
         old = config_from_dict(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
     except ConfigError:  # an option the run used no longer exists
         return False
-    return _comparable(json.loads(json.dumps(old.to_dict()))) == _comparable(json.loads(json.dumps(cfg.to_dict())))
+    return comparable(old.to_dict()) == comparable(cfg.to_dict())
 
 
 def run_progress(run_dir: Path) -> Progress | None:

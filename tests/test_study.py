@@ -171,6 +171,14 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
     shutil.rmtree(records / "tiny" / "starved" / "seed-2")  # a run that never finished there: trained here
     elsewhere = tmp_path / "elsewhere"
     assert restore_records(study, records, elsewhere) == ["good/seed-1", "good/seed-2", "starved/seed-1"]
+    follow_up = dict(task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=40"), seeds=[1, 2],
+                     runs={"baseline": [], "other": ["train.lr=0.003"]})  # a later study sharing tiny's "good"
+    logs = []
+    assert restore_records(_study(tmp_path, name="later", budget={"max_steps": 40}, **follow_up), records,
+                           tmp_path / "later", logs.append) == ["baseline/seed-1", "baseline/seed-2"]
+    assert logs[0] == "baseline (seed 1): restored from tiny/good/seed-1 (the same config)"
+    assert restore_records(_study(tmp_path, name="shorter", budget={"max_steps": 30}, **follow_up), records,
+                           tmp_path / "shorter", logs.append) == []  # another budget is another run
     assert (elsewhere / "tiny" / "good" / "seed-1" / "test.refs.jsonl").read_text() == \
         (folder / "good" / "seed-1" / "test.refs.jsonl").read_text()  # written again from the data
     from seq2seq.study.runner import run_state

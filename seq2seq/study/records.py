@@ -15,7 +15,8 @@ A study's summary, paired tests included, reads each run's config, ``results.jso
   there, with each run's test references written again from this machine's data and checked
   against the sha256. Restored runs are finished: the study trains only what is missing and
   compares every run, restored or trained here, in one summary. This is how a study outlives
-  a machine.
+  a machine. A run with no record of its own takes another study's record of the same config:
+  a follow-up study reuses the baseline it shares with an earlier one.
 
 Runs that other runs read (the sources of averages, fine-tunes, ensembles, and models that a
 decode study file names) keep their checkpoints and are not exported, and neither are the
@@ -30,8 +31,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from seq2seq.config import Config, ConfigError
-from seq2seq.experiment import PRUNED_PROGRESS, run_progress, write_text
+import yaml
+
+from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.experiment import PRUNED_PROGRESS, comparable, run_progress, write_text
 from seq2seq.files import REFERENCES, write_references
 from seq2seq.study.runner import run_state
 from seq2seq.study.spec import Study, load_study
@@ -86,14 +89,29 @@ def export_records(study: Study, root: Path, dest: Path) -> list[str]:
 def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], None] = print) -> list[str]:
     """Copy the records in ``src/<study>/`` into the study's folder under ``root`` where the run
     is not there yet, their references written from the data and checked; returns the runs
-    restored. A record is checked in a scratch folder and moved into place only when whole."""
+    restored. A run with no record of its own takes another study's record of exactly its
+    config (limits included, tracking aside): a follow-up study reuses the baseline it shares
+    with an earlier one instead of training it again. A record is checked in a scratch folder
+    and moved into place only when whole."""
     study = dataclasses.replace(study, root=root)
     restored: list[str] = []
     references: dict[str, list[list[str]]] = {}  # per data options: the corpus is read once
+    elsewhere: dict[str | None, Path] | None = None  # other studies' records by config, read once if needed
     for spec in study.run_specs():
         record, run_dir = src / study.folder / spec.folder, root / study.folder / spec.folder
-        if not (record / "results.json").is_file() or run_dir.exists():
+        if run_dir.exists():
             continue
+        if not (record / "results.json").is_file():
+            if spec.stage is not None:  # built from this study's own runs: never another study's
+                continue
+            if elsewhere is None:
+                found = sorted(src.glob("*/**/results.json"), reverse=True)  # reversed: the first in order wins
+                elsewhere = {_record_identity(p.parent): p.parent for p in found
+                             if not p.parent.is_relative_to(src / study.folder)}
+            record = elsewhere.get(_identity(spec.config))
+            if record is None:
+                continue
+            log(f"{spec.label}: restored from {record.relative_to(src).as_posix()} (the same config)")
         scratch = run_dir.with_name(f".{run_dir.name}.restoring")
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.copytree(record, scratch)
@@ -115,6 +133,22 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
             continue
         restored.append(spec.folder)
     return restored
+
+
+def _identity(cfg: Config) -> str:
+    """What a record must share with a run to stand for it: the config, limits included
+    (tracking, device and logging aside)."""
+    train = cfg.train
+    return json.dumps([comparable(cfg.to_dict()), [train.time_budget, train.max_steps, train.max_epochs,
+                                                  train.patience]], sort_keys=True, default=str)
+
+
+def _record_identity(record: Path) -> str | None:
+    """:func:`_identity` of the config a record ran (read through today's defaults), None if unreadable."""
+    try:
+        return _identity(config_from_dict(yaml.safe_load((record / "config.yaml").read_text(encoding="utf-8")) or {}))
+    except (OSError, ConfigError, yaml.YAMLError):
+        return None
 
 
 def reference_lists(task: str, cfg: Config) -> list[list[str]]:
