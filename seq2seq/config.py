@@ -107,6 +107,7 @@ class ModelConfig:
     context_gate: bool = False  # scale the attention context by a learned scalar gate (Show, Attend and Tell)
     recurrent_gain: float | None = None  # None: PyTorch's init; g: recurrent matrices orthogonal times g
     forget_bias: float | None = 1.0  # LSTM layers' forget-gate bias at init (Gers et al. 2000); None: PyTorch's, near 0
+    chrono_tmax: int | None = None  # LSTM: chrono init up to T steps (Tallec & Ollivier 2018) in place of forget_bias
     rnn_impl: str = "torch"  # torch (PyTorch's kernels) | explicit (BPTT written out: seq2seq/models/recurrence.py)
     attention_scale: bool = True  # luong: scores / sqrt(dec_hidden) (unscaled, they collapse: docs/results.md)
     attention_fp32: bool = False  # compute attention keys and scores in float32 under bf16 autocast
@@ -252,6 +253,8 @@ class Config:
         if m.recurrent_gain is not None and not m.recurrent_gain > 0:
             raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
                               f"got {m.recurrent_gain}")
+        if m.chrono_tmax is not None and m.chrono_tmax < 3:
+            raise ConfigError(f"model.chrono_tmax is the longest dependency in steps (at least 3), got {m.chrono_tmax}")
         if not t.collective_timeout > 0:
             raise ConfigError(f"train.collective_timeout must be a positive number of minutes, "
                               f"got {t.collective_timeout}")

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -76,6 +78,30 @@ def test_forget_bias_is_the_effective_bias_of_every_layer_and_direction(layers, 
         torch.testing.assert_close(b_ih[7:14] + b_hh[7:14], torch.ones(7))  # the forget block: 1, not 2
         assert not torch.equal(b_ih[:7], torch.ones(7))  # the other gates keep PyTorch's init
     assert make_rnn("gru", 5, 7, forget_bias=1.0).bias_ih_l0.abs().max() < 1  # GRUs have no forget gate
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+def test_chrono_initialisation_spreads_forget_biases_and_mirrors_the_input_gate(layers, bidirectional):
+    torch.manual_seed(0)
+    rnn = make_rnn("lstm", 5, 64, layers, bidirectional=bidirectional, forget_bias=1.0, chrono_tmax=60)
+    suffixes = [f"l{i}{d}" for i in range(layers) for d in (["", "_reverse"] if bidirectional else [""])]
+    for suffix in suffixes:
+        bias = getattr(rnn, f"bias_ih_{suffix}") + getattr(rnn, f"bias_hh_{suffix}")  # the effective biases
+        forget, inputs = bias[64:128], bias[:64]
+        assert forget.min() >= 0 and forget.max() <= math.log(59) and forget.std() > 0.5  # log U(1, 59): spread
+        torch.testing.assert_close(inputs, -forget)
+    with pytest.raises(ValueError, match="at least 3 steps"):
+        make_rnn("lstm", 5, 7, chrono_tmax=2)
+
+
+def test_chrono_initialisation_reaches_every_lstm_of_a_model():
+    from conftest import tiny_model
+
+    model = tiny_model("lstm", "bahdanau", enc_layers=2, dec_layers=2, chrono_tmax=30)
+    for rnn in (model.encoder.rnn, model.decoder.rnn):
+        h = rnn.hidden_size
+        forget = rnn.bias_ih_l1[h:2 * h] + rnn.bias_hh_l1[h:2 * h]
+        assert forget.min() >= 0 and forget.max() <= math.log(29) and len(set(forget.tolist())) == h
 
 
 def test_forget_bias_reaches_every_lstm_of_a_model():

@@ -68,7 +68,8 @@ class RNNDecoder(nn.Module):
                  attention_dim: int = 256, input_feeding: bool = False, init: str = "bridge",
                  readout_dim: int = 256, tied_embeddings: bool = False, context_gate: bool = False,
                  recurrent_gain: float | None = None, forget_bias: float | None = None, enc_layers: int = 1,
-                 attention_scale: bool = False, attention_fp32: bool = False, rnn_impl: str = "torch"):
+                 attention_scale: bool = False, attention_fp32: bool = False, rnn_impl: str = "torch",
+                 chrono_tmax: int | None = None):
         super().__init__()
         if input_feeding and not attention.startswith("luong"):
             raise ValueError("input feeding applies to Luong attention only")
@@ -90,7 +91,8 @@ class RNNDecoder(nn.Module):
         # the context that enters each RNN step: the summary (Cho) or attention (Bahdanau)
         ctx_dim = {"none": summary_dim, "bahdanau": memory_dim}.get(attention, 0)
         self.rnn = make_rnn(cell, emb_dim + ctx_dim + (hidden if input_feeding else 0), hidden, layers, dropout,
-                            recurrent_gain=recurrent_gain, forget_bias=forget_bias, impl=rnn_impl)
+                            recurrent_gain=recurrent_gain, forget_bias=forget_bias, impl=rnn_impl,
+                            chrono_tmax=chrono_tmax)
         bridges = init == "bridge"  # one projection per layer for h, and for c (LSTM)
         self.bridge = nn.ModuleList(Linear(summary_dim, hidden) for _ in range(layers)) if bridges else None
         self.cell_bridge = nn.ModuleList(Linear(summary_dim, hidden) for _ in range(layers)) \

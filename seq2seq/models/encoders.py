@@ -26,13 +26,14 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden: int, cell: str = "gru", layers: int = 1,
                  bidirectional: bool = True, dropout: float = 0.0, input_dim: int | None = None,
-                 recurrent_gain: float | None = None, forget_bias: float | None = None, rnn_impl: str = "torch"):
+                 recurrent_gain: float | None = None, forget_bias: float | None = None, rnn_impl: str = "torch",
+                 chrono_tmax: int | None = None):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD) if input_dim is None \
             else nn.Linear(input_dim, emb_dim)
         self.dropout = Dropout(dropout)
         self.rnn = make_rnn(cell, emb_dim, hidden, layers, dropout, bidirectional, recurrent_gain, forget_bias,
-                            rnn_impl)
+                            rnn_impl, chrono_tmax)
         self.directions = 2 if bidirectional else 1
         self.layers = layers  # final states handed to the decoder (Memory.layers)
         self.output_dim = hidden * self.directions  # size of each memory vector and of the summary

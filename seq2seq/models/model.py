@@ -143,14 +143,14 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_di
         input_feeding=cfg.input_feeding, init=cfg.init, readout_dim=cfg.readout_dim,
         tied_embeddings=cfg.tied_embeddings, context_gate=cfg.context_gate, recurrent_gain=cfg.recurrent_gain,
         forget_bias=cfg.forget_bias, enc_layers=enc_layers, attention_scale=cfg.attention_scale,
-        attention_fp32=cfg.attention_fp32, rnn_impl=cfg.rnn_impl,
+        attention_fp32=cfg.attention_fp32, rnn_impl=cfg.rnn_impl, chrono_tmax=cfg.chrono_tmax,
     )
 
 
 def build_text_encoder(cfg: ModelConfig, src_vocab: int, input_dim: int | None = None) -> TextEncoder:
     """The RNN encoder sized by ``cfg``, over token ids (or ``input_dim``-sized vectors)."""
     return TextEncoder(src_vocab, cfg.emb_dim, cfg.enc_hidden, cfg.enc_cell, cfg.enc_layers, cfg.bidirectional,
-                       cfg.dropout, input_dim, cfg.recurrent_gain, cfg.forget_bias, cfg.rnn_impl)
+                       cfg.dropout, input_dim, cfg.recurrent_gain, cfg.forget_bias, cfg.rnn_impl, cfg.chrono_tmax)
 
 
 def build_translation_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:

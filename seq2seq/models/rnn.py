@@ -14,7 +14,7 @@ RNNState = Tensor | tuple[Tensor, Tensor]  # (layers*dirs, batch, hidden), LSTM:
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
              bidirectional: bool = False, recurrent_gain: float | None = None,
-             forget_bias: float | None = None, impl: str = "torch") -> nn.Module:
+             forget_bias: float | None = None, impl: str = "torch", chrono_tmax: int | None = None) -> nn.Module:
     """A batch-first multi-layer recurrent layer; ``cell`` is rnn (tanh), gru or lstm.
 
     ``recurrent_gain`` g replaces PyTorch's uniform init of each recurrent matrix (each gate's
@@ -27,6 +27,11 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: 
     (2000) and Jozefowicz et al. (2015) start it at 1. PyTorch adds two biases (``bias_ih`` and
     ``bias_hh``); b goes into the first and the second's forget block is zeroed, so the
     effective bias is b exactly (JoeyNMT fills both with b, which makes it 2b).
+
+    ``chrono_tmax`` T (LSTM only, in place of ``forget_bias``) is Tallec & Ollivier's (2018)
+    chrono initialisation: each unit's forget bias drawn as log(u), u ~ U(1, T - 1), and its
+    input bias the negative: the units start with memory time scales spread up to T steps,
+    where a bias of 1 gives every unit about 1 / (1 - sigmoid(1)) = 4 steps.
 
     ``impl`` ``explicit`` runs the same parameters through the written-out BPTT of
     :mod:`seq2seq.models.recurrence` instead of PyTorch's kernels.
@@ -43,7 +48,17 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: 
                 if name.startswith("weight_hh"):
                     for block in weight.split(hidden):  # (hidden, hidden) per gate
                         nn.init.orthogonal_(block, gain=recurrent_gain)
-    if forget_bias is not None and cell == "lstm":
+    if chrono_tmax is not None and cell == "lstm":
+        if chrono_tmax < 3:
+            raise ValueError(f"chrono initialisation needs a horizon of at least 3 steps, got {chrono_tmax}")
+        with torch.no_grad():
+            for name, bias in rnn.named_parameters():  # gates in PyTorch's order: input, forget, cell, output
+                if name.startswith("bias_ih"):
+                    b_f = torch.empty(hidden).uniform_(1, chrono_tmax - 1).log()  # (hidden,)
+                    bias[:hidden], bias[hidden:2 * hidden] = -b_f, b_f
+                elif name.startswith("bias_hh"):
+                    bias[:2 * hidden] = 0.0  # the effective input and forget biases are the ones above
+    elif forget_bias is not None and cell == "lstm":
         with torch.no_grad():
             for name, bias in rnn.named_parameters():  # gates in PyTorch's order: input, forget, cell, output
                 if name.startswith("bias_"):
