@@ -177,6 +177,8 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
     assert restore_records(_study(tmp_path, name="later", budget={"max_steps": 40}, **follow_up), records,
                            tmp_path / "later", logs.append) == ["baseline/seed-1", "baseline/seed-2"]
     assert logs[0] == "baseline (seed 1): restored from tiny/good/seed-1 (the same config)"
+    later = _study(tmp_path, name="later", budget={"max_steps": 40}, **follow_up)
+    assert export_records(later, tmp_path / "later", records) == []  # tiny's records, not copied under later/
     assert restore_records(_study(tmp_path, name="shorter", budget={"max_steps": 30}, **follow_up), records,
                            tmp_path / "shorter", logs.append) == []  # another budget is another run
     assert (elsewhere / "tiny" / "good" / "seed-1" / "test.refs.jsonl").read_text() == \

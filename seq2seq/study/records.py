@@ -42,6 +42,7 @@ from seq2seq.study.stages import file_sha256, sources
 
 REFERENCES_SHA256 = "test.refs.sha256"  # in an exported record, instead of the references
 EXPORTED = ("config.yaml", "results.json", "metrics.jsonl", PRUNED_PROGRESS)  # and test outputs: test.*.txt
+BORROWED = "restored_from.txt"  # in a run restored from another study's record: that record (not exported again)
 
 
 def prune(study: Study, root: Path) -> tuple[list[str], int]:
@@ -65,13 +66,15 @@ def prune(study: Study, root: Path) -> tuple[list[str], int]:
 
 def export_records(study: Study, root: Path, dest: Path) -> list[str]:
     """Copy the record of every finished run of ``study`` under ``root`` that neither reads nor
-    is read by another run to ``dest/<study>/``; returns the runs exported."""
+    is read by another run, nor was restored from another study's record, to ``dest/<study>/``;
+    returns the runs exported."""
     study = dataclasses.replace(study, root=root)
     read = _read_by_others(study, root)
     exported = []
     for spec in study.run_specs():
         run_dir = root / study.folder / spec.folder
-        if spec.stage is not None or _is_read(spec.folder, read) or run_state(study, spec, run_dir) != "finished":
+        if spec.stage is not None or _is_read(spec.folder, read) or run_state(study, spec, run_dir) != "finished" \
+                or (run_dir / BORROWED).is_file():
             continue
         out = dest / study.folder / spec.folder
         out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +118,8 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
         scratch = run_dir.with_name(f".{run_dir.name}.restoring")
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.copytree(record, scratch)
+        if record != src / study.folder / spec.folder:  # exported with the study it belongs to, not again here
+            write_text(scratch / BORROWED, record.relative_to(src).as_posix() + "\n")
         digest = scratch / REFERENCES_SHA256
         if digest.is_file():
             key = json.dumps([dataclasses.asdict(spec.config.data), dataclasses.asdict(spec.config.captions)],
