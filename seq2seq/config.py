@@ -250,6 +250,8 @@ class Config:
             m.attention_scale = False
         if not (t.attention_reg > 0 and m.attention != "none"):  # no penalty: likewise
             t.attention_reg_per = "token"
+        if "lstm" not in (m.enc_cell, m.dec_cell):  # chrono initialisation sets LSTM gates only: likewise
+            m.chrono_tmax = None
         if m.recurrent_gain is not None and not m.recurrent_gain > 0:
             raise ConfigError(f"model.recurrent_gain must be positive (or null for PyTorch's init), "
                               f"got {m.recurrent_gain}")

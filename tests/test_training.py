@@ -279,11 +279,11 @@ def test_the_horizon_estimate_leaves_validation_time_out_of_the_speed(tmp_path, 
                         lambda cfg, step, elapsed, per_step, per_validation: seen.setdefault("speed", per_step) and 20)
     trainer = _trainer(tmp_path, max_steps=None, time_budget=10.0, valid_every=8)
     slow = trainer.validate_fn
-    trainer.validate_fn = lambda t: time.sleep(0.5) or slow(t)  # a validation at step 8, between mark and estimate
+    trainer.validate_fn = lambda t: (t.progress.step == 8 and time.sleep(0.5)) or slow(t)  # between mark and estimate
     started = time.monotonic()
     trainer.train()
     assert 0 < seen["speed"] < 0.5 / 6  # the step-8 validation's half second is not the steps' time
-    assert time.monotonic() - started > 1.0  # (it did take place: steps 8, 12, 16, 20)
+    assert time.monotonic() - started > 0.5  # (it did take place)
 
 
 def test_training_data_without_a_batch_is_one_line(tmp_path):

@@ -100,17 +100,19 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
     restored: list[str] = []
     references: dict[str, list[list[str]]] = {}  # per data options: the corpus is read once
     elsewhere: dict[str | None, Path] | None = None  # other studies' records by config, read once if needed
+    read = _read_by_others(study, root)  # these keep their weights: never a borrowed record
     for spec in study.run_specs():
         record, run_dir = src / study.folder / spec.folder, root / study.folder / spec.folder
         if run_dir.exists():
             continue
         if not (record / "results.json").is_file():
-            if spec.stage is not None:  # built from this study's own runs: never another study's
+            if spec.stage is not None or _is_read(spec.folder, read):  # built from, or read by, this study's runs
                 continue
-            if elsewhere is None:
-                found = sorted(src.glob("*/**/results.json"), reverse=True)  # reversed: the first in order wins
+            if elsewhere is None:  # trained runs only (they keep their progress), not rungs or decodings
+                found = sorted(src.glob("*/**/" + PRUNED_PROGRESS), reverse=True)  # reversed: the first wins
                 elsewhere = {_record_identity(p.parent): p.parent for p in found
-                             if not p.parent.is_relative_to(src / study.folder)}
+                             if (p.parent / "results.json").is_file()
+                             and not p.parent.is_relative_to(src / study.folder)}
             record = elsewhere.get(_identity(spec.config))
             if record is None:
                 continue

@@ -234,7 +234,7 @@ def _load_start(model: torch.nn.Module, run_dir: Path, init_from: str | None) ->
     before its features are cached: a model fine-tuned elsewhere has other frozen CNN weights than
     a fresh build, whose features would be stale. The trainer loads them again, with its checks."""
     last = run_dir / "checkpoints" / "last.pt"
-    if last.exists():
+    if current().from_main(last.exists()):  # every rank as rank 0 (ranks then cache features together)
         model.load_state_dict(load_checkpoint(last)["model"])
     elif init_from:
         load_weights(model, init_from)

@@ -177,13 +177,14 @@ class Trainer:
         ready = self._speed_mark is not None and p.step > self._speed_mark[0] and warm(cfg, p.step, p.elapsed)
         if not self.dist.from_main(ready):
             return
-        mark_step, mark_elapsed, mark_validating = self._speed_mark
-        training = p.elapsed - mark_elapsed - (self._validating - mark_validating)  # steps alone since the mark
+        elapsed, validated = p.elapsed, self._validating  # up to this step, before its validation
         started = time.monotonic()
         self.validate(save=False)
         seconds_per_validation = time.monotonic() - started
         plan = None
-        if self.dist.main:
+        if self.dist.main:  # rank 0 decided it was ready: its mark is set
+            mark_step, mark_elapsed, mark_validating = self._speed_mark
+            training = elapsed - mark_elapsed - (validated - mark_validating)  # the steps alone since the mark
             speed = max(training / (p.step - mark_step), 1e-6)  # seconds per step
             plan = time_plan(cfg, self.data, self.dist.world, p.step, p.elapsed, speed, seconds_per_validation)
         p.horizon, p.horizon_basis = self.dist.from_main(plan)
