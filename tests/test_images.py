@@ -40,6 +40,8 @@ def test_16_bit_grey_keeps_its_brightness(tmp_path):
     grey[0, 0] = 257 * 100  # two greys, 80 and 100 in 8 bits: not stretched to 0 and 255
     out = load_image(_save(Image.fromarray(grey), tmp_path / "g.png"))
     assert out.getpixel((1, 1)) == (80, 80, 80) and out.getpixel((0, 0)) == (100, 100, 100)
+    keyed = load_image(_save(Image.fromarray(grey), tmp_path / "k.png", transparency=257 * 80))  # 80 transparent
+    assert keyed.getpixel((1, 1)) == (255, 255, 255) and keyed.getpixel((0, 0)) == (100, 100, 100)
 
 
 @pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("1", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"),

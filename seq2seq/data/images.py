@@ -74,7 +74,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     stores it: an alpha channel, a palette entry or one colour key (``tRNS`` of an RGB or grey PNG).
     Cached features depend on it: a change here changes :data:`seq2seq.tasks.features.PIXELS`."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: 65,535 is white, as 255 in 8 bits
+        key = image.info.get("transparency")
         image = image.point(lambda v: v * (1 / 257)).convert("L")  # (32-bit: above 255 clips)
+        if isinstance(key, int):  # a 16-bit colour key, in the 8 bits the pixels now have
+            image.info["transparency"] = min(round(key / 257), 255)
     if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -90,7 +90,7 @@ def extract_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTran
 
 # how files become pixels and pixels features; a change here (images.py's decoding, the CNN's
 # layout) must change this line, or old features would be read as new ones
-PIXELS = ("v2: JPEG drafts at the resize size; transparency (alpha, palette, colour key) on white; 16-bit grey / 257; "
+PIXELS = ("v3: JPEG drafts at the resize size; transparency (alpha, palette, colour key) on white; 16-bit grey / 257; "
           "channels-last CNN, batch norms folded")
 
 
