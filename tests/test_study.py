@@ -292,6 +292,10 @@ def test_a_decode_study_reuses_a_trained_model_and_notices_when_it_moves(toy_run
     assert results["beam"] == 3 and results["length_penalty"] == 1.0 and 0 < results["brevity_penalty"] <= 1
     assert 0 < results["valid_brevity_penalty"] <= 1 and results["valid_bleu"] >= 0  # settings are chosen on valid
     assert len(results["checkpoint_sha256"]) == 64 and (folder / "search.png").is_file()
+    older = folder / "beam=3,length_penalty=1.0" / "results.json"  # as decoded before validation was scored
+    older.write_text(json.dumps({k: v for k, v in results.items() if not k.startswith("valid_")}))
+    assert describe_runs(study, tmp_path / "studies")[2:][3].split()[1] == "changed"
+    older.write_text(json.dumps(results))
 
     best = model / "checkpoints" / "best.pt"
     ckpt = load_checkpoint(best)

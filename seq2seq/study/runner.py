@@ -60,7 +60,7 @@ RUN_FAILURES = (FloatingPointError, ConfigError)  # the run's own fault: recorde
 def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     """pending (never started), partial (started, resumable), finished (at exactly the study's
     budget, or decoded with the model as it is now), failed (see error.txt), changed (the
-    folder holds this run made with other options, another budget, or an older model, or a pruned
+    folder holds this run made with other options, another budget, or an older model or code, or a pruned
     run the study now asks more of), or waiting (built from a run of the study that has not
     finished)."""
     if not same_run_config(run_dir, spec.config):
@@ -77,7 +77,8 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
         done = read_results(run_dir)
         if not done:
             return "pending"
-        return "finished" if done.get("checkpoint_sha256") == model_sha256(study.model) else "changed"
+        current = done.get("checkpoint_sha256") == model_sha256(study.model) and "valid_bleu" in done
+        return "finished" if current else "changed"  # (decoded before validation was scored beside the test)
     want = budget_of(spec.config.train)
     if _saved_budget(run_dir) not in (None, want):
         return "changed"
@@ -198,7 +199,8 @@ def _run_one(study: Study, spec: RunSpec, folder: Path, label: str, log: Callabl
     state = d.from_main(run_state(study, spec, run_dir) if d.main else None)
     if state == "changed":
         say(f"{label}: skipped: {run_dir} holds this run with other options or another budget "
-            f"(or, decoded, an older model); move that folder away to run it as the study now defines it")
+            f"(or, decoded, an older model or without a validation score); move that folder away to run it as the "
+            f"study now defines it")
         return state
     if state == "waiting":
         say(f"{label}: waiting for {spec.stage.source} to finish")
