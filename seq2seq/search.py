@@ -37,17 +37,20 @@ def max_lengths(mem_lens: Tensor, ratio: float, offset: int) -> Tensor:
 
 
 @torch.no_grad()
-def greedy_search(decoder: RNNDecoder, memory: Memory, max_len: Tensor | int) -> list[Hypothesis]:
-    """The most probable token at each step, for a whole batch at once."""
-    batch, memory = memory.states.size(0), memory.for_search()
+def greedy_search(decoder: RNNDecoder, memory: Memory, max_len: Tensor | int,
+                  length_penalty: float = 1.0) -> list[Hypothesis]:
+    """The most probable token at each step, for a whole batch at once; scored like a beam's
+    hypothesis (the length penalty changes only the score, never the choice)."""
+    batch = memory.states.size(0)
     limits = _limits(max_len, batch)
-    state = decoder.init_state(memory)
+    state = decoder.init_state(memory)  # keys from the encoder's own output, as in training
+    memory = memory.for_search()
     prev = torch.full((batch,), BOS, dtype=torch.long, device=memory.states.device)
     steps_tok, steps_lp, steps_att = [], [], []
     alive = torch.ones(batch, dtype=torch.bool, device=prev.device)
     for t in range(int(limits.max())):
         logits, state, weights = decoder.step(prev, state, memory)
-        lp, prev = torch.log_softmax(logits, dim=-1, dtype=torch.float32).max(dim=-1)  # (batch,)
+        lp, prev = _never_outputs(torch.log_softmax(logits, dim=-1, dtype=torch.float32)).max(dim=-1)  # (batch,)
         steps_tok.append(prev)
         steps_lp.append(lp)
         steps_att.append(weights)
@@ -62,8 +65,8 @@ def greedy_search(decoder: RNNDecoder, memory: Memory, max_len: Tensor | int) ->
         seq = tokens[b][: int(limits[b])]
         n = seq.index(EOS) + 1 if EOS in seq else len(seq)
         logprob = float(logps[b, :n].sum())
-        hyps.append(Hypothesis(seq[: n - 1] if EOS in seq else seq, logprob / n, logprob, EOS in seq,
-                               None if attn is None else attn[b, :n]))
+        hyps.append(Hypothesis(seq[: n - 1] if EOS in seq else seq, logprob / n ** length_penalty, logprob,
+                               EOS in seq, None if attn is None else attn[b, :n]))
     return hyps
 
 
@@ -81,12 +84,12 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
-    batch, k, memory = memory.states.size(0), beam, memory.for_search()
-    device = memory.states.device
+    batch, k, device = memory.states.size(0), beam, memory.states.device
     limits = _limits(max_len, batch).to(device)
     if int(limits.max()) < 1:
         return [[] for _ in range(batch)]
     state = decoder.init_state(memory)  # one row per input: the first step is alike for its k hypotheses
+    memory = memory.for_search()
     prev = torch.full((batch,), BOS, dtype=torch.long, device=device)
     scores = torch.full((batch, k), float("-inf"), device=device)  # (live, k) summed log-probabilities
     scores[:, 0] = 0.0  # all hypotheses start equal: keep one so the first step does not repeat it
@@ -102,7 +105,7 @@ def beam_search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor 
             state = state.follow_beams(rows, None)
             weights = None if weights is None else weights.index_select(0, rows)
         trail.attention.append(weights)  # (rows before this step's selection, mem_len) or None
-        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (live*k, vocab), upcast inside
+        logp = _never_outputs(torch.log_softmax(logits, dim=-1, dtype=torch.float32))  # (live*k, vocab)
         live, vocab = scores.shape[0], logp.size(-1)
         cand = logp.add_(scores.view(-1, 1)).view(live, k * vocab)  # every extension's summed log-probability
         top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (live, 2k)
@@ -145,19 +148,17 @@ def sample(decoder: RNNDecoder, memory: Memory, k: int, max_len: int) -> list[Hy
     """``k`` outputs per input drawn from the model's distribution a token at a time (ancestral
     sampling), for sequence-level training: input b's samples are rows b*k .. b*k+k-1. The
     draws use torch's global generator, which checkpoints save: a resumed run draws alike."""
-    memory = memory.for_search()
     rows = torch.arange(memory.states.size(0), device=memory.states.device).repeat_interleave(k)
     memory = memory.index_select(rows)  # (batch*k, ...) each input's memory once per sample
     n = rows.numel()
     state = decoder.init_state(memory)
+    memory = memory.for_search()
     prev = torch.full((n,), BOS, dtype=torch.long, device=rows.device)
     steps_tok, steps_lp = [], []
     alive = torch.ones(n, dtype=torch.bool, device=rows.device)
-    never = torch.tensor([PAD, BOS], device=rows.device)
     for _ in range(max_len):
         logits, state, _ = decoder.step(prev, state, memory)
-        logits = logits.float().index_fill_(1, never, float("-inf"))  # padding and start are never outputs
-        logp = torch.log_softmax(logits, dim=-1)  # (batch*k, vocab)
+        logp = torch.log_softmax(_never_outputs(logits.float()), dim=-1)  # (batch*k, vocab), renormalised
         prev = torch.multinomial(logp.exp(), 1).squeeze(1)  # (batch*k,)
         steps_tok.append(prev)
         steps_lp.append(logp.gather(1, prev.unsqueeze(1)).squeeze(1) * alive)  # nothing after the end token
@@ -258,8 +259,14 @@ def search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor | int
            nbest: int = 1) -> list[list[Hypothesis]]:
     """Greedy search for ``beam == 1``, beam search otherwise; n-best lists for every input."""
     if beam == 1:
-        return [[h] for h in greedy_search(decoder, memory, max_len)]
+        return [[h] for h in greedy_search(decoder, memory, max_len, length_penalty)]
     return beam_search(decoder, memory, beam, max_len, length_penalty, min(nbest, beam))
+
+
+def _never_outputs(scores: Tensor) -> Tensor:
+    """(rows, vocab) log-probabilities or logits with padding and the start token at -inf (in
+    place): the decoder has an output for them, but neither is ever a token of an output."""
+    return scores.index_fill_(1, torch.tensor([PAD, BOS], device=scores.device), float("-inf"))
 
 
 def _limits(max_len: Tensor | int, batch: int) -> Tensor:

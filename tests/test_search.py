@@ -4,7 +4,7 @@ from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
 
 from seq2seq.models.memory import Memory
 from seq2seq.search import beam_search, greedy_search, max_lengths
-from seq2seq.tokenizers import BOS, EOS
+from seq2seq.tokenizers import BOS, EOS, PAD
 
 LENS = [7, 3, 5, 1, 6]
 
@@ -15,12 +15,13 @@ def test_beam_one_equals_greedy(cell, attention):
     model = tiny_model(cell, attention, tgt_vocab=8, seed=3)
     src, lens = padded_batch(LENS)
     memory = model.encode(src, lens)
-    greedy = greedy_search(model.decoder, memory, max_lengths(lens, 2.0, 3))
-    beam = beam_search(model.decoder, memory, 1, max_lengths(lens, 2.0, 3))
+    greedy = greedy_search(model.decoder, memory, max_lengths(lens, 2.0, 3), length_penalty=0.6)
+    beam = beam_search(model.decoder, memory, 1, max_lengths(lens, 2.0, 3), length_penalty=0.6)
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
     assert [h.finished for h in greedy] == [b[0].finished for b in beam]
     for g, (b,) in zip(greedy, beam):
         assert g.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert g.score == pytest.approx(b.score, abs=1e-4)  # the same length penalty
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -143,8 +144,20 @@ def test_finished_inputs_leave_the_batch():
 
 
 
-def test_search_casts_the_memory_once_under_autocast_and_finds_the_same(monkeypatch):
-    model = tiny_model("gru", "bahdanau", seed=3).eval()
+@pytest.mark.parametrize("search", [greedy_search, lambda *a: beam_search(*a, 3)[0]])
+def test_padding_and_the_start_token_are_never_outputs(search):
+    model = tiny_model("gru", "bahdanau", tgt_vocab=8, seed=2)
+    with torch.no_grad():  # the untrained model would rather say nothing at all
+        model.decoder.out.bias[PAD] = model.decoder.out.bias[BOS] = 50.0
+    src, lens = padded_batch([4, 2])
+    hyps = search(model.decoder, model.encode(src, lens), 5)
+    assert all(PAD not in h.tokens and BOS not in h.tokens and h.tokens for h in hyps)
+
+
+@pytest.mark.parametrize("attention, fp32", [("bahdanau", False), ("bahdanau", True), ("luong_general", True),
+                                             ("luong_dot", False), ("luong_dot", True)])
+def test_search_casts_the_memory_once_under_autocast_and_finds_the_same(monkeypatch, attention, fp32):
+    model = tiny_model("gru", attention, seed=3, attention_fp32=fp32).eval()
     src, lens = padded_batch([5, 3, 4])
 
     def searched() -> list:

@@ -191,6 +191,17 @@ def test_a_paragraph_comes_back_sentence_by_sentence_on_one_line(toy_run):
     assert whole.parts == 1
 
 
+def test_a_paragraph_is_scored_as_one_hypothesis_of_all_its_steps(toy_run):
+    translator = Translator.load(toy_run, device="cpu")
+    translator.cfg.search.length_penalty = alpha = 0.6
+    sentences = ["the cat sleeps.", "the big dog eats a fish."]
+    (paragraph,) = translator.translate([" ".join(sentences)])
+    alone = [t.candidates[0] for t in translator.translate(sentences)]
+    steps = [len(c.tokens) + 1 for c in alone]  # each ended with its end token
+    logprob = sum(c.score * n ** alpha for c, n in zip(alone, steps))
+    assert paragraph.parts == 2 and paragraph.candidates[0].score == pytest.approx(logprob / sum(steps) ** alpha)
+
+
 def test_the_tool_warns_about_long_lines_and_keeps_one_line_each(toy_run):
     long_line = "the big dog " * 1000
     proc = _translate([str(toy_run)], f"the cat\n{long_line}\n\na fish\n")

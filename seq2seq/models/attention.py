@@ -27,8 +27,13 @@ class Attention(nn.Module):
         self.largest_score: Tensor | None = None  # () while recording, see the module docstring
 
     def keys(self, states: Tensor) -> Tensor:
-        """Precompute what the score needs of the memory: (batch, mem_len, key_dim)."""
-        return self._maybe_fp32(self.make_keys, states)
+        """Precompute what the score needs of the memory: (batch, mem_len, key_dim), in the dtype
+        the score computes in (float32 when ``fp32``, else autocast's), so no step casts them again."""
+        keys = self._maybe_fp32(self.make_keys, states)
+        kind = keys.device.type
+        if not self.fp32 and torch.is_autocast_enabled(kind):
+            keys = keys.to(torch.get_autocast_dtype(kind))
+        return keys
 
     def make_keys(self, states: Tensor) -> Tensor:
         return states

@@ -126,8 +126,8 @@ class Translator:
             return Translation(line, cands, self.src_tok.pieces(p.ids), p.hyps[0].attention, 1, longest)
         best = [p.hyps[0] for p in parts]
         texts = self.tgt_tok.decode([h.tokens for h in best])
-        steps = [len(h.tokens) + 1 for h in best]  # with its end token: the steps each score is normalised by
-        score = sum(h.score * n for h, n in zip(best, steps)) / sum(steps)
+        steps = sum(len(h.tokens) + h.finished for h in best)  # every part's steps, end tokens included
+        score = sum(h.logprob for h in best) / steps ** self.cfg.search.length_penalty  # as one hypothesis's
         joined = Candidate(" ".join(t for t in texts if t), score, [t for h in best for t in h.tokens])
         return Translation(line, [joined], self.src_tok.pieces([i for p in parts for i in p.ids]), None,
                            len(parts), longest)
