@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from conftest import ATTENTIONS, CELLS, padded_batch, tiny_model
@@ -149,6 +151,28 @@ def test_a_checkpoint_with_one_bridge_loads_as_it_was_trained():
     torch.testing.assert_close(h[0], torch.tanh(memory.summary @ old["decoder.bridge.weight"].T
                                                  + old["decoder.bridge.bias"]))
     assert torch.all(c == 0)  # those models started c at 0
+
+
+def test_a_two_layer_checkpoint_with_one_bridge_is_refused_not_misread():
+    model = tiny_model("gru", "bahdanau", init="bridge", enc_layers=2, dec_layers=2)
+    old = {k: v for k, v in model.state_dict().items() if "bridge" not in k}
+    old["decoder.bridge.weight"], old["decoder.bridge.bias"] = torch.randn(12, 12), torch.randn(12)
+    with pytest.raises(ValueError, match="2-layer decoder from before the per-layer handover"):
+        model.load_state_dict(old)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_general"])
+def test_tied_embeddings_start_near_a_uniform_prediction(attention):
+    vocab = 500
+    model = tiny_model("gru", attention, tgt_vocab=vocab, emb_dim=64, enc_hidden=64, dec_hidden=128,
+                       readout_dim=64, tied_embeddings=True)
+    assert model.decoder.out.weight is model.decoder.embed.weight and torch.all(model.decoder.embed.weight[0] == 0)
+    src, lens = padded_batch([6, 5, 4])
+    tgt = torch.randint(4, vocab, (3, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _, _ = model((src, lens), tgt)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), tgt.reshape(-1))
+    assert abs(float(loss) - math.log(vocab)) < 0.5  # N(0, 1) output weights started it 6 to 14 nats higher
 
 
 def test_last_init_refuses_other_layer_counts():

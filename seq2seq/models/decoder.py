@@ -106,7 +106,9 @@ class RNNDecoder(nn.Module):
             pre_dim = readout_dim
         self.tie_proj = Linear(pre_dim, emb_dim, bias=False) if tied_embeddings and pre_dim != emb_dim else None
         self.out = Linear(emb_dim if tied_embeddings else pre_dim, vocab_size)
-        if tied_embeddings:
+        if tied_embeddings:  # N(0, 1) embeddings as output weights would start logits at sd ~sqrt(emb_dim)
+            with torch.no_grad():
+                self.embed.weight.normal_(std=emb_dim ** -0.5)[PAD].zero_()  # logits start at sd <= 1
             self.out.weight = self.embed.weight
 
     @property
@@ -290,6 +292,9 @@ def _from_one_bridge(module: nn.Module, state_dict: dict, prefix: str, *args) ->
     old = [prefix + "bridge.weight", prefix + "bridge.bias"]
     if module.bridge is None or old[0] not in state_dict:
         return
+    if module.layers > 1 and module.layer_to_layer:  # it started every layer from the top encoder layer
+        raise ValueError(f"a {module.layers}-layer decoder from before the per-layer handover (one bridge from the "
+                         f"top encoder layer) cannot load as this version's (layer l from encoder layer l)")
     weight, bias = (state_dict.pop(k) for k in old)
     for i in range(module.layers):
         state_dict[f"{prefix}bridge.{i}.weight"], state_dict[f"{prefix}bridge.{i}.bias"] = weight, bias
