@@ -1,6 +1,6 @@
 """Is a difference a finding? Paired tests of a system against a baseline on one test set,
-with sacreBLEU's own resampling (approximate randomisation for p, paired bootstrap for the
-interval), pooled over seed replicates as MultEval does (Clark et al. 2011), Holm's correction
+with sacreBLEU's resampling (approximate randomisation for p, ties counted; paired bootstrap
+for the interval), pooled over seed replicates as MultEval does (Clark et al. 2011), Holm's correction
 for several comparisons, and Welch's t-test for metrics measured once per run.
 
 Pooling: the test set of every seed is concatenated, paired seed by seed (seed n of the system
@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 from sacrebleu.metrics.base import Metric
-from sacrebleu.significance import PairedTest, _bootstrap_resample
+from sacrebleu.significance import _bootstrap_resample
 
 from seq2seq.metrics import ref_streams
 
@@ -71,20 +71,37 @@ def paired_test(baseline: Sequence[Sequence[str]], system: Sequence[Sequence[str
     if base == sys_:  # sacreBLEU's AR counts only shuffles that differ by more: identical outputs would get p ~ 0
         return Comparison(0.0, (0.0, 0.0), 1.0, len(baseline), "identical outputs")
     streams = ref_streams([r for _ in baseline for r in refs])
+    m = metric()
+    base_stats, sys_stats = (m._extract_corpus_statistics(h, streams) for h in (base, sys_))
+    delta = m._aggregate_and_compute(sys_stats).score - m._aggregate_and_compute(base_stats).score
     with _fixed_seed():
-        _, scores = PairedTest([("baseline", base), ("system", sys_)], {"score": metric()}, streams,
-                               test_type="ar", n_samples=AR_TRIALS)()
-        result = next(iter(v for k, v in scores.items() if k != "System"))
-        m = metric()
+        p_value = _randomisation_p(m, base_stats, sys_stats, abs(delta))
         # the same seed gives both systems the same resampled test sets: their differences are paired
-        _, resampled_base = _bootstrap_resample(m._extract_corpus_statistics(base, streams), m, BOOTSTRAP_SAMPLES)
-        _, resampled_sys = _bootstrap_resample(m._extract_corpus_statistics(sys_, streams), m, BOOTSTRAP_SAMPLES)
+        _, resampled_base = _bootstrap_resample(base_stats, m, BOOTSTRAP_SAMPLES)
+        _, resampled_sys = _bootstrap_resample(sys_stats, m, BOOTSTRAP_SAMPLES)
     diffs = np.sort([s.score - b.score for s, b in zip(resampled_sys, resampled_base)])
     low = len(diffs) // 40  # sacreBLEU's 95 % convention (estimate_ci)
-    return Comparison(delta=result[1].score - result[0].score, ci95=(float(diffs[low]), float(diffs[-low - 1])),
-                      p_value=float(result[1].p_value), seeds=len(baseline),
-                      test=f"sacreBLEU paired approximate randomisation ({AR_TRIALS:,} trials) and paired "
-                           f"bootstrap ({BOOTSTRAP_SAMPLES:,} resamples) over {len(baseline)} pooled seed(s)")
+    return Comparison(delta=delta, ci95=(float(diffs[low]), float(diffs[-low - 1])), p_value=p_value,
+                      seeds=len(baseline),
+                      test=f"paired approximate randomisation ({AR_TRIALS:,} trials drawn as sacreBLEU draws "
+                           f"them, ties counted) and sacreBLEU's paired bootstrap ({BOOTSTRAP_SAMPLES:,} resamples) "
+                           f"over {len(baseline)} pooled seed(s)")
+
+
+def _randomisation_p(metric: Metric, base_stats: Sequence, sys_stats: Sequence, observed: float) -> float:
+    """Two-sided paired approximate randomisation (Riezler & Maxwell 2005) as sacreBLEU draws it
+    (the same swaps for the same $SACREBLEU_SEED): each trial swaps the two systems' outputs of
+    a random half of the items; p = (trials at least as far apart as observed + 1) / (trials + 1).
+    Unlike sacreBLEU, a trial exactly as far apart counts: when the systems differ in one item
+    every swap leaves the difference as it is, which is no evidence (p = 1), not p = 1/(trials + 1)."""
+    seed = os.environ.get("SACREBLEU_SEED", "12345")
+    rng = np.random.default_rng(None if seed.lower() == "none" else int(seed))
+    keep = rng.integers(2, size=(AR_TRIALS, len(base_stats)), dtype=bool)  # True: the item's outputs stay put
+    base, sys_ = np.asarray(base_stats), np.asarray(sys_stats)
+    shuffled_a, shuffled_b = keep @ base + ~keep @ sys_, ~keep @ base + keep @ sys_  # (trials, stats)
+    apart = np.array([abs(metric._aggregate_and_compute(a[None]).score - metric._aggregate_and_compute(b[None]).score)
+                      for a, b in zip(shuffled_a, shuffled_b)])
+    return float((np.sum(apart >= observed - 1e-9) + 1) / (AR_TRIALS + 1))
 
 
 def welch_test(baseline: Sequence[float], system: Sequence[float]) -> Comparison:

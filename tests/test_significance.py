@@ -56,6 +56,29 @@ def test_cider_d_is_tested_like_bleu():
     assert pooled == pytest.approx(sum(scores) / 2, rel=1e-9) and scores[0] > 0
 
 
+def test_systems_that_differ_in_one_item_are_no_finding():
+    """Every swap of the one differing item leaves the difference as observed: no evidence.
+    sacreBLEU counts only larger differences, which would give p = 1/10,001."""
+    refs = _corpus(60)
+    base = _noisy(refs, 0.7, 1)
+    system = [refs[0][0], *base[1:]]  # one sentence made perfect
+    c = paired_test([base], [system], refs, BLEU)
+    assert c.delta > 0 and c.p_value == 1.0
+
+
+def test_randomisation_draws_as_sacrebleu_does_where_no_trial_ties():
+    from sacrebleu.significance import PairedTest
+
+    refs = _corpus(80)
+    base, system = _noisy(refs, 0.6, 1), _noisy(refs, 0.7, 2)
+    _, theirs = PairedTest([("baseline", base), ("system", system)], {"bleu": BLEU()}, ref_streams(refs),
+                           test_type="ar", n_samples=10_000)()
+    baseline_result, system_result = theirs["BLEU"]
+    ours = paired_test([base], [system], refs, BLEU)
+    assert ours.p_value == pytest.approx(system_result.p_value) and 0.0001 < ours.p_value < 1
+    assert ours.delta == pytest.approx(system_result.score - baseline_result.score)
+
+
 def test_two_seeds_of_one_noisy_system_are_usually_no_finding():
     refs = _corpus()
     c = paired_test([_noisy(refs, 0.7, 1)], [_noisy(refs, 0.7, 2)], refs, BLEU)

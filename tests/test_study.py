@@ -160,7 +160,9 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
     assert all(r["p_value"] for r in seeds if r["run"] == "starved") and not seeds[0]["p_value"]
     md = (folder / "summary.md").read_text()
     assert " ± " in md and "**yes**" in md and "seeds 1, 2" in md
-    assert "(sacreBLEU paired approximate randomisation" in md and "Holm's correction for 1 comparison(s)" in md
+    assert "(paired approximate randomisation (10,000 trials drawn as sacreBLEU" in md
+    assert "Holm's correction for 1 comparison(s)" in md
+    assert "difference of the pooled corpus scores" in md  # two seeds pooled: not the difference of the means
 
     records = tmp_path / "records"  # the study moves to another machine without weights or corpus text
     assert export_records(study, tmp_path / "studies", records) == [s.folder for s in study.run_specs()]
@@ -332,6 +334,9 @@ def test_shipped_studies_resolve():
         study = load_study(path)
         if study.task != "decode":
             assert study.run_specs() and study.budget, path
+        else:  # the model it decodes is a run folder of the study it names (seeded runs: one seed's)
+            _, source, *folder = study.model.parts
+            assert "/".join(folder) in {s.folder for s in load_study(path.parent / f"{source}.yaml").run_specs()}, path
 
 
 def test_a_run_made_before_an_option_existed_keeps_its_config(tmp_path):

@@ -174,7 +174,10 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
         tests = "; ".join(dict.fromkeys(r.comparison.test for r in tested))
         lines.append(f"- Baseline: `{study.baseline}`; {' or '.join(measured)} of every other run against it{grid}"
                      + (f" ({tests}); significant: p < 0.05 after Holm's correction for {family} comparison(s), "
-                        f"a row not tested yet counting as p = 1" if tested else " (no finished pair yet)") + ".")
+                        f"a row not tested yet counting as p = 1" if tested else " (no finished pair yet)") + "."
+                     + (" Δ of a paired test is the difference of the pooled corpus scores (every seed's outputs "
+                        "joined), which can differ from the difference of the per-seed means beside it."
+                        if any(r.comparison.seeds > 1 and "pooled" in r.comparison.test for r in tested) else ""))
     head = ["run", "state", "seeds", *metrics, *cost, *(["BLEU bootstrap ±95 %"] if has_ci else []),
             *([f"Δ{f' {measured[0]}' if len(measured) == 1 else ''} [95 % CI]", "p (Holm)", "significant"]
               if study.baseline else [])]
