@@ -552,3 +552,20 @@ def test_each_row_is_tested_on_the_first_metric_it_has_once_every_seed_finished(
     assert copy.comparison is None and copy.note.startswith("no metric recorded by every seed")
     assert math.isnan(copy.adjusted_p) and not copy.significant
     assert adding.adjusted_p == pytest.approx(min(1.0, 2 * adding.comparison.p_value))
+
+
+def test_a_fine_tuning_run_that_died_before_its_first_checkpoint_records_its_new_start(tmp_path):
+    from seq2seq.study.stages import STARTED_FROM, inputs_sha256, record_start
+
+    source = tmp_path / "source.pt"
+    source.write_bytes(b"weights of the first try")
+    run_dir = tmp_path / "run"
+    first = record_start(run_dir, [source])
+    source.write_bytes(b"the source, trained again")
+    again = record_start(run_dir, [source])  # no last.pt of its own: it starts from the source as it is now
+    assert again != first and again == inputs_sha256([source])
+    assert (run_dir / STARTED_FROM).read_text().strip() == again
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"its own progress")
+    source.write_bytes(b"the source, trained a third time")
+    assert record_start(run_dir, [source]) == again  # a resume goes on from its own last.pt

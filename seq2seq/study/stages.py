@@ -73,9 +73,10 @@ def inputs_sha256(paths: list[Path]) -> str:
 
 def record_start(run_dir: Path, read: list[Path]) -> str:
     """The digest of what a fine-tuning run starts from, written when it first starts: a resume
-    goes on from its own last.pt, whatever its source holds by then, so that is what it trained from."""
+    goes on from its own last.pt, whatever its source holds by then, so that is what it trained
+    from. Without a last.pt of its own (it died before its first) it starts afresh from the source."""
     path = run_dir / STARTED_FROM
-    if path.is_file():
+    if path.is_file() and (run_dir / "checkpoints" / "last.pt").is_file():
         return path.read_text(encoding="utf-8").strip()
     digest = inputs_sha256(read)
     if current().main:
