@@ -68,3 +68,34 @@ def test_help_paragraph_parser_skips_hidden_text():
                 '<p id="par_id2">Use <span hidden="true" class="MAC">Command</span><span>Ctrl</span>+F</p>'
                 '<h2 id="hd_id3">Find <img src="x.svg"> Text</h2><p id="other">skip</p>')
     assert parser.paragraphs == {"par_id1": "Press Enter now.", "par_id2": "Use Ctrl+F", "hd_id3": "Find Text"}
+
+
+def _write_mo(path, catalog: dict[str, str]) -> None:
+    """A gettext .mo file (the GNU layout: header, two offset tables, NUL-terminated strings)."""
+    import struct
+
+    keys = sorted(catalog)
+    ids, strs = [k.encode() for k in keys], [catalog[k].encode() for k in keys]
+    n, start = len(keys), 28 + 16 * len(keys)
+    table, blob = [], b""
+    for s in ids + strs:
+        table.append((len(s), start + len(blob)))
+        blob += s + b"\0"
+    header = struct.pack("<7I", 0x950412DE, 0, n, 28, 28 + 8 * n, 0, 0)
+    path.write_bytes(header + b"".join(struct.pack("<2I", *t) for t in table) + blob)
+
+
+def test_libreoffice_strings_read_at_first_are_the_ones_read_from_the_cache(tmp_path, monkeypatch):
+    from seq2seq.data import corpora
+
+    folder = tmp_path / "deb" / "usr/lib/libreoffice/program/resource/de/LC_MESSAGES"
+    folder.mkdir(parents=True)
+    catalog = {f"Message {i}": f"Nachricht {i}" for i in range(10_000)}
+    catalog |= {"Open  the\nfile": "Datei\n öffnen", "ctx\x04~Cancel": "~Abbrechen",
+                "": "Content-Type: text/plain; charset=UTF-8\n"}  # the header entry names the charset
+    _write_mo(folder / "a.mo", catalog)
+    monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(corpora, "fetch_deb", lambda name: tmp_path / "deb")
+    first = corpora.libreoffice_pairs("de", help_pages=False)
+    again = corpora.libreoffice_pairs("de", help_pages=False)  # from the cache written by the first
+    assert first == again and ("Open the file", "Datei öffnen") in first and ("Cancel", "Abbrechen") in first

@@ -195,7 +195,9 @@ def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tup
         en_help = _help_paragraphs(fetch_deb("libreoffice-help-en-us"), "en-US")
         tgt_help = _help_paragraphs(fetch_deb(f"libreoffice-help-{tgt_lang}"), tgt_lang)
         pairs.extend((text, tgt_help[key]) for key, text in en_help.items() if key in tgt_help)
-    pairs = list(dict.fromkeys(pairs))  # the same message recurs across catalogs
+    # whitespace collapsed as the cache stores it, so the first run splits what later runs read
+    pairs = list(dict.fromkeys((" ".join(en.split()), " ".join(de.split())) for en, de in pairs))
+    pairs = [(en, de) for en, de in pairs if en and de]  # the same message recurs across catalogs
     if len(pairs) < 10_000:
         raise FetchError(f"libreoffice en-{tgt_lang}: only {len(pairs)} pairs were read; the Debian "
                          f"packages may have changed layout")
