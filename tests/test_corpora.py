@@ -55,11 +55,14 @@ def test_user_files(tmp_path):
         _read(str(tmp_path / "missing.tsv"))
 
 
-def test_files_corpus_with_explicit_splits(tmp_path):
+def test_files_corpus_with_explicit_splits(tmp_path, capsys):
     (tmp_path / "t.tsv").write_text("a b\tc d\n")
     (tmp_path / "v.tsv").write_text("x\ty\nx\tz\n")
     corpus = load_corpus("files", train=str(tmp_path / "t.tsv"), valid=str(tmp_path / "v.tsv"))
     assert list(corpus.train) == [("a b", "c d")] and corpus.valid[0].refs == ["y", "z"] and corpus.test == []
+    note = capsys.readouterr().out  # the user's file is not scored line by line: said in one line
+    assert f"data.valid={tmp_path / 'v.tsv'}: 2 pairs are scored as 1 sources (1 repeated" in note
+    assert note.count("\n") == 1
 
 
 def test_help_paragraph_parser_skips_hidden_text():
