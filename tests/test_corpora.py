@@ -102,3 +102,14 @@ def test_libreoffice_strings_read_at_first_are_the_ones_read_from_the_cache(tmp_
     first = corpora.libreoffice_pairs("de", help_pages=False)
     again = corpora.libreoffice_pairs("de", help_pages=False)  # from the cache written by the first
     assert first == again and ("Open the file", "Datei öffnen") in first and ("Cancel", "Abbrechen") in first
+
+
+def test_a_long_sentence_is_cut_at_word_starts_within_the_limit():
+    from seq2seq.data.segments import within_limit
+
+    ids = list(range(1, 1_001))
+    pieces = within_limit(ids, 80, lambda i: i % 7 == 0)  # a word starts at every multiple of 7
+    assert [i for p in pieces for i in p] == ids and all(0 < len(p) <= 80 for p in pieces)
+    assert all(p[0] % 7 == 0 for p in pieces[1:])  # every cut falls before a word start
+    assert within_limit(ids, 80, lambda i: False)[1][0] == 81  # no word start: cut at the limit
+    assert within_limit([], 80, lambda i: True) == [] and within_limit(ids[:80], 80, lambda i: True) == [ids[:80]]

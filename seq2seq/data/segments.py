@@ -24,9 +24,9 @@ def sentences(text: str, lang: str) -> list[str]:
 def within_limit(ids: list[int], limit: int, starts_word: Callable[[int], bool]) -> list[list[int]]:
     """``ids`` cut into pieces of at most ``limit`` ids, each cut at the last word start
     (``starts_word(id)``) before the limit when there is one, else at the limit."""
-    out = []
-    while len(ids) > limit:
-        cut = next((i for i in range(limit, 0, -1) if starts_word(ids[i])), limit)
-        out.append(ids[:cut])
-        ids = ids[cut:]
-    return [*out, ids] if ids else out
+    out, start = [], 0  # cut by position: slicing off the rest each time is quadratic in the length
+    while len(ids) - start > limit:
+        cut = next((i for i in range(limit, 0, -1) if starts_word(ids[start + i])), limit)
+        out.append(ids[start:start + cut])
+        start += cut
+    return [*out, ids[start:]] if start < len(ids) else out
