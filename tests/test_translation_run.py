@@ -91,6 +91,14 @@ def test_repl_accepts_commands_and_quits(toy_run):
     assert "beam 2, nbest 2" in text and "alignment on" in text and "1. " in text and "->" in text
 
 
+def test_repl_survives_odd_input(toy_run):
+    code, text = _repl(toy_run, ":beam ²\n:bema 3\n:)\n".encode() + b"the \xff cat\n:beam 0\nthe cat\n\n")
+    assert code == 0, text
+    assert ":beam takes a whole number of at least 1, not '²'" in text and "no command :bema" in text
+    assert "not UTF-8 text (byte 0xff)" in text and "not '0'" in text and "Traceback" not in text
+    assert "commands:" not in text  # ":)" was translated, not taken for a command (which printed the help)
+
+
 def test_repl_says_which_beam_runs(toy_run):
     code, text = _repl(toy_run, b":nbest 3\n:beam 1\nthe cat\n\n")
     assert code == 0, text

@@ -38,6 +38,7 @@ HELP = """commands:
   :split      toggle translating a line sentence by sentence
   :help       this text
   :quit       leave (so do an empty line, Ctrl-D and Ctrl-C)"""
+COMMANDS = ("beam", "nbest", "align", "split", "help")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -186,11 +187,21 @@ def repl(translator: Translator, args: argparse.Namespace) -> int:
             except (EOFError, KeyboardInterrupt):
                 print()
                 break
+            except UnicodeDecodeError as err:  # a strict terminal decoder
+                print(f"that line is not UTF-8 text (byte 0x{err.object[err.start]:02x}); type it again")
+                continue
+            escaped = next((ord(c) - 0xDC00 for c in line if 0xDC80 <= ord(c) <= 0xDCFF), None)
+            if escaped is not None:  # a surrogate-escaping decoder passes the byte on
+                print(f"that line is not UTF-8 text (byte 0x{escaped:02x}); type it again")
+                continue
             if not line or line in (":quit", ":q", ":exit"):
                 break
-            if line.startswith(":"):
-                cmd, _, value = line[1:].partition(" ")
-                if cmd in ("beam", "nbest") and value.strip().isdigit() and int(value) >= 1:
+            cmd, _, value = line[1:].partition(" ")
+            if line.startswith(":") and cmd in COMMANDS:  # anything else, ":)" included, is a sentence
+                value = value.strip()
+                if cmd in ("beam", "nbest") and not (value.isascii() and value.isdigit() and int(value) >= 1):
+                    print(f":{cmd} takes a whole number of at least 1, not {value!r}")
+                elif cmd in ("beam", "nbest"):
                     if cmd == "beam":
                         beam = int(value)
                     else:
@@ -205,6 +216,9 @@ def repl(translator: Translator, args: argparse.Namespace) -> int:
                     print(f"sentence splitting {'on' if args.split else 'off'}")
                 else:
                     print(HELP)
+                continue
+            if line.startswith(":") and cmd.isascii() and cmd.isalpha():
+                print(f"no command :{cmd}; :help lists them")
                 continue
             tr = translator.translate([line], beam_for_nbest(beam, nbest)[0], nbest, args.max_len_ratio,
                                       split=args.split)[0]
