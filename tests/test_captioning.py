@@ -5,6 +5,7 @@ the tests that use it are marked ``network``.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,8 @@ def _good_images(folder: Path) -> list[Path]:
     sub = folder / "sub"
     sub.mkdir()
     save("sub/nested.webp", shapes, format="WEBP")
+    save("sub__nested.webp", shapes, format="WEBP")  # its overlay once took sub/nested.webp's name
+    save(os.fsdecode(b"caf\xe9.png"), shapes)  # a file name that is not UTF-8
     return out
 
 
@@ -113,9 +116,12 @@ def test_caption_tool_on_a_real_world_folder(shapes_run, tmp_path):
     good = _good_images(folder)
     bad = _bad_files(folder)
     out = tmp_path / "captions.jsonl"
+    (folder / "grey.png.txt").write_text("my own notes\n")  # a sidecar the user wrote
     proc = _caption([run_dir, folder, "--recursive", "--batch-size", "3", "-o", out, "--sidecar",
                      "--overlays", tmp_path / "overlays", "--beam", "2"])
     assert proc.returncode == 0, proc.stderr
+    assert (folder / "grey.png.txt").read_text() == "my own notes\n" and "kept 1 existing sidecar" in proc.stderr
+    assert not (tmp_path / "captions.jsonl.partial").exists()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in good)  # each good image exactly once
     assert all(r["caption"] and isinstance(r["score"], float) for r in rows)
@@ -124,7 +130,7 @@ def test_caption_tool_on_a_real_world_folder(shapes_run, tmp_path):
     assert f"captioned {len(good)} images" in proc.stderr and f"skipped {len(bad)} files" in proc.stderr
     rgba_caption = next(r["caption"] for r in rows if r["path"].endswith("rgba.png"))
     assert (folder / "rgba.png.txt").read_text().strip() == rgba_caption
-    assert len(list((tmp_path / "overlays").glob("*.png"))) == len(good)
+    assert len(list((tmp_path / "overlays").rglob("*.png"))) == len(good)  # in the folder's layout
     again = _caption([run_dir, folder, "--recursive", "--workers", "2"])  # sidecars are not "bad files"
     assert again.returncode == 0 and "notes.txt" in again.stderr and "rgba.png.txt" not in again.stderr
 

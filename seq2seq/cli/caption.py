@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -39,8 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="images captioned together")
     parser.add_argument("--workers", type=int, default=0, help="processes reading images (0: the main one)")
     parser.add_argument("-o", "--output", type=Path, help="write JSON lines here instead of stdout")
-    parser.add_argument("--sidecar", action="store_true", help="also write IMAGE.txt beside each image")
-    parser.add_argument("--overlays", type=Path, metavar="DIR", help="save attention overlays (PNG) here")
+    parser.add_argument("--sidecar", action="store_true",
+                        help="also write IMAGE.txt beside each image (an existing one is kept unless --overwrite)")
+    parser.add_argument("--overlays", type=Path, metavar="DIR",
+                        help="save attention overlays (PNG) here, in the folder's own layout")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing sidecar captions")
     add_model_options(parser)
     args = parser.parse_args(argv)
     for name in ("batch_size", "beam", "nbest"):
@@ -52,23 +56,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def candidates(folder: Path, recursive: bool, output: Path | None) -> list[Path]:
-    """Every file to try, minus our own outputs (sidecar captions, the JSON-lines file)."""
+def candidates(folder: Path, recursive: bool, output: Path | None, overlays: Path | None = None) -> list[Path]:
+    """Every file to try, minus our own outputs (sidecar captions, the JSON-lines file and its
+    partial copy, overlays saved inside the folder)."""
     files = list(list_files(folder, recursive))
     names = {str(p) for p in files}
-    own = {str(output.resolve())} if output else set()
+    own = {str(output.resolve()), str(_partial(output).resolve())} if output else set()
     return [p for p in files
-            if not (p.suffix == ".txt" and str(p.with_suffix("")) in names) and str(p.resolve()) not in own]
+            if not (p.suffix == ".txt" and str(p.with_suffix("")) in names) and str(p.resolve()) not in own
+            and not (overlays is not None and p.resolve().is_relative_to(overlays.resolve()))]
+
+
+def _partial(output: Path) -> Path:
+    """Where the JSON lines go until the folder is done (then they replace ``output`` at once)."""
+    return output.with_name(output.name + ".partial")
+
+
+def _json_line(row: dict) -> str:
+    """One JSON line; a file name that is not UTF-8 (its bytes kept as surrogates) is escaped."""
+    try:
+        row["path"].encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(row)
+    return json.dumps(row, ensure_ascii=False)
 
 
 def caption_folder(captioner: Captioner, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    files = candidates(args.folder, args.recursive, args.output)
+    files = candidates(args.folder, args.recursive, args.output, args.overlays)
     beam, note = beam_for_nbest(args.beam or captioner.cfg.search.beam, args.nbest)
     if note:
         print(note, file=err)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
-    done, skipped, reasons = 0, 0, Counter()
+    done, skipped, kept, reasons = 0, 0, 0, Counter()
     start, last_report = time.monotonic(), 0.0
     for path, caption, reason in captioner.caption_files(files, beam, args.batch_size, args.workers, args.nbest):
         if caption is None:
@@ -80,15 +100,20 @@ def caption_folder(captioner: Captioner, args: argparse.Namespace, out: TextIO, 
         row = {"path": str(path), "caption": caption.text, "score": round(caption.score, 4) + 0.0}
         if args.nbest > 1:
             row["nbest"] = [{"caption": text, "score": round(score, 4) + 0.0} for text, score in caption.alternatives]
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.write(_json_line(row) + "\n")
         out.flush()
-        if args.sidecar:
-            atomic_write(path.with_name(path.name + ".txt"), caption.text + "\n")
+        sidecar = path.with_name(path.name + ".txt")
+        if args.sidecar and sidecar.exists() and not args.overwrite:
+            kept += 1
+        elif args.sidecar:
+            atomic_write(sidecar, caption.text + "\n")
         if args.overlays:
             picture = captioner.overlay(path, caption)
             if picture is not None:
-                name = str(path.relative_to(args.folder)).replace("/", "__")
-                atomic_write(args.overlays / f"{name}.png", lambda f, picture=picture: picture.save(f, format="PNG"))
+                saved = args.overlays / path.relative_to(args.folder)  # mirrored: no two images share a name
+                saved = saved.with_name(saved.name + ".png")
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(saved, lambda f, picture=picture: picture.save(f, format="PNG"))
         now = time.monotonic()
         if now - last_report > 2.0:
             print(f"[{done + skipped}/{len(files)}] {done} captioned, {skipped} skipped", file=err, flush=True)
@@ -97,6 +122,9 @@ def caption_folder(captioner: Captioner, args: argparse.Namespace, out: TextIO, 
     summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
     print(f"captioned {done} image{'s' if done != 1 else ''} in {elapsed:.1f} s; skipped {skipped} file"
           f"{'s' if skipped != 1 else ''}{f' ({summary})' if summary else ''}", file=err, flush=True)
+    if kept:
+        print(f"kept {kept} existing sidecar caption{'s' if kept != 1 else ''} (IMAGE.txt); --overwrite replaces "
+              f"them", file=err, flush=True)
     if done == 0:
         print(f"error: no image in {args.folder} could be captioned", file=err)
         return 1
@@ -111,9 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.folder} is not a folder", file=sys.stderr)
             return 2
         captioner = Captioner.load(args.model, device=args.device, precision=args.precision)
-        if args.output:
-            with open(args.output, "w", encoding="utf-8") as out:
-                return caption_folder(captioner, args, out, sys.stderr)
+        if args.output:  # written beside it, replacing it once the folder is done: a crash keeps the old file
+            with open(_partial(args.output), "w", encoding="utf-8") as out:
+                code = caption_folder(captioner, args, out, sys.stderr)
+            if code == 0:
+                os.replace(_partial(args.output), args.output)
+            else:  # nothing captioned: the old file stays
+                _partial(args.output).unlink()
+            return code
         sys.stdout.reconfigure(encoding="utf-8")
         return caption_folder(captioner, args, sys.stdout, sys.stderr)
 
