@@ -41,6 +41,8 @@ def test_captions_table_tsv_and_csv(tmp_path):
                                                          (tmp_path / "b.png", ["third"])]
     (tmp_path / "captions.csv").write_text('a.png,"a caption, with a comma"\n')
     assert captions_table(tmp_path / "captions.csv")[0].captions == ["a caption, with a comma"]
+    (tmp_path / "excel.csv").write_text("\ufeffimage,caption\na.png,first\n", encoding="utf-8")  # "CSV UTF-8"
+    assert [(e.image, e.captions) for e in captions_table(tmp_path / "excel.csv")] == [(tmp_path / "a.png", ["first"])]
     (tmp_path / "bad.tsv").write_text("only-one-column\n")
     with pytest.raises(CorpusError, match="bad.tsv:1"):
         captions_table(tmp_path / "bad.tsv")

@@ -42,6 +42,8 @@ def _read(spec: str) -> list[tuple[str, str]]:
 def test_user_files(tmp_path):
     (tmp_path / "a.tsv").write_text("hello\tbonjour\n\nyes\toui\n", encoding="utf-8")
     assert _read(str(tmp_path / "a.tsv")) == [("hello", "bonjour"), ("yes", "oui")]
+    (tmp_path / "bom.tsv").write_text("\ufeffhello\tbonjour\n", encoding="utf-8")  # an editor's byte-order mark
+    assert _read(str(tmp_path / "bom.tsv")) == [("hello", "bonjour")]
     (tmp_path / "x.en").write_text("a\nb\n")
     (tmp_path / "x.fr").write_text("c\nd\n")
     assert _read(f"{tmp_path / 'x.en'},{tmp_path / 'x.fr'}") == [("a", "c"), ("b", "d")]

@@ -214,7 +214,7 @@ def read_text(path: Path) -> str:
     except OSError as err:
         raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark ("CSV UTF-8") is not text
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - data.rfind(b"\n", 0, err.start)

@@ -72,8 +72,10 @@ class LineFile:
         return len(self.starts)
 
     def line(self, i: int) -> str:
-        """Line ``i`` (0-based) decoded; a line that is not UTF-8 raises UnicodeDecodeError."""
-        return self.data[self.starts[i]:self.ends[i]].decode("utf-8").removesuffix("\r")
+        """Line ``i`` (0-based) decoded; a line that is not UTF-8 raises UnicodeDecodeError. The
+        byte-order mark some editors write ("CSV UTF-8") is not part of the first line."""
+        text = self.data[self.starts[i]:self.ends[i]].decode("utf-8").removesuffix("\r")
+        return text.removeprefix("\ufeff") if i == 0 else text
 
     def bad_line(self, i: int, err: UnicodeDecodeError) -> CorpusError:
         raw = self.data[self.starts[i]:self.ends[i]]
