@@ -123,3 +123,14 @@ def test_transform_shape_and_round_trip():
     assert x.shape == (3, 32, 32)
     back = t.denormalise(x)
     assert torch.allclose(back[:, 5, 5], torch.tensor([1.0, 0.0, 0.0]), atol=0.01)
+
+
+def test_an_image_over_pillows_pixel_limit_is_too_large_in_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from seq2seq.data.images import ImageError, load_image
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as a 180M-pixel image meets the real limit
+    with pytest.raises(ImageError, match=r"^too large \(4096 pixels, more than 2,000\)$"):
+        load_image(tmp_path / "big.png")

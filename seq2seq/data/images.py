@@ -18,7 +18,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-MAX_PIXELS = 250_000_000  # refuse larger images rather than exhaust memory
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -96,9 +95,7 @@ def load_image(path: str | Path, target: int = 512) -> Image.Image:
             raise ImageError(reason)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's decompression-bomb and EXIF warnings
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(f"too large ({image.width}x{image.height} pixels)")
+            with Image.open(path) as image:  # Pillow refuses over 2 * Image.MAX_IMAGE_PIXELS (179M) pixels
                 if image.format == "JPEG":
                     image.draft("RGB", (target, target))  # decode at 1/2, 1/4 or 1/8 scale
                 image.seek(0)  # animated: the first frame
@@ -111,7 +108,10 @@ def load_image(path: str | Path, target: int = 512) -> Image.Image:
         raise ImageError("permission denied") from None
     except UnidentifiedImageError:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"too large ({str(err).split(' pixels')[0].removeprefix('Image size (')} pixels, more "
+                         f"than {2 * Image.MAX_IMAGE_PIXELS:,})") from None
+    except (OSError, SyntaxError, ValueError) as err:
         message = str(err).split("\n")[0] or type(err).__name__
         if "truncated" in message.lower() or isinstance(err, (SyntaxError, EOFError)):
             raise ImageError(f"truncated or corrupt ({message})") from None
