@@ -123,3 +123,19 @@ def test_keep_step_keeps_the_newest(tmp_path):
         keep_step(last, step, 3)
     assert [p.name for p in step_checkpoints(tmp_path)] == ["step-60.pt", "step-80.pt", "step-100.pt"]
     assert float(load_checkpoint(tmp_path / "step-60.pt")["model"]["w"][0]) == 60  # not overwritten by later saves
+
+
+def test_a_gpu_generator_is_saved_for_the_device_in_use_and_old_lists_still_load(monkeypatch):
+    from seq2seq.train.checkpoints import rng_state, set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s: restored.append(s.tolist()))
+    state = rng_state()
+    assert state["cuda"].tolist() == [7]  # one device's state: a machine with fewer GPUs can resume it
+    set_rng_state(state)
+    set_rng_state({**state, "cuda": [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]})
+    set_rng_state({**state, "cuda": [torch.tensor([3], dtype=torch.uint8)]})  # saved with one GPU, resumed on GPU 1
+    assert restored == [[7], [2], [3]]

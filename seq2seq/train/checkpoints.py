@@ -39,8 +39,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 def rng_state() -> dict[str, Any]:
     """The random generators a resumed run must continue: torch's (and CUDA's) and Python's."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # the device this process trains on: another machine may have fewer
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -49,7 +49,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        cuda = state["cuda"]
+        if isinstance(cuda, list | tuple):  # checkpoints before 2026-12-05 kept every visible GPU's
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda.cpu())
 
 
 def _as_tuple(value: Any) -> Any:

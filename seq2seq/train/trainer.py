@@ -5,7 +5,8 @@ batches of indices and ``batch(indices)`` building a batch) and a ``validate`` f
 returning metrics with a ``score`` to maximise. It handles teacher forcing and scheduled
 sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.train.schedules` (over a step
 horizon planned once and frozen), periodic validation, early stopping, a time budget, atomic
-checkpoints and exact resumption (refused where precision or world size would change mid-run).
+checkpoints and exact resumption in one process (refused where precision or world size would
+change mid-run; data-parallel ranks reseed their dropout at the step they resume from).
 """
 
 from __future__ import annotations
