@@ -83,8 +83,8 @@ def forward_flops(model: Seq2Seq, src_len: float, tgt_len: float) -> dict[str, f
         key_dim = key_proj.out_features if key_proj is not None else dec.hidden
         value_dim = key_proj.in_features if key_proj is not None else key_dim
         per_tgt += 2 * src_len * (key_dim + value_dim)  # scores and context
-        if hasattr(att, "query_proj"):
-            per_tgt += 2 * att.query_proj.in_features * att.query_proj.out_features + 2 * src_len * key_dim
+        if hasattr(att, "query_proj"):  # Bahdanau: W q; its add and tanh are elementwise, not products
+            per_tgt += 2 * att.query_proj.in_features * att.query_proj.out_features
     for layer in (getattr(dec, "combine", None), getattr(dec, "readout", None), dec.tie_proj, dec.out):
         if layer is not None:
             per_tgt += 2 * layer.in_features * layer.out_features

@@ -24,6 +24,13 @@ def test_forward_flops_counts_each_layer():
     attention = 2 * 5 * (12 + 12)  # scores and context over 5 source positions
     combine, out, bridge = 2 * 24 * 12, 2 * 12 * 24, 2 * 12 * 12 / 4
     assert flops["per_target_token"] == decoder + attention + combine + out + bridge
+    bahdanau = forward_flops(tiny_model("gru", "bahdanau"), src_len=5.0, tgt_len=4.0)  # attention 7, readout 5
+    keys, query = 2 * 12 * 7, 2 * 12 * 7  # U h once per memory vector; W q once per step
+    decoder = 2 * 3 * 12 * (10 + 12 + 12)  # the context enters the GRU
+    scores_context = 2 * 5 * (7 + 12)  # v . tanh(...) and the weighted sum: no product for the add and tanh
+    readout, out = 2 * (12 + 10 + 12) * 10, 2 * 5 * 24
+    assert bahdanau["per_source_token"] == encoder + keys
+    assert bahdanau["per_target_token"] == decoder + query + scores_context + readout + out + bridge
 
 
 def test_caption_benchmark_folder_holds_photos_and_icons(tmp_path, monkeypatch):
