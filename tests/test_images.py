@@ -134,3 +134,13 @@ def test_an_image_over_pillows_pixel_limit_is_too_large_in_one_line(tmp_path, mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as a 180M-pixel image meets the real limit
     with pytest.raises(ImageError, match=r"^too large \(4096 pixels, more than 2,000\)$"):
         load_image(tmp_path / "big.png")
+
+
+def test_a_link_to_a_pipe_is_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.png").symlink_to(tmp_path / "pipe")
+    assert list(list_files(tmp_path)) == [tmp_path / "link.png"]  # the pipe itself is not listed
+    with pytest.raises(ImageError, match="not a regular file"):  # and opening it would block forever
+        load_image(tmp_path / "link.png")

@@ -9,6 +9,7 @@ decoded at reduced size. Anything unreadable raises :class:`ImageError` with a s
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class ImageTransform:
 
 def _sniff(path: Path) -> str | None:
     """A reason for files Pillow would misreport (empty, vector formats), else None."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a link to a pipe would block the read forever
+        return "not a regular file"
     with open(path, "rb") as f:
         head = f.read(512)
     if not head:
