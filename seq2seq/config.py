@@ -124,7 +124,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 penalty (Adam: coupled, as torch.optim.Adam)
     clip_norm: float = 1.0  # clip the global gradient norm to this; 0 = no clipping (still measured)
     schedule: str = "warmup_decay"  # warmup_decay | plateau (warm-up, then cut on stalls) | constant
-    warmup_steps: int = 200  # steps of linear warm-up from 0 to lr
+    warmup_steps: int = 200  # steps of linear warm-up from 0 (it multiplies the decay, which spans the whole run)
     decay: str = "cosine"  # warmup_decay: cosine | linear (over the run's step horizon) | inverse_sqrt
     min_lr_ratio: float = 0.05  # warmup_decay: the final lr as a fraction of lr
     plateau_factor: float = 0.5  # plateau: lr multiplier when valid BLEU stalls

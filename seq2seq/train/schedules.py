@@ -34,7 +34,9 @@ class LRSchedule:
     def lr(self, step: int, horizon: int) -> float:
         """The learning rate of ``step`` for a run of ``horizon`` steps (0: not planned yet, the
         first steps of a time-budgeted run, which are warm-up: no decay yet). Past the horizon
-        (a finished run trained further) it stays at its floor."""
+        (a finished run trained further) it stays at its floor. The decay runs over the whole
+        horizon, warm-up included, and the warm-up multiplies it: the peak is ``lr`` times the
+        decay at the end of warm-up (0.99 lr for 200 of 3,000 steps, cosine)."""
         cfg = self.cfg
         if cfg.schedule == "constant":
             return cfg.lr
