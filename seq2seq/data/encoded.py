@@ -121,16 +121,19 @@ def _chunks(pairs: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tu
 
 
 def _read_meta(folder: Path) -> dict | None:
-    """The folder's description, or None when it is missing or does not match its files."""
+    """The folder's description, or None when it is missing or does not match its files (then
+    the folder is removed, to be written again: meta.json is written last, so a folder with it
+    and without a file it names was damaged afterwards)."""
+    if not (folder / "meta.json").is_file():
+        return None
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         for side in SIDES:
             size = (folder / f"{side}.ids").stat().st_size
             if size != meta[side]["tokens"] * np.dtype(meta[side]["dtype"]).itemsize:
                 raise ValueError(f"{side}.ids holds {size} bytes")
+            (folder / f"{side}.offsets.npy").stat()
         return meta
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"encoded corpus {folder} is damaged ({err}); encoding it again", flush=True)
         shutil.rmtree(folder, ignore_errors=True)
