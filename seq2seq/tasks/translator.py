@@ -79,8 +79,10 @@ class Translator:
         attention. Lines are searched in consecutive windows of ``batch_size`` lines (their
         parts sorted by length, at most ``batch_size`` a search), so a file gives the same
         batches, and so the same outputs to the last bit, whether it is translated in one call
-        (test evaluation), streamed through the tool, or shared out over the ranks of a
-        data-parallel run.
+        (test evaluation), streamed through the tool from a file, or shared out over the ranks
+        of a data-parallel run. (Input that pauses, typed or piped from a slow program, is
+        answered a partial window at a time: other batches, the same translations up to the
+        last bits of bf16 arithmetic.)
         """
         s = self.cfg.search
         beam = beam or s.beam
