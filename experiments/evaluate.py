@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="where results go (default: runs/evaluate-<time>)")
     args = parser.parse_args()
     out = args.out or Path("runs") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "results.json").exists():  # a trained run's, or an earlier scoring's: never replaced
+        parser.error(f"--out {out} already holds results.json; choose another folder")
     task = load_checkpoint(resolve_checkpoint(args.models[0]), mmap=True).get("task")
     scorers = {"translation": translation.score, "captioning": captioning.score}
     if task not in scorers:

@@ -84,3 +84,8 @@ def test_an_ensemble_is_scored_on_the_test_split(toy_run, tmp_path):
     assert results["models"] == [str(toy_run)] * 2
     assert abs(results["test_bleu_beam"] - single["test_bleu_beam"]) < 1e-6  # two copies = the model
     assert (out / "test.beam3.txt").read_text() == (toy_run / "test.beam3.txt").read_text()
+    kept = (toy_run / "results.json").read_text()
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), str(toy_run),
+                           "--out", str(toy_run)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "already holds results.json" in proc.stderr  # a run's results are not replaced
+    assert (toy_run / "results.json").read_text() == kept
