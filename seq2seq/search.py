@@ -265,8 +265,12 @@ def search(decoder: RNNDecoder, memory: Memory, beam: int, max_len: Tensor | int
 
 def _never_outputs(scores: Tensor) -> Tensor:
     """(rows, vocab) log-probabilities or logits with padding and the start token at -inf (in
-    place): the decoder has an output for them, but neither is ever a token of an output."""
-    return scores.index_fill_(1, torch.tensor([PAD, BOS], device=scores.device), float("-inf"))
+    place): the decoder has an output for them, but neither is ever a token of an output.
+    Greedy and beam search mask the model's log-probabilities (their scores stay the model's);
+    sampling masks logits and draws from what is left."""
+    scores[:, PAD] = float("-inf")  # scalar fills: no index tensor copied to the device each step
+    scores[:, BOS] = float("-inf")
+    return scores
 
 
 def _limits(max_len: Tensor | int, batch: int) -> Tensor:

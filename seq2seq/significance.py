@@ -90,8 +90,9 @@ def paired_test(baseline: Sequence[Sequence[str]], system: Sequence[Sequence[str
 
 def _randomisation_p(metric: Metric, base_stats: Sequence, sys_stats: Sequence, observed: float) -> float:
     """Two-sided paired approximate randomisation (Riezler & Maxwell 2005) as sacreBLEU draws it
-    (the same swaps for the same $SACREBLEU_SEED): each trial swaps the two systems' outputs of
-    a random half of the items; p = (trials at least as far apart as observed + 1) / (trials + 1).
+    (the same swaps for the same $SACREBLEU_SEED, except 0, which sacreBLEU leaves unseeded):
+    each trial swaps the two systems' outputs of a random half of the items;
+    p = (trials at least as far apart as observed + 1) / (trials + 1).
     Unlike sacreBLEU, a trial exactly as far apart counts: when the systems differ in one item
     every swap leaves the difference as it is, which is no evidence (p = 1), not p = 1/(trials + 1)."""
     seed = os.environ.get("SACREBLEU_SEED", "12345")

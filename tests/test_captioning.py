@@ -146,6 +146,21 @@ def test_caption_tool_failures(shapes_run, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     proc = _caption([run_dir, tmp_path / "missing_folder"])
     assert proc.returncode == 2 and "is not a folder" in proc.stderr
+    proc = _caption([run_dir, tmp_path / "only_bad", "-o", tmp_path])  # at once, before any captioning
+    assert proc.returncode == 2 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.network
+def test_caption_tool_writes_through_a_pipe_and_keeps_overlays_in_the_folder_apart(shapes_run, tmp_path):
+    run_dir, _ = shapes_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "white").save(folder / "a.png")
+    for _ in range(2):  # overlays saved into the image folder itself are never captioned in turn
+        proc = _caption([run_dir, folder, "--overlays", folder, "-o", "/dev/stdout"])
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(line)["path"] for line in proc.stdout.splitlines()] == [str(folder / "a.png")]
+    assert (folder / "a.png.png").is_file() and "captioned 1 image" in proc.stderr
 
 
 def _finetune_config(*overrides: str):

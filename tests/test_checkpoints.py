@@ -128,14 +128,15 @@ def test_keep_step_keeps_the_newest(tmp_path):
 def test_a_gpu_generator_is_saved_for_the_device_in_use_and_old_lists_still_load(monkeypatch):
     from seq2seq.train.checkpoints import rng_state, set_rng_state
 
-    restored = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.tensor([7], dtype=torch.uint8))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s: restored.append(s.tolist()))
-    state = rng_state()
-    assert state["cuda"].tolist() == [7]  # one device's state: a machine with fewer GPUs can resume it
-    set_rng_state(state)
-    set_rng_state({**state, "cuda": [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]})
-    set_rng_state({**state, "cuda": [torch.tensor([3], dtype=torch.uint8)]})  # saved with one GPU, resumed on GPU 1
-    assert restored == [[7], [2], [3]]
+    restored, read = [], []
+    gpu = torch.device("cuda", 1)  # train.device=cuda:1 in one process: not torch's current device
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: read.append(device) or torch.tensor([7]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s.tolist(), device)))
+    state = rng_state(gpu)
+    assert state["cuda"].tolist() == [7] and read == [gpu]  # that GPU's alone: fewer GPUs can resume it
+    assert "cuda" not in rng_state(torch.device("cpu"))
+    set_rng_state(state, gpu)
+    set_rng_state({**state, "cuda": [torch.tensor([1]), torch.tensor([2])]}, gpu)  # an older checkpoint's list
+    set_rng_state({**state, "cuda": [torch.tensor([3])]}, gpu)  # saved with one GPU visible
+    set_rng_state(state, torch.device("cpu"))  # a GPU run resumed on the CPU leaves CUDA alone
+    assert restored == [([7], gpu), ([2], gpu), ([3], gpu)]

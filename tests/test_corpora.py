@@ -59,11 +59,12 @@ def test_user_files(tmp_path):
 
 def test_files_corpus_with_explicit_splits(tmp_path, capsys):
     (tmp_path / "t.tsv").write_text("a b\tc d\n")
-    (tmp_path / "v.tsv").write_text("x\ty\nx\tz\n")
+    (tmp_path / "v.tsv").write_text("x\ty\nx\tz\nx\ty\n")
     corpus = load_corpus("files", train=str(tmp_path / "t.tsv"), valid=str(tmp_path / "v.tsv"))
     assert list(corpus.train) == [("a b", "c d")] and corpus.valid[0].refs == ["y", "z"] and corpus.test == []
     note = capsys.readouterr().out  # the user's file is not scored line by line: said in one line
-    assert f"data.valid={tmp_path / 'v.tsv'}: 2 pairs are scored as 1 sources (1 repeated" in note
+    assert f"data.valid={tmp_path / 'v.tsv'}: 3 pairs are scored as 1 sources (1 translations" in note
+    assert "1 exact repeats and 0 pairs with an empty side" in note
     assert note.count("\n") == 1
 
 

@@ -153,12 +153,17 @@ def test_a_checkpoint_with_one_bridge_loads_as_it_was_trained():
     assert torch.all(c == 0)  # those models started c at 0
 
 
-def test_a_two_layer_checkpoint_with_one_bridge_is_refused_not_misread():
+def test_a_two_layer_checkpoint_with_one_bridge_is_refused_not_misread(tmp_path):
     model = tiny_model("gru", "bahdanau", init="bridge", enc_layers=2, dec_layers=2)
     old = {k: v for k, v in model.state_dict().items() if "bridge" not in k}
     old["decoder.bridge.weight"], old["decoder.bridge.bias"] = torch.randn(12, 12), torch.randn(12)
     with pytest.raises(ValueError, match="2-layer decoder from before the per-layer handover"):
         model.load_state_dict(old)
+    from seq2seq.train.checkpoints import CheckpointError, load_weights, save_checkpoint
+
+    save_checkpoint(tmp_path / "old.pt", {"model": old})
+    with pytest.raises(CheckpointError, match="^train.init_from=.*old.pt: a 2-layer decoder from before"):
+        load_weights(model, tmp_path / "old.pt")  # one line, as the tools and training report it
 
 
 @pytest.mark.parametrize("attention", ["bahdanau", "luong_general"])

@@ -192,9 +192,11 @@ def test_an_encoded_corpus_is_written_once_and_rewritten_when_damaged(tmp_path, 
     assert fixed.fresh and np.array_equal(fixed.tgt.ids, first[1][0]) and np.array_equal(fixed.tgt.offsets, first[1][1])
     assert encode_corpus(pairs[:-1], src_tok, tgt_tok, max_len=50).src.ids.size < first[0][0].size  # other pairs
     del fixed
-    (folder / "src.offsets.npy").unlink()  # a file gone, its meta.json still there
-    again = encode_corpus(pairs, src_tok, tgt_tok, max_len=50)
-    assert again.fresh and np.array_equal(again.src.offsets, first[0][1])
+    for gone in ("src.offsets.npy", "tgt.ids", "meta.json"):  # a file gone from a whole folder
+        (folder / gone).unlink()
+        again = encode_corpus(pairs, src_tok, tgt_tok, max_len=50)
+        assert again.fresh and np.array_equal(again.src.offsets, first[0][1]), gone
+        del again
 
 
 def test_token_arrays_from_lists():

@@ -58,13 +58,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def candidates(folder: Path, recursive: bool, output: Path | None, overlays: Path | None = None) -> list[Path]:
     """Every file to try, minus our own outputs (sidecar captions, the JSON-lines file and its
-    partial copy, overlays saved inside the folder)."""
+    partial copy, overlays of the folder's images saved inside it)."""
     files = list(list_files(folder, recursive))
     names = {str(p) for p in files}
-    own = {str(output.resolve()), str(_partial(output).resolve())} if output else set()
+    own = {str(output.resolve()), str(_partial(output.resolve()))} if output else set()
+    if overlays is not None:  # DIR/<image's path in the folder>.png, whichever folder DIR is
+        root = overlays.resolve()
+        own |= {str(root / p.relative_to(folder)) + ".png" for p in files}
     return [p for p in files
-            if not (p.suffix == ".txt" and str(p.with_suffix("")) in names) and str(p.resolve()) not in own
-            and not (overlays is not None and p.resolve().is_relative_to(overlays.resolve()))]
+            if not (p.suffix == ".txt" and str(p.with_suffix("")) in names) and str(p.resolve()) not in own]
 
 
 def _partial(output: Path) -> Path:
@@ -138,14 +140,22 @@ def main(argv: list[str] | None = None) -> int:
         if not args.folder.is_dir():
             print(f"error: {args.folder} is not a folder", file=sys.stderr)
             return 2
+        if args.output and (args.output.is_dir() or not args.output.parent.is_dir()):
+            print(f"error: -o {args.output}: {'is a folder' if args.output.is_dir() else 'its folder does not exist'}",
+                  file=sys.stderr)
+            return 2
         captioner = Captioner.load(args.model, device=args.device, precision=args.precision)
-        if args.output:  # written beside it, replacing it once the folder is done: a crash keeps the old file
-            with open(_partial(args.output), "w", encoding="utf-8") as out:
+        if args.output and args.output.exists() and not args.output.resolve().is_file():  # a pipe, /dev/stdout
+            with open(args.output, "w", encoding="utf-8") as out:
+                return caption_folder(captioner, args, out, sys.stderr)
+        if args.output:  # a file: written beside it, replacing it once the folder is done (a crash keeps it)
+            target = args.output.resolve()  # through a link: the file it names is replaced, not the link
+            with open(_partial(target), "w", encoding="utf-8") as out:
                 code = caption_folder(captioner, args, out, sys.stderr)
             if code == 0:
-                os.replace(_partial(args.output), args.output)
+                os.replace(_partial(target), target)
             else:  # nothing captioned: the old file stays
-                _partial(args.output).unlink()
+                _partial(target).unlink()
             return code
         sys.stdout.reconfigure(encoding="utf-8")
         return caption_folder(captioner, args, sys.stdout, sys.stderr)

@@ -195,9 +195,10 @@ def libreoffice_pairs(tgt_lang: str = "de", help_pages: bool = True) -> list[tup
         en_help = _help_paragraphs(fetch_deb("libreoffice-help-en-us"), "en-US")
         tgt_help = _help_paragraphs(fetch_deb(f"libreoffice-help-{tgt_lang}"), tgt_lang)
         pairs.extend((text, tgt_help[key]) for key, text in en_help.items() if key in tgt_help)
-    # whitespace collapsed as the cache stores it, so the first run splits what later runs read
+    # whitespace collapsed as the cache stores it, so the first run splits what later runs read;
+    # the same message recurs across catalogs: kept once
     pairs = list(dict.fromkeys((" ".join(en.split()), " ".join(de.split())) for en, de in pairs))
-    pairs = [(en, de) for en, de in pairs if en and de]  # the same message recurs across catalogs
+    pairs = [(en, de) for en, de in pairs if en and de]
     if len(pairs) < 10_000:
         raise FetchError(f"libreoffice en-{tgt_lang}: only {len(pairs)} pairs were read; the Debian "
                          f"packages may have changed layout")
@@ -261,8 +262,9 @@ def _evaluation_file(option: str, path: str, skip_bad_lines: bool) -> list[Examp
     examples = group_references(pairs)
     if len(examples) != len(pairs):
         empty = sum(not (normalise(s) and normalise(t)) for s, t in pairs)
-        print(f"{option}={path}: {len(pairs):,} pairs are scored as {len(examples):,} sources "
-              f"({len(pairs) - empty - len(examples):,} repeated sources' translations joined as extra "
-              f"references, {empty:,} pairs with an empty side left out); outputs follow each source's "
-              f"first line", flush=True)
+        extra = sum(len(ex.refs) - 1 for ex in examples)
+        print(f"{option}={path}: {len(pairs):,} pairs are scored as {len(examples):,} sources ({extra:,} "
+              f"translations of a repeated source joined as extra references, "
+              f"{len(pairs) - empty - len(examples) - extra:,} exact repeats and {empty:,} pairs with an empty "
+              f"side left out); outputs follow each source's first line", flush=True)
     return examples

@@ -122,9 +122,9 @@ def _chunks(pairs: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tu
 
 def _read_meta(folder: Path) -> dict | None:
     """The folder's description, or None when it is missing or does not match its files (then
-    the folder is removed, to be written again: meta.json is written last, so a folder with it
-    and without a file it names was damaged afterwards)."""
-    if not (folder / "meta.json").is_file():
+    the folder is removed, to be written again: a folder is renamed into place whole, meta.json
+    included, so one without meta.json or a file it names was damaged afterwards)."""
+    if not folder.is_dir():
         return None
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))

@@ -56,7 +56,8 @@ class ImageTransform:
 
 
 def _sniff(path: Path) -> str | None:
-    """A reason for files Pillow would misreport (empty, vector formats), else None."""
+    """A reason for files Pillow would misreport or never finish reading (not a regular file,
+    empty, vector formats), else None."""
     if not stat.S_ISREG(os.stat(path).st_mode):  # a link to a pipe would block the read forever
         return "not a regular file"
     with open(path, "rb") as f:

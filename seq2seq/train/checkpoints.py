@@ -36,23 +36,25 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, buffer.getbuffer())
 
 
-def rng_state() -> dict[str, Any]:
-    """The random generators a resumed run must continue: torch's (and CUDA's) and Python's."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The random generators a resumed run must continue: torch's and Python's, and the GPU's it
+    trains on (that one alone: a machine with fewer GPUs can resume it)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():  # the device this process trains on: another machine may have fewer
-        state["cuda"] = torch.cuda.get_rng_state()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     """Restore what :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"].cpu())
     random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and device is not None and device.type == "cuda":
         cuda = state["cuda"]
         if isinstance(cuda, list | tuple):  # checkpoints before 2026-12-05 kept every visible GPU's
-            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
-        torch.cuda.set_rng_state(cuda.cpu())
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            cuda = cuda[min(index, len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -204,8 +206,10 @@ def load_weights(model: nn.Module, path: str | Path, tokenizers: dict[str, Any] 
         if was != now:
             raise CheckpointError(f"train.init_from={path}: it was trained with model.attention_scale="
                                   f"{str(was).lower()}; set the same to start from it")
-    try:  # through the model's load hooks, which read older layouts
+    try:  # through the model's load hooks, which read older layouts (or refuse them: ValueError)
         model.load_state_dict(ckpt["model"])
+    except ValueError as err:
+        raise CheckpointError(f"train.init_from={path}: {first_line(err)}") from None
     except RuntimeError:
         raise CheckpointError(f"train.init_from={path}: its weights do not fit this model "
                               f"({_first_misfit(ckpt['model'], model.state_dict())})") from None

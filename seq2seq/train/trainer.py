@@ -24,12 +24,13 @@ from torch import nn
 from seq2seq import provenance
 from seq2seq.config import ConfigError, TrainConfig
 from seq2seq.data.batching import Batch, TrainData
-from seq2seq.files import WriteError
+from seq2seq.files import WriteError, first_line
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
 from seq2seq.train import faults
 from seq2seq.train.checkpoints import (
+    CheckpointError,
     keep_step,
     load_checkpoint,
     load_weights,
@@ -121,7 +122,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "progress": asdict(self.progress),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "precision": precision_name(self.amp_dtype),  # what evaluation and the tools run at
             "sessions": self.sessions,
             **self.checkpoint_extra,
@@ -134,7 +135,10 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location="cpu")
         if not self.cfg.allow_mismatched_resume:
             check_resumable(path, ckpt, precision_name(self.amp_dtype), self.dist.world)
-        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except (RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its weights do not fit this model ({first_line(err)})") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):  # fp16 runs' loss scale (a disabled scaler saves nothing)
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -143,7 +147,7 @@ class Trainer:
         self._elapsed_before = self.progress.elapsed
         self.sessions = list(ckpt.get("sessions", []))
         self._saved = {"last": self.progress.step} if Path(path) == self.checkpoint_path("last") else {}
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.device)
 
     def record(self, started: float) -> dict[str, Any]:
         """What trained this run (see :mod:`seq2seq.provenance`), the plan it followed and what it
