@@ -206,14 +206,20 @@ def load_weights(model: nn.Module, path: str | Path, tokenizers: dict[str, Any] 
         if was != now:
             raise CheckpointError(f"train.init_from={path}: it was trained with model.attention_scale="
                                   f"{str(was).lower()}; set the same to start from it")
-    try:  # through the model's load hooks, which read older layouts (or refuse them: ValueError)
-        model.load_state_dict(ckpt["model"])
-    except ValueError as err:
-        raise CheckpointError(f"train.init_from={path}: {first_line(err)}") from None
-    except RuntimeError:
-        raise CheckpointError(f"train.init_from={path}: its weights do not fit this model "
-                              f"({_first_misfit(ckpt['model'], model.state_dict())})") from None
+    load_model_weights(model, ckpt["model"], f"train.init_from={path}")
     return ckpt_path
+
+
+def load_model_weights(model: nn.Module, weights: dict[str, Any], source: str) -> None:
+    """``weights`` into ``model`` through its load hooks, which read older layouts or refuse
+    them (ValueError); weights that do not fit are one CheckpointError naming ``source``."""
+    try:
+        model.load_state_dict(weights)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {first_line(err)}") from None
+    except RuntimeError:
+        raise CheckpointError(f"{source}: its weights do not fit this model "
+                              f"({_first_misfit(weights, model.state_dict())})") from None
 
 
 def _first_misfit(weights: dict[str, Any], own: dict[str, Any]) -> str:

@@ -24,15 +24,15 @@ from torch import nn
 from seq2seq import provenance
 from seq2seq.config import ConfigError, TrainConfig
 from seq2seq.data.batching import Batch, TrainData
-from seq2seq.files import WriteError, first_line
+from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
 from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name
 from seq2seq.tracking import Tracker
 from seq2seq.train import faults
 from seq2seq.train.checkpoints import (
-    CheckpointError,
     keep_step,
     load_checkpoint,
+    load_model_weights,
     load_weights,
     rng_state,
     save_checkpoint,
@@ -135,10 +135,7 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location="cpu")
         if not self.cfg.allow_mismatched_resume:
             check_resumable(path, ckpt, precision_name(self.amp_dtype), self.dist.world)
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except (RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{path}: its weights do not fit this model ({first_line(err)})") from None
+        load_model_weights(self.model, ckpt["model"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):  # fp16 runs' loss scale (a disabled scaler saves nothing)
             self.scaler.load_state_dict(ckpt["scaler"])
