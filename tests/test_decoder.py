@@ -181,5 +181,7 @@ def test_tied_embeddings_start_near_a_uniform_prediction(attention):
 
 
 def test_last_init_refuses_other_layer_counts():
-    with pytest.raises(ValueError, match="encoder's 1 layers of size 12"):
+    from seq2seq.config import ConfigError
+
+    with pytest.raises(ConfigError, match="encoder's 1 layers of size 12"):  # one line, not a traceback
         tiny_model("gru", "bahdanau", init="last", bidirectional=False, enc_hidden=12, dec_layers=2)

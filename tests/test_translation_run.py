@@ -270,3 +270,10 @@ def test_kept_checkpoints_average_into_a_model_the_tool_loads(tmp_path):
     assert proc.returncode == 0 and "averaged.pt" in proc.stdout, proc.stderr
     tool = _translate([str(run_dir / "checkpoints" / "averaged.pt")], "the cat eats\n")
     assert tool.returncode == 0 and tool.stdout.strip(), tool.stderr
+
+
+def test_the_tool_leaves_sentence_splitting_to_the_model_unless_told():
+    from seq2seq.cli.translate import parse_args
+
+    assert parse_args(["run"]).split is None  # the translator then reads the model's search.split_sentences
+    assert parse_args(["run", "--no-split"]).split is False

@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("text", "jsonl"), default="text", help="batch-mode output format")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sentences searched together in batch mode (default: the model's search.batch_size)")
-    parser.add_argument("--no-split", dest="split", action="store_false",
-                        help="translate each line as one sentence, however many it holds")
+    parser.add_argument("--no-split", dest="split", action="store_false", default=None,
+                        help="translate each line as one sentence, however many it holds "
+                             "(default: the model's search.split_sentences)")
     add_model_options(parser)
     args = parser.parse_args(argv)
     for name in ("nbest", "batch_size"):
@@ -176,6 +177,8 @@ def repl(translator: Translator, args: argparse.Namespace) -> int:
     except OSError:
         pass
     beam, nbest, show_align = args.beam or translator.cfg.search.beam, args.nbest, False
+    if args.split is None:  # :split toggles from the model's own setting
+        args.split = translator.cfg.search.split_sentences
     lang = translator.cfg.data.src_lang
     note = beam_for_nbest(beam, nbest)[1]
     print(f"seq2seq translate ({lang}->{translator.cfg.data.tgt_lang}), beam {beam}{f' ({note})' if note else ''}. "

@@ -137,14 +137,17 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, memory_dim: int, summary_di
     """The shared decoder for an encoder with these sizes (``enc_layers``: the final states it
     hands over, 0 for a summary alone)."""
     check_attention_sizes(cfg, memory_dim)
-    return RNNDecoder(
-        vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
-        layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,
-        input_feeding=cfg.input_feeding, init=cfg.init, readout_dim=cfg.readout_dim,
-        tied_embeddings=cfg.tied_embeddings, context_gate=cfg.context_gate, recurrent_gain=cfg.recurrent_gain,
-        forget_bias=cfg.forget_bias, enc_layers=enc_layers, attention_scale=cfg.attention_scale,
-        attention_fp32=cfg.attention_fp32, rnn_impl=cfg.rnn_impl, chrono_tmax=cfg.chrono_tmax,
-    )
+    try:
+        return RNNDecoder(
+            vocab_size, cfg.emb_dim, cfg.dec_hidden, memory_dim, summary_dim, cell=cfg.dec_cell,
+            layers=cfg.dec_layers, dropout=cfg.dropout, attention=cfg.attention, attention_dim=cfg.attention_dim,
+            input_feeding=cfg.input_feeding, init=cfg.init, readout_dim=cfg.readout_dim,
+            tied_embeddings=cfg.tied_embeddings, context_gate=cfg.context_gate, recurrent_gain=cfg.recurrent_gain,
+            forget_bias=cfg.forget_bias, enc_layers=enc_layers, attention_scale=cfg.attention_scale,
+            attention_fp32=cfg.attention_fp32, rnn_impl=cfg.rnn_impl, chrono_tmax=cfg.chrono_tmax,
+        )
+    except ValueError as err:  # options that do not go together: one line, as every config error
+        raise ConfigError(str(err)) from None
 
 
 def build_text_encoder(cfg: ModelConfig, src_vocab: int, input_dim: int | None = None) -> TextEncoder:
