@@ -10,7 +10,7 @@ import yaml
 from conftest import toy_overrides
 
 from seq2seq.config import ConfigError
-from seq2seq.experiment import open_run_dir
+from seq2seq.experiment import open_run_dir, unlock_run_dir
 from seq2seq.study import load_study, run_study
 from seq2seq.study.records import export_records, prune, restore_records
 from seq2seq.study.runner import describe_runs
@@ -485,6 +485,15 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     logs.clear()
     run_study(study, root, log=logs.append)  # nothing left to do
     assert all(line.endswith("finished, skipped") for line in logs)
+    from seq2seq.experiment import RunFinished
+    from seq2seq.study.runner import _execute
+
+    spec = next(s for s in study.run_specs() if s.folder == "averaged/seed-2")
+    scored = (folder / "averaged" / "seed-2" / "results.json").read_text()
+    with pytest.raises(RunFinished):  # a second worker that read "pending" before the first finished
+        _execute(study, spec, folder / spec.folder, lambda: pytest.fail("claimed a rung already scored"))
+    unlock_run_dir(folder / spec.folder)
+    assert (folder / "averaged" / "seed-2" / "results.json").read_text() == scored
     assert prune(study, root)[0] == ["tuned/seed-1", "tuned/seed-2"]  # what other runs read keeps its checkpoints
     step = folder / "single" / "seed-1" / "checkpoints" / "step-20.pt"
     ckpt = load_checkpoint(step)

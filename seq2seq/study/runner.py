@@ -243,6 +243,9 @@ def _run_one(study: Study, spec: RunSpec, folder: Path, label: str, log: Callabl
 def _execute(study: Study, spec: RunSpec, run_dir: Path, claimed: Callable[[], None]) -> dict[str, Any]:
     """Lock the run folder (run_study unlocks it), say so, and train or decode the run."""
     open_run_dir(spec.config, run_dir)  # RunFolderBusy when another process holds it
+    scored_only = study.task == "decode" or spec.stage is not None and spec.stage.kind != "from"
+    if scored_only and run_state(study, spec, run_dir) == "finished":  # scored by another process meanwhile
+        raise RunFinished(f"{run_dir} was scored by another process")  # (a trained run's lock checks this itself)
     claimed()
     if study.task == "decode":
         return decode(study, spec.config, run_dir)
