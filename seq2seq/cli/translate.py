@@ -190,9 +190,8 @@ def repl(translator: Translator, args: argparse.Namespace) -> int:
             except (EOFError, KeyboardInterrupt):
                 print()
                 break
-            except UnicodeDecodeError as err:  # a strict terminal decoder
-                print(f"that line is not UTF-8 text (byte 0x{err.object[err.start]:02x}); type it again")
-                continue
+            except UnicodeDecodeError as err:  # a strict terminal decoder: its bytes, escaped as below
+                line = bytes(err.object).decode("utf-8", "surrogateescape").strip()
             escaped = next((ord(c) - 0xDC00 for c in line if 0xDC80 <= ord(c) <= 0xDCFF), None)
             if escaped is not None:  # a surrogate-escaping decoder passes the byte on
                 print(f"that line is not UTF-8 text (byte 0x{escaped:02x}); type it again")

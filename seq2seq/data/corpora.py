@@ -248,17 +248,15 @@ def load_corpus(corpus: str, src_lang: str = "en", tgt_lang: str = "fr", train: 
         return ParallelCorpus(name, *split_files(train, skip_bad_lines))
     return ParallelCorpus(
         name, nonempty_pairs(read_pairs(train, skip_bad_lines)),
-        _evaluation_file("data.valid", valid, skip_bad_lines) if valid else [],
-        _evaluation_file("data.test", test, skip_bad_lines) if test else [],
+        _evaluation_file("data.valid", valid, list(read_pairs(valid, skip_bad_lines))) if valid else [],
+        _evaluation_file("data.test", test, list(read_pairs(test, skip_bad_lines))) if test else [],
     )
 
 
-def _evaluation_file(option: str, path: str, skip_bad_lines: bool) -> list[Example]:
-    """A user's valid or test file as scored: says so in one line where that is not one item per
-    line (a repeated source's translations join as its references; an empty side is left out)."""
-    from seq2seq.data.parallel_files import read_pairs  # it builds on this module
-
-    pairs = list(read_pairs(path, skip_bad_lines))
+def _evaluation_file(option: str, path: str, pairs: list[tuple[str, str]]) -> list[Example]:
+    """A user's valid or test file's ``pairs`` as scored: says so in one line where that is not
+    one item per line (a repeated source's translations join as its references; an empty side
+    is left out)."""
     examples = group_references(pairs)
     if len(examples) != len(pairs):
         empty = sum(not (normalise(s) and normalise(t)) for s, t in pairs)
