@@ -1,5 +1,6 @@
 """Paired tests through sacreBLEU, pooled over seeds; Holm's correction; Welch's test."""
 
+import itertools
 import math
 import random
 
@@ -107,3 +108,23 @@ def test_runs_that_never_vary_get_the_exact_permutation_p_not_zero():
     assert permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.1)
     assert permutation_p([0.0, 0.0], [1.0, 1.0, 1.0]) == pytest.approx(0.1)  # 1 split of C(5, 3) = 10
     assert permutation_p([1.0, 2.0], [1.0, 2.0]) == 1.0
+
+
+def test_welch_reports_the_exact_permutation_p_beside_its_own():
+    # three seeds a side that barely vary: Welch's normal spread makes p tiny, while no test free
+    # of that assumption can go below 0.1 with 3 against 3; both are reported
+    c = welch_test([0.0, 0.0, 0.002], [0.996, 0.998, 1.0])
+    assert c.p_value < 1e-5 and c.p_exact == pytest.approx(0.1)
+    five = welch_test([0.1, 0.2, 0.15, 0.12, 0.18], [0.9, 0.8, 0.85, 0.95, 0.88])
+    assert five.p_exact == pytest.approx(2 / 252)  # the floor for 5 against 5: 2 of C(10, 5) splits
+    assert permutation_p([0.1, 0.5, 0.3], [0.2, 0.4, 0.35]) == pytest.approx(
+        _brute_force_permutation_p([0.1, 0.5, 0.3], [0.2, 0.4, 0.35]))
+
+
+def _brute_force_permutation_p(baseline, system):
+    pooled, k = [*baseline, *system], len(system)
+    observed = abs(sum(system) / k - sum(baseline) / len(baseline))
+    splits = list(itertools.combinations(range(len(pooled)), k))
+    extreme = sum(abs(sum(pooled[i] for i in s) / k - sum(v for i, v in enumerate(pooled) if i not in s)
+                      / (len(pooled) - k)) >= observed - 1e-12 for s in splits)
+    return extreme / len(splits)

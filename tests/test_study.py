@@ -544,7 +544,13 @@ def test_each_row_is_tested_on_the_first_metric_it_has_once_every_seed_finished(
     compare(study, list(runs.values()), ["test_accuracy", "test_mse"])
     copy, adding = runs["lstm,task=copy"], runs["lstm,task=adding"]
     assert copy.metric == "test_accuracy" and copy.comparison.delta == pytest.approx(0.15 - 0.9233, abs=1e-3)
-    assert copy.comparison.p_value < 0.05
+    assert copy.comparison.p_value < 0.05 and copy.comparison.p_exact == pytest.approx(0.1)  # 3 vs 3's floor
+    from seq2seq.study.summary import SIGNIFICANCE, _markdown, _significance
+
+    assert dict(zip(SIGNIFICANCE, _significance(copy)))["p_exact"] == pytest.approx(0.1)
+    page = "\n".join(_markdown(study, list(runs.values()), ["test_accuracy", "test_mse"], [], False, 2))
+    assert "exact permutation test's p" in page
+    assert next(line for line in page.splitlines() if line.startswith("| `lstm,task=copy`")).count("exact 0.1") == 1
     assert adding.comparison is None and adding.note == "not tested: 2/3 seeds of this run finished"
     assert adding.mean("test_mse") == pytest.approx(0.55)
     # the waiting row counts in Holm's family as p = 1: the interim summary claims no more than the final

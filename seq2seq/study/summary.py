@@ -36,7 +36,7 @@ COST = {  # what a run cost, beside its scores
     "long_dependency": ["train_steps", "train_minutes", "train_steps_per_second", "clipped_fraction", "parameters"],
     "decode": [],
 }
-SIGNIFICANCE = ["tested_metric", "delta", "ci95_low", "ci95_high", "p_value", "p_holm", "significant"]
+SIGNIFICANCE = ["tested_metric", "delta", "ci95_low", "ci95_high", "p_value", "p_holm", "significant", "p_exact"]
 PROVENANCE = ["precision", "processes", "device_name", "git_commit", "git_dirty", "torch_version"]
 CI_KEY = "test_bleu_beam_ci95"  # sacreBLEU's bootstrap interval of a run's test BLEU (BLEU-4 for captioning)
 
@@ -75,7 +75,7 @@ def _significance(run: RunSummary) -> list[Any]:
     c = run.comparison
     if c is None:
         return [None] * len(SIGNIFICANCE)
-    return [run.metric, c.delta, c.ci95[0], c.ci95[1], c.p_value, run.adjusted_p, run.significant]
+    return [run.metric, c.delta, c.ci95[0], c.ci95[1], c.p_value, run.adjusted_p, run.significant, c.p_exact]
 
 
 def budget_line(study: Study, runs: list[RunSummary]) -> str:
@@ -94,7 +94,8 @@ def budget_line(study: Study, runs: list[RunSummary]) -> str:
         return f"the finished runs recorded different budgets ({listed}): not comparable"
     budget = dict(next(iter(budgets)))
     words = _budget_words(budget) or "no recorded budget"
-    trained = f"{steps[0]:,} steps" if len(steps) == 1 else f"{steps[0]:,}–{steps[-1]:,} steps (not equal steps)"
+    trained = "an unrecorded number of steps" if not steps else f"{steps[0]:,} steps" if len(steps) == 1 else \
+        f"{steps[0]:,}–{steps[-1]:,} steps (not equal steps)"
     horizon = f"; the learning rate decays over {horizons[0]:,} steps" if len(horizons) == 1 else (
         f"; schedule horizons {horizons[0]:,}–{horizons[-1]:,} steps" if horizons else "")
     return f"every finished run recorded a budget of {words} and trained {trained}{horizon} ({len(done)} runs)"
@@ -177,7 +178,12 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
                         f"a row not tested yet counting as p = 1" if tested else " (no finished pair yet)") + "."
                      + (" Δ of a paired test is the difference of the pooled corpus scores (every seed's outputs "
                         "joined), which can differ from the difference of the per-seed means beside it."
-                        if any(r.comparison.seeds > 1 and "pooled" in r.comparison.test for r in tested) else ""))
+                        if any(r.comparison.seeds > 1 and "pooled" in r.comparison.test for r in tested) else "")
+                     + (" Beside a test over seeds, \"exact\" is the exact permutation test's p (no normality "
+                        "assumed; with n seeds a side it cannot fall below 2 / C(2n, n): 0.1 for 3, 0.008 for 5): "
+                        "where only Welch's p is small, the finding rests on the seeds' spread being normal."
+                        if any(r.comparison.p_exact is not None and "Welch" in r.comparison.test for r in tested)
+                        else ""))
     head = ["run", "state", "seeds", *metrics, *cost, *(["BLEU bootstrap ±95 %"] if has_ci else []),
             *([f"Δ{f' {measured[0]}' if len(measured) == 1 else ''} [95 % CI]", "p (Holm)", "significant"]
               if study.baseline else [])]
@@ -191,8 +197,9 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
         if study.baseline:
             c = run.comparison
             which = f"{run.metric}: " if len(measured) > 1 else ""
+            exact = f"; exact {_cell(c.p_exact)}" if c and c.p_exact is not None and c.p_exact != c.p_value else ""
             cells += ([f"{which}{_signed(c.delta)} [{_signed(c.ci95[0])}, {_signed(c.ci95[1])}]", f"{_cell(c.p_value)} "
-                       f"({_cell(run.adjusted_p)})", "**yes**" if run.significant else "no"] if c else
+                       f"({_cell(run.adjusted_p)}){exact}", "**yes**" if run.significant else "no"] if c else
                       ["–", "–", run.note or "–"] if not is_base else ["–", "–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
     differ = differing_provenance(runs)
