@@ -52,7 +52,7 @@ class CaptionsConfig:
     lang: str = "en"  # emoji: caption language, en | de | fr
     twemoji_test: bool = False  # emoji: also score the test split drawn by Twemoji's artists (style change)
     captions: str | None = None  # karpathy/table: one file; coco: "TRAIN.json,VALID.json[,TEST.json]"
-    images: str | None = None  # folder the image paths are relative to (default: the captions file's)
+    images: str | None = None  # folder the image paths (karpathy, coco, table) are relative to (default: the captions file's)
     shapes: int = 2000  # shapes: how many images to generate
     shapes_size: int = 64  # shapes: canvas size in pixels
     tokenizer: str = "word"  # word | sentencepiece
@@ -138,7 +138,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps (and decay over them); None = no step limit
     max_epochs: int | None = None  # stop after this many epochs (and decay over their steps); None = no epoch limit
     time_budget: float | None = 15.0  # minutes of training (validation included), spent as a step horizon
-    #   estimated from the run's speed after its first minute; None = no limit
+    #   estimated from the run's speed after its first minute (a tenth of a budget under 10); None = no limit
     valid_every: int = 1000  # steps between validations
     keep_checkpoints: int = 0  # keep the last N validation checkpoints as checkpoints/step-<n>.pt (seq2seq-average)
     checkpoint_minutes: float = 5.0  # also save checkpoints/last.pt this often: a kill loses at most that; 0 = off

@@ -48,11 +48,13 @@ class JsonlTracker(Tracker):
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._cut = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"  # a crash mid-line
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(("\n" if self._cut else "") + json.dumps(record, ensure_ascii=False) + "\n")
+            self._cut = False
         except OSError as err:  # a full disk or a read-only folder: one line, not a traceback
             raise write_error(self.path, err) from None
 
@@ -66,12 +68,26 @@ class JsonlTracker(Tracker):
         self._write({"summary": values})
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 def logged_rows(path: Path, key: str) -> list[dict[str, Any]]:
     """The records of a JSON-lines log (``metrics.jsonl``) that hold ``key``, in the order written;
-    none when the file is absent."""
+    none when the file is absent. A line a crash cut short is left out."""
     if not path.is_file():
         return []
-    return [row for line in path.read_text(encoding="utf-8").splitlines() if key in (row := json.loads(line))]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and key in row:
+            rows.append(row)
+    return rows
 
 
 class WandbTracker(Tracker):

@@ -94,3 +94,20 @@ def test_a_caption_table_keeps_quoted_captions_that_span_lines(tmp_path):
     (tmp_path / "c.csv").write_text('image,caption\na.png,"a dog\non a sofa"\nb.png,a cat\n', encoding="utf-8")
     examples = captions_table(tmp_path / "c.csv")
     assert [ex.captions for ex in examples] == [["a dog on a sofa"], ["a cat"]]
+
+
+def test_a_caption_table_reads_its_images_from_captions_images(tmp_path):
+    """captions.images names the folder a table's image paths are relative to, as for the JSON formats."""
+    from seq2seq.config import load_config
+    from seq2seq.tasks.captioning import load_captions
+
+    (tmp_path / "pictures").mkdir()
+    for i in range(40):
+        (tmp_path / "pictures" / f"img{i}.png").write_bytes(b"")
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "c.tsv").write_text("".join(f"img{i}.png\tpicture {i}\n" for i in range(40)))
+    cfg = load_config(None, ["captions.corpus=table", f"captions.captions={tmp_path / 'tables' / 'c.tsv'}",
+                             f"captions.images={tmp_path / 'pictures'}"])
+    corpus = load_captions(cfg)
+    every = [*corpus.train, *corpus.valid, *corpus.test]
+    assert len(every) == 40 and all(ex.image.parent == tmp_path / "pictures" for ex in every)

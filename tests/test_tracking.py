@@ -44,3 +44,17 @@ def test_wandb_offline_run_writes_table_and_images(tmp_path, monkeypatch):
     local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"step": 1, "gradient_flow/by_distance": {"len_1-9": [1.0, 0.5], "len_10-19": [2.0, 1.0, 0.1]}}.items() \
         <= next(r for r in local if "gradient_flow/by_distance" in r).items()
+
+
+def test_a_metrics_log_cut_by_a_crash_reads_on_and_the_resumed_run_starts_a_new_line(tmp_path):
+    from seq2seq.tracking import logged_rows
+
+    log = tmp_path / "metrics.jsonl"
+    JsonlTracker(log).log({"loss": 2.0}, step=1)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write('{"step": 2, "lo')  # the process died mid-write
+    resumed = JsonlTracker(log)
+    resumed.log({"loss": 1.5}, step=2)
+    resumed.log({"loss": 1.0}, step=3)
+    assert [(r["step"], r["loss"]) for r in logged_rows(log, "loss")] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+    assert log.read_text(encoding="utf-8").splitlines()[1] == '{"step": 2, "lo'  # kept, never rewritten

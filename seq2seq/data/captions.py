@@ -110,14 +110,16 @@ def coco_json(path: str | Path, image_root: str | Path) -> list[CaptionExample]:
     return _group(rows)
 
 
-def captions_table(path: str | Path) -> list[CaptionExample]:
-    """A captions.tsv or .csv beside the images: image path, caption (several rows per image allowed).
+def captions_table(path: str | Path, root: str | Path | None = None) -> list[CaptionExample]:
+    """A captions.tsv or .csv: image path (relative to ``root``, by default the table's folder),
+    caption (several rows per image allowed).
 
     A first row whose image cell is ``image``, ``file`` or ``filename`` is taken as a header.
     """
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"captions file {path} does not exist")
+    folder = path.parent if root is None else Path(root)
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     rows = []
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)  # quoted captions may span lines
@@ -128,7 +130,7 @@ def captions_table(path: str | Path) -> list[CaptionExample]:
             raise CorpusError(f"{path}:{reader.line_num}: expected image{delimiter!r}caption")
         if reader.line_num == 1 and row[0].strip().lower() in ("image", "file", "filename", "path"):
             continue
-        rows.append((path.parent / row[0].strip(), row[1]))
+        rows.append((folder / row[0].strip(), row[1]))
     return _group(rows)
 
 

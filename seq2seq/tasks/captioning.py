@@ -82,7 +82,7 @@ def load_captions(cfg: Config) -> CaptionCorpus:
         if c.corpus == "karpathy":
             corpus = karpathy_json(files[0], root)
         elif c.corpus == "table":
-            corpus = split_examples(files[0].stem, captions_table(files[0]))
+            corpus = split_examples(files[0].stem, captions_table(files[0], root))
         elif len(files) == 1:
             corpus = split_examples(files[0].stem, coco_json(files[0], root))
         else:

@@ -154,4 +154,4 @@ def diverged(loss: float, grad_norm: float, step: int, kept: str) -> FloatingPoi
     ``kept`` says which checkpoint the run can go on from."""
     what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
     return FloatingPointError(f"training {what} at step {step} (not applied to the weights){kept}; to get past it, "
-                              f"lower train.lr or set train.clip_norm in a new run")
+                              f"lower train.lr or train.clip_norm (0 turns clipping off) in a new run")
