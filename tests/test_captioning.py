@@ -59,6 +59,13 @@ def test_run_folder_and_results(shapes_run):
     for key in ("test_bleu1", "test_bleu2", "test_bleu3", "test_bleu4", "test_bleu4_greedy",
                 "test_bleu4_nearest_neighbour", "scorer", "train_minutes", "parameters", "images_per_second"):
         assert key in results, key
+    # the greedy captions are kept beside the beam's, so a study tests greedy BLEU-4 paired, on outputs
+    from seq2seq.files import read_references
+    from seq2seq.tasks.captioning import bleu_scores
+
+    greedy = (run_dir / "test.greedy.txt").read_text(encoding="utf-8").splitlines()
+    assert len(greedy) == results["test_images"]
+    assert bleu_scores(greedy, read_references(run_dir))["bleu4"] == pytest.approx(results["test_bleu4_greedy"])
 
 
 def _good_images(folder: Path) -> list[Path]:

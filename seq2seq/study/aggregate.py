@@ -118,7 +118,8 @@ def scored_outputs(task: str, metric: str, results: dict[str, Any]) -> tuple[str
     table: dict[str, dict[str, tuple[str, Callable[[], Metric]]]] = {
         "translation": {"test_bleu_beam": (beam, BLEU), "test_chrf_beam": (beam, CHRF),
                         "test_bleu_greedy": ("test.greedy.txt", BLEU)},
-        "captioning": {"test_bleu4": (beam, lambda: BLEU(lowercase=True)), "test_cider_d": (beam, CIDErD)},
+        "captioning": {"test_bleu4": (beam, lambda: BLEU(lowercase=True)), "test_cider_d": (beam, CIDErD),
+                       "test_bleu4_greedy": ("test.greedy.txt", lambda: BLEU(lowercase=True))},
         "decode": {"test_bleu": ("test.hyp.txt", BLEU), "test_chrf": ("test.hyp.txt", CHRF)},
     }
     return table.get(task, {}).get(metric)

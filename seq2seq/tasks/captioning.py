@@ -316,6 +316,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         if current().main:
             _write_captions(run_dir / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
             write_lines(run_dir / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])  # for paired tests
+            write_lines(run_dir / "test.greedy.txt", greedy["hypotheses"])
             write_references(run_dir, refs)
         if cfg.captions.corpus == "emoji" and cfg.captions.twemoji_test:
             results.update(_twemoji_scores(cfg, captioner, test, beam["hypotheses"], grids["test"] is not None))
@@ -343,6 +344,7 @@ def score(models: list[Path], out: Path) -> dict[str, Any]:
     refs = [ex.captions for ex in test]
     _write_captions(out / f"test.beam{cfg.search.beam}.tsv", test, beam["hypotheses"])
     write_lines(out / f"test.beam{cfg.search.beam}.txt", beam["hypotheses"])
+    write_lines(out / "test.greedy.txt", greedy["hypotheses"])
     write_references(out, refs)
     return {"task": "captioning", "models": [str(m) for m in models], "test_images": len(test),
             "beam": cfg.search.beam, **{f"test_{k}": v for k, v in beam.items() if k.startswith("bleu")},
