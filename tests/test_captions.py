@@ -111,3 +111,13 @@ def test_a_caption_table_reads_its_images_from_captions_images(tmp_path):
     corpus = load_captions(cfg)
     every = [*corpus.train, *corpus.valid, *corpus.test]
     assert len(every) == 40 and all(ex.image.parent == tmp_path / "pictures" for ex in every)
+
+
+def test_a_shapes_layout_drawn_twice_never_straddles_the_splits(tmp_path):
+    """The generator has about 1,400 layouts, so 1,500 pictures repeat some: identical pictures
+    share a split (the split hashes the layout, not the file name), and no test picture is one the
+    model trained on."""
+    corpus = shapes_corpus(tmp_path, n=1500, seed=0, size=24)
+    train = {Image.open(ex.image).tobytes() for ex in corpus.train}
+    assert corpus.test and not any(Image.open(ex.image).tobytes() in train for ex in corpus.test)
+    assert len({ex.key for ex in corpus.test}) < len(corpus.test)  # repeats there are, each kept in one split
