@@ -52,7 +52,7 @@ class CaptionsConfig:
     lang: str = "en"  # emoji: caption language, en | de | fr
     twemoji_test: bool = False  # emoji: also score the test split drawn by Twemoji's artists (style change)
     captions: str | None = None  # karpathy/table: one file; coco: "TRAIN.json,VALID.json[,TEST.json]"
-    images: str | None = None  # folder the image paths (karpathy, coco, table) are relative to (default: the captions file's)
+    images: str | None = None  # folder the image paths of any captions file are relative to (default: its own)
     shapes: int = 2000  # shapes: how many images to generate
     shapes_size: int = 64  # shapes: canvas size in pixels
     tokenizer: str = "word"  # word | sentencepiece

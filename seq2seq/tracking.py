@@ -48,13 +48,14 @@ class JsonlTracker(Tracker):
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._cut = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"  # a crash mid-line
+        self._checked = False  # whether the log's last line was looked at (a crash may have cut it)
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
+            cut = not self._checked and _ends_mid_line(self.path)
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(("\n" if self._cut else "") + json.dumps(record, ensure_ascii=False) + "\n")
-            self._cut = False
+                f.write(("\n" if cut else "") + json.dumps(record, ensure_ascii=False) + "\n")
+            self._checked = True
         except OSError as err:  # a full disk or a read-only folder: one line, not a traceback
             raise write_error(self.path, err) from None
 
@@ -68,10 +69,13 @@ class JsonlTracker(Tracker):
         self._write({"summary": values})
 
 
-def _last_byte(path: Path) -> bytes:
+def _ends_mid_line(path: Path) -> bool:
+    """Whether a log's last line lacks its newline (a crash cut it short)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
-        return f.read(1)
+        return f.read(1) != b"\n"
 
 
 def logged_rows(path: Path, key: str) -> list[dict[str, Any]]:

@@ -121,6 +121,21 @@ def test_welch_reports_the_exact_permutation_p_beside_its_own():
         _brute_force_permutation_p([0.1, 0.5, 0.3], [0.2, 0.4, 0.35]))
 
 
+def test_the_permutation_p_counts_the_observed_split_at_any_scale_and_samples_past_a_million_splits():
+    # large values: the observed split's own difference, summed in another order, once fell
+    # below the observed one and p came out 0 (an outside read found it)
+    b, s = [5931.8, 3936.0, 1703.5], [25022.4, 29820.8, 27705.2, 25396.2, 28602.9]
+    assert permutation_p(b, s) == pytest.approx(1 / 56) == _brute_force_permutation_p(b, s)
+    rng = random.Random(1)
+    for _ in range(30):
+        scale = rng.choice([1.0, 1e4, 1e6])
+        b = [round(rng.random() * scale, 1) for _ in range(rng.randint(2, 5))]
+        s = [round(rng.random() * scale, 1) for _ in range(rng.randint(2, 5))]
+        assert permutation_p(b, s) == pytest.approx(_brute_force_permutation_p(b, s))
+    many = permutation_p([0.1 * i for i in range(13)], [0.1 * i + 5 for i in range(13)])  # C(26, 13) = 10.4 M
+    assert 0 < many <= 2 / 100_001  # sampled: never 0, the observed split counted once
+
+
 def _brute_force_permutation_p(baseline, system):
     pooled, k = [*baseline, *system], len(system)
     observed = abs(sum(system) / k - sum(baseline) / len(baseline))

@@ -584,3 +584,23 @@ def test_a_fine_tuning_run_that_died_before_its_first_checkpoint_records_its_new
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"its own progress")
     source.write_bytes(b"the source, trained a third time")
     assert record_start(run_dir, [source]) == again  # a resume goes on from its own last.pt
+
+
+def test_records_without_the_outputs_a_paired_test_needs_are_tested_over_seeds(tmp_path):
+    """Captioning runs from before greedy captions were kept: greedy BLEU-4 gets Welch's test
+    over seeds, saying why, instead of no test at all."""
+    from seq2seq.study.aggregate import Replicate, RunSummary, compare
+
+    study = _study(tmp_path, task="captioning", runs={"a": [], "b": ["model.attention=none"]}, seeds=[1, 2, 3],
+                   budget={"max_steps": 10}, baseline="a")
+    greedy = {"a": [80.0, 81.0, 80.5], "b": [70.0, 71.5, 70.2]}
+    runs: dict[str, RunSummary] = {}
+    for spec in study.run_specs():
+        folder = tmp_path / spec.folder
+        folder.mkdir(parents=True)
+        runs.setdefault(spec.name, RunSummary(spec.name, [])).replicates.append(Replicate(
+            spec, folder, "finished", {"beam": 3, "test_bleu4_greedy": greedy[spec.name][spec.seed - 1]}))
+    compare(study, list(runs.values()), ["test_bleu4_greedy"])
+    c = runs["b"].comparison
+    assert c is not None and c.delta == pytest.approx(70.5667 - 80.5, abs=1e-3) and c.p_value < 0.01
+    assert "Welch" in c.test and "test.greedy.txt was not kept" in c.test and c.p_exact == pytest.approx(0.1)

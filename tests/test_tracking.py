@@ -53,8 +53,9 @@ def test_a_metrics_log_cut_by_a_crash_reads_on_and_the_resumed_run_starts_a_new_
     JsonlTracker(log).log({"loss": 2.0}, step=1)
     with open(log, "a", encoding="utf-8") as f:
         f.write('{"step": 2, "lo')  # the process died mid-write
-    resumed = JsonlTracker(log)
+    resumed, beside = JsonlTracker(log), JsonlTracker(log)  # e.g. a probe's tracker opened on the same log
     resumed.log({"loss": 1.5}, step=2)
-    resumed.log({"loss": 1.0}, step=3)
+    beside.log({"loss": 1.0}, step=3)
     assert [(r["step"], r["loss"]) for r in logged_rows(log, "loss")] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+    assert "" not in log.read_text(encoding="utf-8").splitlines()  # one new line after the cut, not two
     assert log.read_text(encoding="utf-8").splitlines()[1] == '{"step": 2, "lo'  # kept, never rewritten

@@ -168,6 +168,12 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
     scored = scored_outputs(task, metric, base.finished[0].results)
     if scored is None:
         return welch_test(base.values(metric), run.values(metric)), {}
+    # records from before a run kept these outputs (captioning's greedy captions) have none to pair
+    files = [r.folder / scored_outputs(task, metric, r.results)[0] for r in [*base.finished, *run.finished]]
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:
+        welch = welch_test(base.values(metric), run.values(metric))
+        return replace(welch, test=f"{welch.test}; no paired test: {missing.name} was not kept"), {}
     pairs = {r.spec.seed: r for r in base.finished}
     matched = [(pairs[r.spec.seed], r) for r in run.finished if r.spec.seed in pairs]
     ensemble = run.spec.seed is None and bool(run.finished) and None not in pairs

@@ -6,7 +6,6 @@ gradient flow) show each run's first finished seed."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +143,8 @@ def _flow_records(run_dir: Path) -> list[dict[str, Any]]:
     """The gradient-flow curves a run logged (train.gradient_flow_every) in step order, each with
     the scalars of its probe (the sentences per bucket among them)."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if "gradient_flow/" in line]
-    scalars = {r["step"]: r for r in records if "gradient_flow/seconds" in r}
-    return [{**scalars.get(r["step"], {}), **r} for r in records if "gradient_flow/by_distance" in r]
+    scalars = {r["step"]: r for r in logged_rows(path, "gradient_flow/seconds")}
+    return [{**scalars.get(r["step"], {}), **r} for r in logged_rows(path, "gradient_flow/by_distance")]
 
 
 def _gradient_flow(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:

@@ -179,7 +179,8 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
                      + (" Δ of a paired test is the difference of the pooled corpus scores (every seed's outputs "
                         "joined), which can differ from the difference of the per-seed means beside it."
                         if any(r.comparison.seeds > 1 and "pooled" in r.comparison.test for r in tested) else "")
-                     + (" Beside a test over seeds, \"exact\" is the exact permutation test's p (no normality "
+                     + (" Beside a test over seeds, \"exact\" is the exact permutation test's p before Holm's "
+                        "correction (no normality "
                         "assumed; with n seeds a side it cannot fall below 2 / C(2n, n): 0.1 for 3, 0.008 for 5): "
                         "where only Welch's p is small, the finding rests on the seeds' spread being normal."
                         if any(r.comparison.p_exact is not None and "Welch" in r.comparison.test for r in tested)
@@ -197,7 +198,8 @@ def _markdown(study: Study, runs: list[RunSummary], metrics: list[str], cost: li
         if study.baseline:
             c = run.comparison
             which = f"{run.metric}: " if len(measured) > 1 else ""
-            exact = f"; exact {_cell(c.p_exact)}" if c and c.p_exact is not None and c.p_exact != c.p_value else ""
+            shown = c is not None and c.p_exact is not None and c.p_exact != c.p_value
+            exact = f"; exact {_cell(c.p_exact)} before Holm" if shown else ""
             cells += ([f"{which}{_signed(c.delta)} [{_signed(c.ci95[0])}, {_signed(c.ci95[1])}]", f"{_cell(c.p_value)} "
                        f"({_cell(run.adjusted_p)}){exact}", "**yes**" if run.significant else "no"] if c else
                       ["–", "–", run.note or "–"] if not is_base else ["–", "–", "–"])
