@@ -59,3 +59,13 @@ def test_a_metrics_log_cut_by_a_crash_reads_on_and_the_resumed_run_starts_a_new_
     assert [(r["step"], r["loss"]) for r in logged_rows(log, "loss")] == [(1, 2.0), (2, 1.5), (3, 1.0)]
     assert "" not in log.read_text(encoding="utf-8").splitlines()  # one new line after the cut, not two
     assert log.read_text(encoding="utf-8").splitlines()[1] == '{"step": 2, "lo'  # kept, never rewritten
+
+
+def test_gradient_flow_plots_read_a_log_cut_by_a_crash(tmp_path):
+    from seq2seq.study.plots import _flow_records
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 0, "gradient_flow/seconds": 0.5}\n{"step": 0, "gradient_flow/by_distance": {"x": [1.0]}}\n'
+        '{"step": 5, "gradient_flow/by_distance": {"x": [1.', encoding="utf-8")
+    flow = {"step": 0, "gradient_flow/seconds": 0.5, "gradient_flow/by_distance": {"x": [1.0]}}
+    assert _flow_records(tmp_path) == [flow]
