@@ -142,6 +142,10 @@ def test_caption_tool_on_a_real_world_folder(shapes_run, tmp_path):
     assert again.returncode == 0 and "notes.txt" in again.stderr and "rgba.png.txt" not in again.stderr  # sidecars
     # written through the pipe; the overlays now in the folder are not captioned in turn
     assert sorted(json.loads(line)["path"] for line in again.stdout.splitlines()) == sorted(str(p) for p in good)
+    good[0].unlink()  # its overlay stays behind, and is not captioned as a picture of its own
+    third = _caption([run_dir, folder, "--recursive", "-o", "/dev/stdout", "--overlays", folder])
+    assert Path(f"{good[0]}.png").is_file()
+    assert sorted(json.loads(line)["path"] for line in third.stdout.splitlines()) == sorted(str(p) for p in good[1:])
 
 
 @pytest.mark.network

@@ -27,6 +27,8 @@ from seq2seq.files import atomic_write
 from seq2seq.search import beam_for_nbest
 from seq2seq.tasks.captioner import Captioner
 
+OVERLAID_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # what an overlay's name shows
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="seq2seq-caption", description=__doc__.splitlines()[0])
@@ -58,15 +60,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def candidates(folder: Path, recursive: bool, output: Path | None, overlays: Path | None = None) -> list[Path]:
     """Every file to try, minus our own outputs (sidecar captions, the JSON-lines file and its
-    partial copy, overlays of the folder's images saved inside it)."""
+    partial copy, overlays saved inside the folder: of its images, and of images since deleted)."""
     files = list(list_files(folder, recursive))
     names = {str(p) for p in files}
     own = {str(output.resolve()), str(_partial(output.resolve()))} if output else set()
     if overlays is not None:  # DIR/<image's path in the folder>.png, whichever folder DIR is
         root = overlays.resolve()
         own |= {str(root / p.relative_to(folder)) + ".png" for p in files}
+        own |= {str(p.resolve()) for p in files if _is_overlay_name(p) and p.resolve().is_relative_to(root)}
     return [p for p in files
             if not (p.suffix == ".txt" and str(p.with_suffix("")) in names) and str(p.resolve()) not in own]
+
+
+def _is_overlay_name(path: Path) -> bool:
+    """Whether ``path`` is named as an overlay is (``cat.jpg.png``: an image's name and .png)."""
+    return path.suffix.lower() == ".png" and Path(path.stem).suffix.lower() in OVERLAID_SUFFIXES
 
 
 def _partial(output: Path) -> Path:
