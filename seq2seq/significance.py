@@ -138,17 +138,16 @@ def permutation_p(baseline: Sequence[float], system: Sequence[float]) -> float:
         chosen = np.zeros((math.comb(n, k), n), dtype=bool)  # (splits, seeds): True on the system's side
         chosen[np.repeat(np.arange(len(chosen)), k), np.fromiter(
             itertools.chain.from_iterable(itertools.combinations(range(n), k)), dtype=np.int64)] = True
-        exact = True  # the last split in lexicographic order is the observed one (the system's seeds last)
+        # the last split in lexicographic order is the observed one (the system's seeds last)
     else:
         draws = np.argsort(np.random.default_rng(0).random((RANDOM_SPLITS, n)), axis=1)[:, :k]
         chosen = np.zeros((RANDOM_SPLITS + 1, n), dtype=bool)
         chosen[np.repeat(np.arange(RANDOM_SPLITS), k), draws.ravel()] = True
-        chosen[-1, n - k:] = True  # the observed split, counted once as (b + 1) / (N + 1) asks
-        exact = False
+        chosen[-1, n - k:] = True  # the observed split, counted once: p = (b + 1) / (N + 1)
     apart = np.abs(chosen @ pooled / k - ~chosen @ pooled / (n - k))  # every split's |difference of means|
     observed = apart[-1]  # computed the same way as the others: rounding cannot drop it from its own count
     extreme = apart >= observed - 1e-9 * max(1.0, float(np.abs(pooled).max()))
-    return float(np.mean(extreme)) if exact else float(extreme.sum() / len(extreme))
+    return float(np.mean(extreme))
 
 
 def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[tuple[float, bool]]:
