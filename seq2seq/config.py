@@ -292,8 +292,8 @@ class Config:
                               f"train.max_steps, train.max_epochs or train.time_budget, or train.decay=inverse_sqrt")
         for name, value in [("train.max_steps", t.max_steps), ("train.max_epochs", t.max_epochs),
                             ("train.time_budget", t.time_budget)]:
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be positive (or null for no limit), got {value}")
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a positive number (or null for no limit), got {value}")
         if d.corpus == "files" and not d.train:
             raise ConfigError("data.corpus=files needs data.train (a TSV file or 'SRC_FILE,TGT_FILE')")
         return self

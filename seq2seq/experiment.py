@@ -79,7 +79,7 @@ def prepare_run(args: argparse.Namespace, name: str, default_config: Path | None
     refuse to resume a run made with another config."""
     cfg = load_config(args.config or default_config, args.overrides)
     if args.time_budget is not None:
-        if args.time_budget <= 0:
+        if not 0 < args.time_budget < float("inf"):  # nan and inf too
             raise ConfigError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
         cfg.train.time_budget = args.time_budget
     d = join(cfg.train.device, cfg.train.collective_timeout)  # torchrun's process group, if launched by it

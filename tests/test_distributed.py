@@ -291,12 +291,69 @@ def test_on_gpus_the_group_serves_cpu_tensors_too(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("device", i))
     monkeypatch.setattr(tdist, "init_process_group", lambda backend, timeout: calls.setdefault("backend", backend))
+    monkeypatch.setattr(tdist, "new_group", lambda backend, timeout: calls.setdefault("setup group", backend))
     monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(distributed, "current", lambda: SINGLE)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     join("auto")
-    assert calls == {"device": 1, "backend": "cpu:gloo,cuda:nccl"}
+    assert calls == {"device": 1, "backend": "cpu:gloo,cuda:nccl", "setup group": "gloo"}
     assert distributed.backend("cpu") == "gloo"
     with pytest.raises(ConfigError, match="each process takes cuda:LOCAL_RANK"):
         join("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "2")  # three processes on a node with two GPUs
+    with pytest.raises(ConfigError, match="process 2 on this node has no GPU of its own: 2 GPUs"):
+        join("auto")
+
+
+def _slow_setup_worker(rank: int, world: int, port: int, folder: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import time
+
+    from seq2seq.train.distributed import main_first
+
+    def work() -> None:
+        join("cpu", timeout_minutes=0.02)  # collectives of training give up after 1.2 s
+        with main_first():
+            if rank == 0:
+                time.sleep(4)  # fetching and encoding a corpus takes as long as it takes
+        (folder / f"ready{rank}").write_text("ok")
+
+    _as_a_rank(work)
+
+
+def test_the_other_ranks_wait_for_rank_0_to_prepare_the_data_beyond_the_collective_timeout(tmp_path):
+    mp.spawn(_slow_setup_worker, args=(2, free_port(), tmp_path), nprocs=2)
+    assert (tmp_path / "ready0").is_file() and (tmp_path / "ready1").is_file()
+
+
+def _cached_worker(rank: int, world: int, port: int, folder: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), SEQ2SEQ_CACHE=str(folder / f"cache{rank}"))  # node-local caches
+    torch.set_num_threads(1)
+    from seq2seq.tasks.features import cached_grids
+
+    def work() -> None:
+        join("cpu", timeout_minutes=0.2)
+        torch.manual_seed(0)
+        encoder = ImageEncoder("mobilenet_v2", grid_block=6, weights=None)
+        grids = cached_grids(encoder, sorted(folder.glob("*.png")), ImageTransform(resize=64, crop=64),
+                             torch.device("cpu"), None)
+        torch.save(grids, folder / f"grids_{rank}.pt")
+
+    _as_a_rank(work)
+
+
+def test_ranks_whose_feature_caches_differ_extract_together(tmp_path):
+    """Rank 0's node has the features cached, rank 1's does not: both extract (together), rather
+    than rank 0 reading its cache while rank 1 waits for it in a collective."""
+    for i in range(4):
+        Image.new("RGB", (48, 48), (60 * i, 100, 200 - 40 * i)).save(tmp_path / f"img{i}.png")
+    mp.spawn(_cached_worker, args=(2, free_port(), tmp_path), nprocs=2)  # rank 0 saves the cache, on its node
+    assert list((tmp_path / "cache0" / "features").glob("*.pt")) and not list((tmp_path / "cache1").rglob("*.pt"))
+    (tmp_path / "grids_1.pt").unlink()
+    mp.spawn(_cached_worker, args=(2, free_port(), tmp_path), nprocs=2)
+    assert torch.equal(torch.load(tmp_path / "grids_0.pt", weights_only=True),
+                       torch.load(tmp_path / "grids_1.pt", weights_only=True))

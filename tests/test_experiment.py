@@ -27,8 +27,9 @@ def test_resuming_with_another_config_is_refused(tmp_path):
 
 
 def test_bad_time_budget(tmp_path):
-    with pytest.raises(ConfigError, match="--time-budget must be a positive"):
-        prepare_run(_args("--run-dir", str(tmp_path), "--time-budget", "0"), "test")
+    for bad in ("0", "nan", "inf"):
+        with pytest.raises(ConfigError, match="--time-budget must be a positive"):
+            prepare_run(_args("--run-dir", str(tmp_path), "--time-budget", bad), "test")
 
 
 def test_spread_is_even_and_bounded():

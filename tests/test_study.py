@@ -604,3 +604,46 @@ def test_records_without_the_outputs_a_paired_test_needs_are_tested_over_seeds(t
     c = runs["b"].comparison
     assert c is not None and c.delta == pytest.approx(70.5667 - 80.5, abs=1e-3) and c.p_value < 0.01
     assert "Welch" in c.test and "test.greedy.txt was not kept" in c.test and c.p_exact == pytest.approx(0.1)
+
+
+def test_workers_killed_or_interrupted_stop_the_command(monkeypatch):
+    """A worker killed by a signal is not a success, and Ctrl-C while waiting for the workers
+    returns 130 so that no further study starts."""
+    import signal
+
+    from seq2seq.study import workers
+
+    class Killed:
+        def __init__(self, command, env):
+            self.interrupted = False
+
+        def wait(self):
+            return -signal.SIGKILL  # e.g. the out-of-memory killer
+
+        def poll(self):
+            return -signal.SIGKILL
+
+        def send_signal(self, signum):
+            pass
+
+    monkeypatch.setattr(workers.subprocess, "Popen", Killed)
+    assert workers.run_workers(["tiny"], 2, lambda _: None, threads=1) == 128 + signal.SIGKILL
+
+    class CtrlC(Killed):
+        def wait(self):
+            if not self.interrupted:  # the terminal's SIGINT reaches this process while it waits
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return 0
+
+    monkeypatch.setattr(workers.subprocess, "Popen", CtrlC)
+    assert workers.run_workers(["tiny"], 2, lambda _: None, threads=1) == 130
+
+
+def test_workers_get_only_their_study_s_runs_and_the_exact_budget():
+    from seq2seq.cli.study import _forwarded, parse_args
+
+    args = parse_args(["a", "b", "--only", "run_of_a", "--only", "run_of_b", "--budget", "1234567", "--workers", "2"])
+    forwarded = _forwarded(args, "a", ["run_of_a"])
+    assert forwarded.count("--only") == 1 and "run_of_b" not in forwarded
+    assert float(forwarded[forwarded.index("--budget") + 1]) == 1234567

@@ -13,6 +13,8 @@ PY=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-300}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
+echo "gpu_check: logs and runs in $OUT" >&2
+trap 'echo "gpu_check: a step failed; its log is in $OUT" >&2' ERR
 export WANDB_MODE=${WANDB_MODE:-disabled}
 row() { printf '| %s | %s |\n' "$1" "$2" >> "$OUT/table.md"; }
 : > "$OUT/table.md"
@@ -26,7 +28,11 @@ row "device" "$device, torch $($PY -c 'import torch; print(torch.__version__)')"
 row "process group" "$($PY - <<'PY'
 import os, torch, torch.distributed as dist
 from seq2seq.train.distributed import backend
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29512")
+import socket
+with socket.socket() as s:  # a free port, not a fixed one another job may hold
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 groups = backend("auto")
 dist.init_process_group(groups, rank=0, world_size=1)
 tensors = [torch.ones(2)] + ([torch.ones(2, device="cuda")] if torch.cuda.is_available() else [])

@@ -95,14 +95,14 @@ def prepare(name: str, budget: float | None = None, seeds: list[int] | None = No
     return study
 
 
-def _forwarded(args: argparse.Namespace, study: str) -> list[str]:
-    """The command line of one study for a worker process."""
+def _forwarded(args: argparse.Namespace, study: str, only: list[str]) -> list[str]:
+    """The command line of one study for a worker process (``only``: the runs of it asked for)."""
     out = [study, "--root", str(args.root)]
     if args.budget is not None:
-        out += ["--budget", f"{args.budget:g}"]
+        out += ["--budget", repr(args.budget)]
     if args.seeds is not None:
         out += ["--seeds", ",".join(map(str, args.seeds))]
-    for name in args.only or []:
+    for name in only:
         out += ["--only", name]
     return out
 
@@ -146,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.slurm is not None:
             status = max(status, _on_cluster(args, name, study, only))
         elif args.workers > 1:
-            status = max(status, run_workers(_forwarded(args, name), args.workers, log, args.threads))
+            status = max(status, run_workers(_forwarded(args, name, only), args.workers, log, args.threads))
             _summarise(study, args.root)
         else:
             run_study(study, args.root, only or None, log, summary=not args.worker)
         if not args.worker:
             log(f"summary: {args.root / study.folder / 'summary.md'}")
+        if status >= 128:  # interrupted, or a worker killed: no further study starts
+            break
     return status
 
 

@@ -40,14 +40,20 @@ def set_threads(threads: int) -> None:
 def run_workers(argv: list[str], workers: int, log: Callable[[str], None], threads: int | None = None) -> int:
     """Run ``workers`` copies of the study command ``argv`` (its arguments, without --workers) as
     claimers of runs with ``threads`` each (default: their share of the cores); wait for all.
-    Ctrl-C and SIGTERM reach every worker, which saves and stops. Returns the worst exit status."""
+    Ctrl-C and SIGTERM reach every worker, which saves and stops. Returns the worst exit status,
+    a worker killed by a signal counting as 128 + the signal, and at least 128 + the signal this
+    process received (so the caller starts nothing more)."""
     threads = threads or threads_per_worker(workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "seq2seq.cli.study", *argv, "--worker", "--threads", str(threads)]
     log(f"starting {workers} workers with {threads} thread(s) each")
     procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
 
+    received = 0  # the signal that asked us to stop, if any
+
     def forward(signum: int, frame: Any) -> None:
+        nonlocal received
+        received = signum
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
@@ -61,10 +67,12 @@ def run_workers(argv: list[str], workers: int, log: Callable[[str], None], threa
                     codes.append(p.wait())
                     break
                 except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too: wait for their saves
+                    received = signal.SIGINT
                     continue
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return max(codes, key=abs)
+    worst = max(code if code >= 0 else 128 - code for code in codes)  # Popen: -N for killed by signal N
+    return max(worst, 128 + received) if received else worst
 
 
 def slurm_options(pairs: list[str]) -> dict[str, Any]:

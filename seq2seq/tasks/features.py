@@ -113,20 +113,25 @@ def cached_grids(encoder: ImageEncoder, paths: list[Path], transform: ImageTrans
 
 def _cached(path: Path, encoder: ImageEncoder, paths: list[Path], transform: ImageTransform, device: torch.device,
             amp_dtype: torch.dtype | None, workers: int, progress: Callable[[int, int], None] | None) -> Tensor:
-    if path.exists():
-        problem = ""
-        try:
-            entry = load_checkpoint(path)
-            grids = entry.get("grids")
-            if not isinstance(grids, Tensor) or entry.get("files") != len(paths) or len(grids) != len(paths):
-                problem = f"it holds {len(grids) if isinstance(grids, Tensor) else 'no'} grids for {len(paths)} images"
-        except CheckpointError as err:
-            problem = str(err)
-        if not problem:
-            return grids
+    grids, problem = _read_cache(path, len(paths)) if path.exists() else (None, "")
+    if all(ok for [ok] in current().gather([grids is not None])):  # ranks extract together, so all read or none
+        return grids
+    if problem:
         log(f"feature cache {path} is damaged ({problem}); extracting the features again")
         path.unlink(missing_ok=True)
     grids = extract_grids(encoder, paths, transform, device, amp_dtype, workers=workers, progress=progress)
     if current().main:
         save_checkpoint(path, {"grids": grids, "files": len(paths)})
     return grids
+
+
+def _read_cache(path: Path, n: int) -> tuple[Tensor | None, str]:
+    """The cached grids of ``n`` images, or None and what is wrong with the file."""
+    try:
+        entry = load_checkpoint(path)
+    except CheckpointError as err:
+        return None, str(err)
+    grids = entry.get("grids")
+    if not isinstance(grids, Tensor) or entry.get("files") != n or len(grids) != n:
+        return None, f"it holds {len(grids) if isinstance(grids, Tensor) else 'no'} grids for {n} images"
+    return grids, ""

@@ -28,8 +28,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from seq2seq.config import ConfigError
+from seq2seq.train.faults import CollectiveTimeout
 
 T = TypeVar("T")
+SETUP_HOURS = 24  # how long the other ranks wait for rank 0 to prepare the data (main_first)
+_setup_group: Any = None  # a gloo group with that timeout, made when the process group is joined
 
 
 @dataclass(frozen=True)
@@ -132,8 +135,14 @@ def join(device: str = "auto", timeout_minutes: float = 5.0) -> Dist:
                              f"use train.device=cuda (or auto)")
         groups = backend(device)
         if "nccl" in groups:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if local >= gpus:
+                raise ConfigError(f"process {local} on this node has no GPU of its own: {gpus} GPUs; start at most "
+                                  f"{gpus} processes per node (--nproc_per_node), or train on CPUs (train.device=cpu)")
+            torch.cuda.set_device(local)
         dist.init_process_group(groups, timeout=timedelta(minutes=timeout_minutes))
+        global _setup_group
+        _setup_group = dist.new_group(backend="gloo", timeout=timedelta(hours=SETUP_HOURS))
         atexit.register(leave)
     return current()
 
@@ -148,13 +157,25 @@ def collective_failed(err: BaseException) -> bool:
 @contextmanager
 def main_first() -> Iterator[None]:
     """Rank 0 runs the block first (fetching data, training tokenizers into the run folder);
-    the other ranks run it after, finding what it made."""
+    the other ranks run it after, finding what it made. They wait up to ``SETUP_HOURS``, not
+    ``train.collective_timeout``: preparing a big corpus once takes what it takes (a rank 0 that
+    fails ends the job through torchrun instead)."""
     d = current()
-    if not d.main:
-        d.barrier()
+    if d.active and not d.main:
+        _wait_for_setup(d)
     yield
-    if d.main:
-        d.barrier()
+    if d.active and d.main:
+        _wait_for_setup(d)
+
+
+def _wait_for_setup(d: Dist) -> None:
+    try:
+        dist.barrier(group=_setup_group)
+    except RuntimeError as err:
+        if not collective_failed(err):
+            raise
+        raise CollectiveTimeout(f"rank {d.rank} of {d.world}: the ranks did not meet after rank 0 prepared the data "
+                           f"(fetching, tokenizers, encoding) within {SETUP_HOURS} hours: {err}") from None
 
 
 def leave(meet: bool = False) -> None:
