@@ -647,3 +647,13 @@ def test_workers_get_only_their_study_s_runs_and_the_exact_budget():
     forwarded = _forwarded(args, "a", ["run_of_a"])
     assert forwarded.count("--only") == 1 and "run_of_b" not in forwarded
     assert float(forwarded[forwarded.index("--budget") + 1]) == 1234567
+
+
+def test_under_torchrun_the_study_command_refuses_to_start_processes_of_its_own(monkeypatch):
+    from seq2seq.cli.study import main
+    from seq2seq.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for extra in (["--workers", "2"], ["--slurm", "cluster=local"], ["--prune"]):
+        with pytest.raises(ConfigError, match="torchrun"):
+            main(["cells", *extra])

@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.only or [] if name not in names]
     if unknown:  # before anything trains
         raise ConfigError(f"no study here has a run named {', '.join(unknown)}")
-    if (args.prune or args.export or args.restore) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("--prune, --export and --restore change files in one process: run them without torchrun")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.prune or args.export or args.restore:
+            raise ConfigError("--prune, --export and --restore change files in one process: run them without torchrun")
+        if args.workers > 1 or args.slurm is not None:
+            raise ConfigError("--workers and --slurm start processes of their own: under torchrun every run is "
+                              "already data-parallel over its processes; use one or the other")
     status = 0
     for name, study in zip(args.studies, studies):
         if args.restore and not (args.worker or args.list or args.dry_run):
