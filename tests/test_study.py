@@ -657,3 +657,31 @@ def test_under_torchrun_the_study_command_refuses_to_start_processes_of_its_own(
     for extra in (["--workers", "2"], ["--slurm", "cluster=local"], ["--prune"]):
         with pytest.raises(ConfigError, match="torchrun"):
             main(["cells", *extra])
+
+
+def test_on_a_cluster_a_named_run_built_from_another_waits_for_its_source_s_wave(tmp_path, monkeypatch):
+    """--slurm --only a b, where b fine-tunes a: b is submitted once a has finished, not with it
+    (its job would find a unfinished, do nothing and end as done)."""
+    import argparse
+
+    from seq2seq.cli import study as cli
+
+    study = _study(tmp_path, task="translation", budget={"max_steps": 10},
+                   runs={"a": [], "b": {"from": "a", "budget": {"max_steps": 5}}})
+    states = {"a": "pending", "b": "waiting"}
+    waves = []
+
+    def submit(path, root, study_args, todo, options, folder, log):
+        waves.append(list(todo))
+        for run in todo:
+            states[run] = "finished"
+        if "a" in todo:
+            states["b"] = "pending"
+        return []
+
+    monkeypatch.setattr(cli, "run_state", lambda study, spec, folder: states[spec.folder])
+    monkeypatch.setattr(cli, "submit", submit)
+    monkeypatch.setattr(cli, "_summarise", lambda study, root: None)
+    args = argparse.Namespace(root=tmp_path / "studies", budget=None, seeds=None, slurm=["cluster=local"])
+    assert cli._on_cluster(args, "tiny", study, ["a", "b"]) == 0
+    assert waves == [["a"], ["b"]]

@@ -174,9 +174,10 @@ def _on_cluster(args: argparse.Namespace, name: str, study: Study, only: list[st
     study_args: dict[str, Any] = {"budget": args.budget, "seeds": args.seeds, "root": args.root}
     failed: list[str] = []
     submitted: set[str] = set()
-    while True:
-        todo = [s.folder for s in select(study, only or None) if s.folder not in submitted and (
-            run_state(study, s, folder / s.folder) in ("pending", "partial") or only and not submitted)]
+    while True:  # a run built from another waits for a later wave: its job would find nothing to do yet
+        states = {s.folder: run_state(study, s, folder / s.folder) for s in select(study, only or None)}
+        todo = [f for f, state in states.items() if f not in submitted and (
+            state in ("pending", "partial") or only and not submitted and state != "waiting")]
         if not todo:
             break
         submitted.update(todo)
