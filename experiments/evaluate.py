@@ -29,12 +29,20 @@ def main() -> int:
     out = args.out or Path("runs") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "results.json").exists():  # a trained run's, or an earlier scoring's: never replaced
         parser.error(f"--out {out} already holds results.json; choose another folder")
-    task = load_checkpoint(resolve_checkpoint(args.models[0]), mmap=True).get("task")
+    checkpoints = [load_checkpoint(resolve_checkpoint(m), mmap=True) for m in args.models]
+    task = checkpoints[0].get("task")
     scorers = {"translation": translation.score, "captioning": captioning.score}
     if task not in scorers:
         parser.error(f"{args.models[0]}: a {task} model; evaluate.py scores translation and captioning models")
+    scored = []  # which checkpoint of each model, at which step: a run folder may hold an unfinished run's best
+    for model, ckpt in zip(args.models, checkpoints):
+        step = (ckpt.get("progress") or {}).get("step")
+        scored.append({"path": str(resolve_checkpoint(model)), "step": step})
+        unfinished = model.is_dir() and not (model / "results.json").is_file()
+        log(f"{model}: {resolve_checkpoint(model).name}" + (f" at step {step:,}" if step is not None else "")
+            + (" (the run has not finished training)" if unfinished else ""))
     log(f"scoring {len(args.models)} model(s) on the {task} test split into {out}")
-    results = scorers[task](args.models, out)
+    results = {**scorers[task](args.models, out), "checkpoints": scored}
     path = write_results(out, results)
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
     print(f"results: {path}")

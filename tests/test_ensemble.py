@@ -9,6 +9,7 @@ from conftest import padded_batch, tiny_model
 
 from seq2seq.ensemble import Ensemble
 from seq2seq.search import beam_search, greedy_search, search
+from seq2seq.train.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +83,8 @@ def test_an_ensemble_is_scored_on_the_test_split(toy_run, tmp_path):
     results = json.loads((out / "results.json").read_text())
     single = json.loads((toy_run / "results.json").read_text())
     assert results["models"] == [str(toy_run)] * 2
+    best = toy_run / "checkpoints" / "best.pt"
+    assert results["checkpoints"] == [{"path": str(best), "step": load_checkpoint(best)["progress"]["step"]}] * 2
     assert abs(results["test_bleu_beam"] - single["test_bleu_beam"]) < 1e-6  # two copies = the model
     assert (out / "test.beam3.txt").read_text() == (toy_run / "test.beam3.txt").read_text()
     kept = (toy_run / "results.json").read_text()
