@@ -71,3 +71,8 @@ def test_translation_benchmark_runs_on_a_trained_run(toy_run):
     rows, hidden, gates = map(int, figures["matmul_step_shape"].split("x"))
     assert hidden == 64 and gates == 3 * 64 and rows > 0  # the toy decoder's GRU step
     assert float(figures["train_utilisation_of_step_shape_rate"]) > 0
+    for bad, message in ((["--steps", "0"], "--steps must be at least 1"),
+                         (["model.attention=none"], "drop --config and KEY=VALUE overrides")):
+        refused = subprocess.run([sys.executable, str(tool), "--run-dir", str(toy_run), *bad],
+                                 capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and message in refused.stderr  # not ignored, not a ZeroDivisionError

@@ -44,6 +44,11 @@ def main() -> int:
     parser.add_argument("--trace", type=Path, help="with --profile: write a Chrome trace (chrome://tracing, Perfetto)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.run_dir and (args.config or args.overrides):
+        parser.error("--run-dir benchmarks the run as it was trained: drop --config and KEY=VALUE overrides")
+    for name in ("steps", "test_sentences", "decode_repeats", "beam"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.run_dir:
             translator = Translator.load(args.run_dir, precision="auto")
