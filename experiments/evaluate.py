@@ -29,17 +29,18 @@ def main() -> int:
     out = args.out or Path("runs") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "results.json").exists():  # a trained run's, or an earlier scoring's: never replaced
         parser.error(f"--out {out} already holds results.json; choose another folder")
-    checkpoints = [load_checkpoint(resolve_checkpoint(m), mmap=True) for m in args.models]
+    paths = [resolve_checkpoint(m) for m in args.models]
+    checkpoints = [load_checkpoint(path, mmap=True) for path in paths]
     task = checkpoints[0].get("task")
     scorers = {"translation": translation.score, "captioning": captioning.score}
     if task not in scorers:
         parser.error(f"{args.models[0]}: a {task} model; evaluate.py scores translation and captioning models")
     scored = []  # which checkpoint of each model, at which step: a run folder may hold an unfinished run's best
-    for model, ckpt in zip(args.models, checkpoints):
+    for model, path, ckpt in zip(args.models, paths, checkpoints):
         step = (ckpt.get("progress") or {}).get("step")
-        scored.append({"path": str(resolve_checkpoint(model)), "step": step})
+        scored.append({"path": str(path), "step": step})
         unfinished = model.is_dir() and not (model / "results.json").is_file()
-        log(f"{model}: {resolve_checkpoint(model).name}" + (f" at step {step:,}" if step is not None else "")
+        log(f"{model}: {path.name}" + (f" at step {step:,}" if step is not None else "")
             + (" (the run has not finished training)" if unfinished else ""))
     log(f"scoring {len(args.models)} model(s) on the {task} test split into {out}")
     results = {**scorers[task](args.models, out), "checkpoints": scored}

@@ -175,7 +175,7 @@ def _wait_for_setup(d: Dist) -> None:
         if not collective_failed(err):
             raise
         raise CollectiveTimeout(f"rank {d.rank} of {d.world}: the ranks did not meet after rank 0 prepared the data "
-                           f"(fetching, tokenizers, encoding) within {SETUP_HOURS} hours: {err}") from None
+                                f"(fetching, tokenizers, encoding) within {SETUP_HOURS} hours: {err}") from None
 
 
 def leave(meet: bool = False) -> None:
