@@ -64,9 +64,13 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 def serving_precision(requested: str, recorded: str | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype a trained model is evaluated or served at. ``requested`` is ``model``
-    (the precision it was trained at, ``recorded`` in its checkpoint), ``auto``, ``fp32`` or ``bf16``."""
+    (the precision it was trained at, ``recorded`` in its checkpoint), ``auto``, ``fp32`` or ``bf16``.
+    A model trained at fp16 (a GPU's stand-in for bf16) is served at fp32 off the GPU, where fp16
+    is emulated slowly; fp32 holds every value fp16 can, so nothing the model learnt is lost."""
     if requested == "model":
         requested = recorded or "fp32"
+        if requested == "fp16" and device.type != "cuda":
+            requested = "fp32"
     return pick_precision(requested, device)
 
 

@@ -393,3 +393,13 @@ def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale
     resumed = _trainer(tmp_path, precision="fp16", max_steps=20)
     resumed.resume(tmp_path / "checkpoints" / "last.pt")
     assert resumed.scaler.get_scale() == scale
+
+
+def test_an_fp16_trained_model_is_served_at_fp32_off_the_gpu_unless_asked():
+    from seq2seq.runtime import serving_precision
+
+    cpu = torch.device("cpu")
+    assert serving_precision("model", "fp16", cpu) is None  # fp32: fp16 is emulated slowly on a CPU
+    assert serving_precision("fp16", "fp16", cpu) == torch.float16  # asked for by name: kept
+    assert serving_precision("model", "bf16", cpu) == torch.bfloat16
+    assert serving_precision("model", None, cpu) is None
