@@ -649,6 +649,18 @@ def test_workers_get_only_their_study_s_runs_and_the_exact_budget():
     assert float(forwarded[forwarded.index("--budget") + 1]) == 1234567
 
 
+def test_no_more_workers_start_than_runs_are_left_so_the_cores_go_to_those_that_train(tmp_path, monkeypatch):
+    from seq2seq.cli import study as cli
+
+    study = _study(tmp_path, task="translation", budget={"max_steps": 10}, seeds=[1], runs={"a": [], "b": []})
+    started = []
+    monkeypatch.setattr(cli, "run_workers", lambda argv, workers, log, threads: started.append(workers) or 0)
+    monkeypatch.setattr(cli, "_summarise", lambda study, root: None)
+    cli.main([str(study.path), "--root", str(tmp_path / "studies"), "--workers", "8"])
+    cli.main([str(study.path), "--root", str(tmp_path / "studies"), "--workers", "8", "--only", "a"])
+    assert started == [2, 1]
+
+
 def test_under_torchrun_the_study_command_refuses_to_start_processes_of_its_own(monkeypatch):
     from seq2seq.cli.study import main
     from seq2seq.config import ConfigError

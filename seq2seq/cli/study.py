@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.slurm is not None:
             status = max(status, _on_cluster(args, name, study, only))
         elif args.workers > 1:
-            status = max(status, run_workers(_forwarded(args, name, only), args.workers, log, args.threads))
+            workers = min(args.workers, max(1, _unfinished(study, args.root, only)))  # more would find nothing
+            status = max(status, run_workers(_forwarded(args, name, only), workers, log, args.threads))
             _summarise(study, args.root)
         else:
             run_study(study, args.root, only or None, log, summary=not args.worker)
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         if status >= 128:  # interrupted, or a worker killed: no further study starts
             break
     return status
+
+
+def _unfinished(study: Study, root: Path, only: list[str]) -> int:
+    """How many of the chosen runs a worker could still train (named runs are retried even if failed)."""
+    todo = ("pending", "partial", "waiting", "failed") if only else ("pending", "partial", "waiting")
+    return sum(run_state(study, s, root / study.folder / s.folder) in todo for s in select(study, only or None))
 
 
 def _summarise(study: Study, root: Path) -> None:

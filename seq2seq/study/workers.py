@@ -2,7 +2,8 @@
 (``--workers N``), a second terminal, or jobs on a cluster (``--slurm``) can each claim the
 next run nobody holds through its folder's lock (:mod:`seq2seq.study.runner`).
 
-``--workers N`` starts N copies of the study command, each with ``cores / N`` threads; the
+``--workers N`` starts N copies of the study command (fewer when fewer runs are left), each with
+``cores / N`` threads; the
 first process waits for them and writes the summary. ``--slurm`` submits one job per
 unfinished run through submitit (the ``slurm`` extra), waits, and writes the summary.
 """
