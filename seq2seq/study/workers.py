@@ -3,9 +3,9 @@
 next run nobody holds through its folder's lock (:mod:`seq2seq.study.runner`).
 
 ``--workers N`` starts N copies of the study command (fewer when fewer runs are left), each with
-``cores / N`` threads; the
-first process waits for them and writes the summary. ``--slurm`` submits one job per
-unfinished run through submitit (the ``slurm`` extra), waits, and writes the summary.
+``cores / N`` threads; the first process waits for them and writes the summary. ``--slurm``
+submits one job per unfinished run through submitit (the ``slurm`` extra), waits, and writes
+the summary.
 """
 
 from __future__ import annotations
