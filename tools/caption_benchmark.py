@@ -10,7 +10,7 @@ a fresh `seq2seq-caption RUN FOLDER -o captions.jsonl` process, timed from its s
 exit, so start-up, model loading, image decoding, the CNN and the search are all in the
 figure. Without --run-dir a short emoji model (--train-steps) is trained once into the cache:
 its captions have realistic lengths, which is all the speed depends on. Printed beside the
-machine's fp32 matrix-multiply rate measured in the same run.
+fp32 matrix-multiply rate of the device the tool runs on, measured in the same run.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from seq2seq.benchmark import matmul_rate  # noqa: E402
 from seq2seq.data.fetch import cache_dir  # noqa: E402
+from seq2seq.provenance import device_name  # noqa: E402
+from seq2seq.runtime import pick_device  # noqa: E402
 
 SIZES = [(320, 240), (640, 480), (800, 600), (1024, 768), (1280, 720), (1600, 1200), (1920, 1080)]
 
@@ -120,7 +122,15 @@ def main() -> int:
                         help="the tool's --workers values to time (-1: its default)")
     parser.add_argument("--beam", type=int, default=None, help="the tool's --beam (default: the model's)")
     parser.add_argument("--repeat", type=int, default=1, help="processes timed per setting (the best is kept)")
+    parser.add_argument("--device", default="auto", help="the tool's --device (auto, cpu, cuda or cuda:N)")
     args = parser.parse_args()
+    for name in ("images", "repeat", "train_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    try:
+        device = pick_device(args.device)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device {args.device}: not a device this machine has (auto, cpu, cuda or cuda:N)")
     started = time.monotonic()
     folder = image_folder(args.images)
     jpegs = sum(1 for p in folder.iterdir() if p.suffix == ".jpg")
@@ -130,11 +140,11 @@ def main() -> int:
     run_dir = args.run_dir or short_model(args.train_steps)
     for path in folder.iterdir():  # warm the page cache: the figure is the tool's, not the disk's
         path.read_bytes()
-    rate = matmul_rate(torch.device("cpu"))
+    rate = matmul_rate(device)  # the device the tool computes on
     print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"fp32 matmul {rate / 1e9:,.1f} GFLOP/s (in this run)")
+          f"{device_name(device)} fp32 matmul {rate / 1e9:,.1f} GFLOP/s (in this run)")
     for workers in args.workers:
-        options = [] if workers < 0 else ["--workers", str(workers)]
+        options = ["--device", str(device)] + ([] if workers < 0 else ["--workers", str(workers)])
         if args.beam:
             options += ["--beam", str(args.beam)]
         best = min((time_tool(run_dir, folder, options) for _ in range(args.repeat)), key=lambda r: r["wall"])
