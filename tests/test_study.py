@@ -234,6 +234,32 @@ def test_stale_rows_show_their_state_and_no_figures(tmp_path, monkeypatch):
     assert [r["state"] for r in rows] == states and {r["test_bleu_beam_mean"] for r in rows} == {""}
 
 
+def test_a_run_trained_past_the_study_s_early_stopping_is_changed_not_finished(tmp_path):
+    """A run that went on through more validations without a better score than the study's
+    patience allows is not the run the study defines; a larger patience than the run's is."""
+    import torch
+
+    from seq2seq.study.runner import run_state
+    from seq2seq.train.checkpoints import load_checkpoint
+
+    root = tmp_path / "studies"
+    fields = {"task": "translation", "budget": {"max_steps": 10}}
+    study = _study(tmp_path, runs={"a": []}, overrides=toy_overrides(tmp_path, "train.valid_every=5",
+                                                                     "train.patience=100"), **fields)
+    run_study(study, root, log=lambda _: None)
+    last = root / "tiny" / "a" / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    ckpt["progress"].update(longest_bad_streak=2, bad_validations=0)  # as if scores had stalled twice, then risen
+    torch.save(ckpt, last)
+
+    def state(patience):
+        edited = _study(tmp_path, runs={"a": []}, overrides=toy_overrides(
+            tmp_path, "train.valid_every=5", f"train.patience={patience}"), **fields)
+        return run_state(edited, edited.run_specs()[0], root / "tiny" / "a")
+
+    assert [state(2), state(3), state(100)] == ["changed", "finished", "finished"]
+
+
 def test_transient_failures_leave_the_run_pending_and_stop_the_study(tmp_path, monkeypatch):
     import seq2seq.tasks.translation as translation
     from seq2seq.data.fetch import FetchError

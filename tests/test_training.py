@@ -73,6 +73,17 @@ def test_early_stopping(tmp_path):
     assert progress.step == 30 and "no better validation score" in progress.stop_reason
 
 
+def test_progress_keeps_the_longest_stall_an_improvement_ended(tmp_path):
+    from seq2seq.train.progress import outran_patience
+
+    scores = iter([1.0, 0.5, 0.5, 2.0, 1.0])  # validations at steps 10..50: a stall of 2, then one of 1
+    trainer = _trainer(tmp_path, max_steps=50, patience=100)
+    trainer.validate_fn = lambda t: {"score": next(scores)}
+    p = trainer.train()
+    assert (p.longest_bad_streak, p.bad_validations) == (2, 1)
+    assert [outran_patience(TrainConfig(patience=n), p) for n in (1, 2, 3)] == [True, True, False]
+
+
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path):
     class Interrupt(Tracker):
         def log(self, metrics, step):

@@ -51,6 +51,7 @@ from seq2seq.study.summary import write_summary
 from seq2seq.train.checkpoints import CheckpointError
 from seq2seq.train.distributed import current, join
 from seq2seq.train.faults import RunFolderBusy
+from seq2seq.train.progress import outran_patience
 from seq2seq.train.schedules import budget_of
 
 STATES = ("pending", "partial", "finished", "failed", "changed", "waiting")
@@ -60,9 +61,9 @@ RUN_FAILURES = (FloatingPointError, ConfigError)  # the run's own fault: recorde
 def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     """pending (never started), partial (started, resumable), finished (at exactly the study's
     budget, or decoded with the model as it is now), failed (see error.txt), changed (the
-    folder holds this run made with other options, another budget, or an older model or code, or a pruned
-    run the study now asks more of), or waiting (built from a run of the study that has not
-    finished)."""
+    folder holds this run made with other options, another budget, a patience that let it train
+    past the study's, or an older model or code, or a pruned run the study now asks more of),
+    or waiting (built from a run of the study that has not finished)."""
     if not same_run_config(run_dir, spec.config):
         return "changed"
     if (run_dir / "error.txt").is_file():
@@ -88,8 +89,8 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
         return "partial"
     if progress is None:
         return "pending"
-    if progress.budget and progress.budget != want:
-        return "changed"
+    if progress.budget and progress.budget != want or outran_patience(spec.config.train, progress):
+        return "changed"  # planned for another budget, or trained past the study's early stopping
     if not finished_run_reason(run_dir, spec.config, progress):
         if pruned(run_dir):  # its checkpoints are gone: it cannot go on
             return "changed"
@@ -198,9 +199,9 @@ def _run_one(study: Study, spec: RunSpec, folder: Path, label: str, log: Callabl
     run_dir = folder / spec.folder
     state = d.from_main(run_state(study, spec, run_dir) if d.main else None)
     if state == "changed":
-        say(f"{label}: skipped: {run_dir} holds this run with other options or another budget "
-            f"(or, decoded, an older model or without a validation score); move that folder away to run it as the "
-            f"study now defines it")
+        say(f"{label}: skipped: {run_dir} holds this run with other options, another budget or a larger "
+            f"train.patience (or, decoded, an older model or without a validation score); move that folder "
+            f"away to run it as the study now defines it")
         return state
     if state == "waiting":
         say(f"{label}: waiting for {spec.stage.source} to finish")

@@ -24,6 +24,7 @@ class Progress:
     best_score: float = float("-inf")
     best_step: int = 0
     bad_validations: int = 0  # validations since the best score
+    longest_bad_streak: int = 0  # the most validations without a better score that a better one then ended
     last_validation: int = -1  # step of the last validation
     clipped_steps: int = 0  # steps whose gradient norm was above train.clip_norm
     stop_reason: str = ""
@@ -93,6 +94,12 @@ def finish_reason(cfg: TrainConfig, p: Progress) -> str:
     if p.bad_validations >= cfg.patience:
         return f"no better validation score for {cfg.patience} validations"
     return ""
+
+
+def outran_patience(cfg: TrainConfig, p: Progress) -> bool:
+    """Whether a run at ``p`` trained past where early stopping with ``cfg.patience`` would have
+    ended it (it was trained with a larger patience): it is not the run ``cfg`` describes."""
+    return p.longest_bad_streak >= cfg.patience or p.bad_validations > cfg.patience
 
 
 class Display:

@@ -274,6 +274,7 @@ class Trainer:
         self.schedule.on_validation(score)
         improved = score > p.best_score
         if improved:
+            p.longest_bad_streak = max(p.longest_bad_streak, p.bad_validations)
             p.best_score, p.best_step, p.bad_validations = score, p.step, 0
         else:
             p.bad_validations += 1
