@@ -65,7 +65,8 @@ class SubwordTokenizer:
 
 def train_sentencepiece(texts: Iterable[str], path: str | Path, vocab_size: int,
                         model_type: str = "unigram", max_sentences: int = 300_000) -> SubwordTokenizer:
-    """Train a sentencepiece model on ``texts`` and write it to ``path`` (``*.model``)."""
+    """Train a sentencepiece model on ``texts`` and write it to ``path`` (``*.model``). It keeps
+    sentencepiece's default normalisation, ``nmt_nfkc``: see the guide's *Normalisation*."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
