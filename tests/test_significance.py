@@ -143,3 +143,15 @@ def _brute_force_permutation_p(baseline, system):
     extreme = sum(abs(sum(pooled[i] for i in s) / k - sum(v for i, v in enumerate(pooled) if i not in s)
                       / (len(pooled) - k)) >= observed - 1e-12 for s in splits)
     return extreme / len(splits)
+
+
+def test_an_ensemble_row_shows_its_weakest_test_the_smallest_gain_where_p_values_tie():
+    from seq2seq.significance import Comparison
+    from seq2seq.study.aggregate import least_significant
+
+    def test(delta, p):
+        return Comparison(delta, (delta - 1, delta + 1), p, 1, "paired")
+
+    floor = [test(3.73, 1e-4), test(4.29, 1e-4), test(3.46, 1e-4)]
+    assert least_significant(floor).delta == 3.46
+    assert least_significant([test(5.0, 0.02), test(1.0, 1e-4)]).delta == 5.0  # the largest p first
