@@ -181,14 +181,21 @@ def same_run_config(run_dir: Path, cfg: Config) -> bool:
     return comparable(old.to_dict()) == comparable(cfg.to_dict())
 
 
-def run_progress(run_dir: Path) -> Progress | None:
-    """Where the run in ``run_dir`` stands (its last checkpoint's progress, or the progress a
-    finished run kept when its checkpoints were pruned), or None before one."""
+def stored_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The progress of the run in ``run_dir`` as it was saved (its last checkpoint's, or the one
+    a finished run kept when its checkpoints were pruned), or None before one. Fields added to
+    :class:`Progress` since are absent, not filled with defaults the run never had."""
     last = run_dir / "checkpoints" / "last.pt"
     if last.is_file():
-        return Progress(**load_checkpoint(last, mmap=True)["progress"])
+        return load_checkpoint(last, mmap=True)["progress"]
     pruned = run_dir / PRUNED_PROGRESS
-    return Progress(**json.loads(pruned.read_text(encoding="utf-8"))) if pruned.is_file() else None
+    return json.loads(pruned.read_text(encoding="utf-8")) if pruned.is_file() else None
+
+
+def run_progress(run_dir: Path) -> Progress | None:
+    """Where the run in ``run_dir`` stands (see :func:`stored_progress`), or None before one."""
+    stored = stored_progress(run_dir)
+    return Progress(**stored) if stored is not None else None
 
 
 def pruned(run_dir: Path) -> bool:

@@ -723,3 +723,19 @@ def test_on_a_cluster_a_named_run_built_from_another_waits_for_its_source_s_wave
     args = argparse.Namespace(root=tmp_path / "studies", budget=None, seeds=None, slurm=["cluster=local"])
     assert cli._on_cluster(args, "tiny", study, ["a", "b"]) == 0
     assert waves == [["a"], ["b"]]
+
+
+def test_an_exported_record_keeps_the_progress_its_run_saved_without_fields_added_since(tmp_path):
+    import json
+
+    from seq2seq.experiment import run_progress
+    from seq2seq.study.records import _keep_progress
+
+    run, out = tmp_path / "run", tmp_path / "record"
+    run.mkdir()
+    out.mkdir()
+    saved = {"step": 1805, "best_score": 11.7, "bad_validations": 0}  # as a run saved before longest_bad_streak
+    (run / "progress.json").write_text(json.dumps(saved))
+    assert _keep_progress(run, out)
+    assert json.loads((out / "progress.json").read_text()) == saved
+    assert run_progress(out).longest_bad_streak == 0  # read: the default, as for any older run

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from seq2seq.config import Config, ConfigError, config_from_dict
-from seq2seq.experiment import PRUNED_PROGRESS, comparable, run_progress, write_text
+from seq2seq.experiment import PRUNED_PROGRESS, comparable, stored_progress, write_text
 from seq2seq.files import REFERENCES, write_references
 from seq2seq.study.runner import run_state
 from seq2seq.study.spec import Study, load_study
@@ -193,7 +193,7 @@ def _is_read(folder: str, read: set[str]) -> bool:
 def _keep_progress(run_dir: Path, out: Path) -> bool:
     """Write the final progress of the run in ``run_dir`` to ``out``; False when it has none (a
     rung scored from its sources, a decoded run)."""
-    progress = run_progress(run_dir)
+    progress = stored_progress(run_dir)
     if progress is not None:
-        write_text(out / PRUNED_PROGRESS, json.dumps(dataclasses.asdict(progress), indent=2) + "\n")
+        write_text(out / PRUNED_PROGRESS, json.dumps(progress, indent=2) + "\n")
     return progress is not None
