@@ -25,6 +25,8 @@ def pick_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"train.device={name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -64,7 +66,7 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 def serving_precision(requested: str, recorded: str | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype a trained model is evaluated or served at. ``requested`` is ``model``
-    (the precision it was trained at, ``recorded`` in its checkpoint), ``auto``, ``fp32`` or ``bf16``.
+    (the precision it was trained at, ``recorded`` in its checkpoint), ``auto``, ``fp32``, ``bf16`` or ``fp16``.
     A model trained at fp16 (a GPU's stand-in for bf16) is served at fp32 off the GPU, where fp16
     is emulated slowly; fp32 holds every value fp16 can, so nothing the model learnt is lost."""
     if requested == "model":

@@ -237,6 +237,8 @@ def test_stale_rows_show_their_state_and_no_figures(tmp_path, monkeypatch):
 def test_a_run_trained_past_the_study_s_early_stopping_is_changed_not_finished(tmp_path):
     """A run that went on through more validations without a better score than the study's
     patience allows is not the run the study defines; a larger patience than the run's is."""
+    import json
+
     import torch
 
     from seq2seq.study.runner import run_state
@@ -258,6 +260,13 @@ def test_a_run_trained_past_the_study_s_early_stopping_is_changed_not_finished(t
         return run_state(edited, edited.run_specs()[0], root / "tiny" / "a")
 
     assert [state(2), state(3), state(100)] == ["changed", "finished", "finished"]
+
+    del ckpt["progress"]["longest_bad_streak"]  # a checkpoint saved before Progress kept it: rebuilt from the log
+    torch.save(ckpt, last)
+    scores = [(2, 1.0), (4, 0.5), (4, 0.5), (6, 0.5), (8, 2.0), (10, 1.0)]  # step 4 logged twice (a resumed run)
+    (last.parent.parent / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, "valid/score": score}) + "\n" for step, score in scores))
+    assert [state(2), state(3)] == ["changed", "finished"]
 
 
 def test_transient_failures_leave_the_run_pending_and_stop_the_study(tmp_path, monkeypatch):

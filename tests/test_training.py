@@ -84,6 +84,19 @@ def test_progress_keeps_the_longest_stall_an_improvement_ended(tmp_path):
     assert [outran_patience(TrainConfig(patience=n), p) for n in (1, 2, 3)] == [True, True, False]
 
 
+def test_a_run_saved_after_the_validation_its_patience_would_have_stopped_at_outran_it():
+    from seq2seq.train.progress import Progress, longest_stall, outran_patience
+
+    def outran(bad, step, last_validation, patience=2):
+        p = Progress(step=step, last_validation=last_validation, bad_validations=bad)
+        return outran_patience(TrainConfig(patience=patience), p)
+
+    assert outran(3, 300, 300)  # one validation past it
+    assert outran(2, 250, 200)  # stopped there by patience 2, it would not have trained on to step 250
+    assert not outran(2, 200, 200) and not outran(1, 250, 200)  # stopped by it, or not yet at it
+    assert longest_stall([1.0, 0.5, 0.5, 2.0, 1.0]) == 2 and longest_stall([1.0, 1.0, 1.0]) == 0
+
+
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path):
     class Interrupt(Tracker):
         def log(self, metrics, step):
@@ -414,3 +427,13 @@ def test_an_fp16_trained_model_is_served_at_fp32_off_the_gpu_unless_asked():
     assert serving_precision("fp16", "fp16", cpu) == torch.float16  # asked for by name: kept
     assert serving_precision("model", "bf16", cpu) == torch.bfloat16
     assert serving_precision("model", None, cpu) is None
+
+
+def test_a_gpu_index_past_the_machine_s_gpus_is_one_line(monkeypatch):
+    from seq2seq.runtime import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="has 1 GPU"):
+        pick_device("cuda:1")

@@ -82,12 +82,15 @@ def image_folder(count: int) -> Path:
     return folder
 
 
-def short_model(steps: int) -> Path:
-    """A default emoji captioning run trained for ``steps`` steps, once."""
-    run_dir = cache_dir() / "scale" / f"caption-model-{steps}"
+def short_model(steps: int, device: torch.device) -> Path:
+    """A default emoji captioning run trained for ``steps`` steps on ``device``'s kind, once (its
+    precision, which the tool serves it at, is the one that device resolves to)."""
+    kind = "" if device.type == "cpu" else f"-{device.type}"  # the CPU's keeps its old name
+    run_dir = cache_dir() / "scale" / f"caption-model-{steps}{kind}"
     if not (run_dir / "results.json").exists():
         cmd = [sys.executable, str(ROOT / "experiments" / "caption.py"), "--run-dir", str(run_dir),
-               f"train.max_steps={steps}", "train.time_budget=null", "tracking.enabled=false"]
+               f"train.max_steps={steps}", "train.time_budget=null", "tracking.enabled=false",
+               f"train.device={device}"]
         print(f"training a {steps}-step emoji model once: {run_dir}", flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return run_dir
@@ -137,7 +140,7 @@ def main() -> int:
     size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
     print(f"folder: {folder}: {jpegs} JPEGs (320x240 to 1920x1080), {args.images - jpegs} PNGs, "
           f"{size:,.0f} MiB (ready in {time.monotonic() - started:.0f} s)", flush=True)
-    run_dir = args.run_dir or short_model(args.train_steps)
+    run_dir = args.run_dir or short_model(args.train_steps, device)
     for path in folder.iterdir():  # warm the page cache: the figure is the tool's, not the disk's
         path.read_bytes()
     rate = matmul_rate(device)  # the device the tool computes on

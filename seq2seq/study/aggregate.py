@@ -200,7 +200,7 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
 
 def least_significant(comparisons: list[Comparison]) -> Comparison:
     """The weakest of several tests of one output: the largest p; where p values tie (every
-    test at the randomisation's floor), the smallest difference."""
+    test at the randomisation's floor), the difference nearest zero."""
     return max(comparisons, key=lambda c: (c.p_value, -abs(c.delta)))
 
 

@@ -30,6 +30,7 @@ from seq2seq.experiment import (
     pruned,
     run_progress,
     same_run_config,
+    stored_progress,
     unlock_run_dir,
     write_results,
     write_text,
@@ -48,10 +49,11 @@ from seq2seq.study.stages import (
     study_folder,
 )
 from seq2seq.study.summary import write_summary
+from seq2seq.tracking import logged_rows
 from seq2seq.train.checkpoints import CheckpointError
 from seq2seq.train.distributed import current, join
 from seq2seq.train.faults import RunFolderBusy
-from seq2seq.train.progress import outran_patience
+from seq2seq.train.progress import Progress, longest_stall, outran_patience
 from seq2seq.train.schedules import budget_of
 
 STATES = ("pending", "partial", "finished", "failed", "changed", "waiting")
@@ -84,11 +86,15 @@ def run_state(study: Study, spec: RunSpec, run_dir: Path) -> str:
     if _saved_budget(run_dir) not in (None, want):
         return "changed"
     try:
-        progress = run_progress(run_dir)
+        stored = stored_progress(run_dir)
     except CheckpointError:  # a damaged last.pt: training again from the start rebuilds it
         return "partial"
-    if progress is None:
+    if stored is None:
         return "pending"
+    progress = Progress(**stored)
+    if "longest_bad_streak" not in stored:  # saved before Progress kept it: rebuilt from its logged validations
+        scores = {r["step"]: r["valid/score"] for r in logged_rows(run_dir / "metrics.jsonl", "valid/score")}
+        progress.longest_bad_streak = longest_stall([v for k, v in sorted(scores.items()) if k <= progress.step])
     if progress.budget and progress.budget != want or outran_patience(spec.config.train, progress):
         return "changed"  # planned for another budget, or trained past the study's early stopping
     if not finished_run_reason(run_dir, spec.config, progress):

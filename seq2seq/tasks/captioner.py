@@ -47,7 +47,8 @@ class Captioner:
              precision: str = "model") -> "Captioner":
         """From a run folder (its best checkpoint) or a checkpoint file, or several: an ensemble
         (:mod:`seq2seq.ensemble`; its members must see images alike); ``precision="model"``
-        captions at the precision the model was trained and scored at."""
+        captions at the precision the model was trained and scored at (see
+        :func:`~seq2seq.runtime.serving_precision`)."""
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         model, first = load_members(paths, "captioning", lambda cfg, t: build_captioning_model(
             cfg.model, cfg.image, len(t["tgt"]), pretrained=False),  # the checkpoint holds the CNN weights

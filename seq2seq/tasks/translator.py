@@ -60,7 +60,7 @@ class Translator:
              precision: str = "model") -> "Translator":
         """From a run folder (its best checkpoint) or a checkpoint file, or several: an ensemble
         (:mod:`seq2seq.ensemble`); ``precision="model"`` translates at the precision the model
-        was trained and scored at."""
+        was trained and scored at (see :func:`~seq2seq.runtime.serving_precision`)."""
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         model, first = load_members(paths, "translation", lambda cfg, t: build_translation_model(
             cfg.model, len(t["src"]), len(t["tgt"])))

@@ -96,10 +96,25 @@ def finish_reason(cfg: TrainConfig, p: Progress) -> str:
     return ""
 
 
+def longest_stall(scores: list[float]) -> int:
+    """The most validations in a row without a better score (higher is better) that a better one
+    then ended, as training counts them, from the scores in the order they were measured."""
+    best, streak, longest = float("-inf"), 0, 0
+    for score in scores:
+        if score > best:
+            best, streak, longest = score, 0, max(longest, streak)
+        else:
+            streak += 1
+    return longest
+
+
 def outran_patience(cfg: TrainConfig, p: Progress) -> bool:
     """Whether a run at ``p`` trained past where early stopping with ``cfg.patience`` would have
-    ended it (it was trained with a larger patience): it is not the run ``cfg`` describes."""
-    return p.longest_bad_streak >= cfg.patience or p.bad_validations > cfg.patience
+    ended it (it was trained with a larger patience): it is not the run ``cfg`` describes. A run
+    with ``cfg.patience`` itself stops at the validation that reaches it, so it is never saved with
+    that many bad validations and steps after them."""
+    stalled = p.bad_validations > cfg.patience or p.bad_validations == cfg.patience and p.step != p.last_validation
+    return p.longest_bad_streak >= cfg.patience or stalled
 
 
 class Display:
