@@ -114,7 +114,7 @@ def test_another_budget_never_mixes_with_the_first(tmp_path, monkeypatch):
     assert [line.split()[1] for line in describe_runs(edited, root)[2:]] == ["changed", "changed"]
     logs = []
     folder = run_study(edited, root, log=logs.append)
-    assert all("other options or another budget" in line for line in logs)
+    assert all("other options, another budget" in line for line in logs)
     rows = _summary_rows(folder)
     assert {r["state"] for r in rows} == {"changed"} and {r["test_bleu_beam_mean"] for r in rows} == {""}
     assert "| `a` | changed | 0 | – |" in (folder / "summary.md").read_text()
