@@ -41,6 +41,16 @@ class Progress:
         self.train_time += seconds
         self.clipped_steps += clipped
 
+    def record_validation(self, score: float) -> bool:
+        """Count one validation at this step (higher scores are better); whether it is the best."""
+        self.last_validation = self.step
+        if score > self.best_score:
+            self.longest_bad_streak = max(self.longest_bad_streak, self.bad_validations)
+            self.best_score, self.best_step, self.bad_validations = score, self.step, 0
+            return True
+        self.bad_validations += 1
+        return False
+
 
 @dataclass
 class StepStats:
@@ -99,13 +109,10 @@ def finish_reason(cfg: TrainConfig, p: Progress) -> str:
 def longest_stall(scores: list[float]) -> int:
     """The most validations in a row without a better score (higher is better) that a better one
     then ended, as training counts them, from the scores in the order they were measured."""
-    best, streak, longest = float("-inf"), 0, 0
+    replay = Progress()
     for score in scores:
-        if score > best:
-            best, streak, longest = score, 0, max(longest, streak)
-        else:
-            streak += 1
-    return longest
+        replay.record_validation(score)
+    return replay.longest_bad_streak
 
 
 def outran_patience(cfg: TrainConfig, p: Progress) -> bool:

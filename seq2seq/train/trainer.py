@@ -269,15 +269,9 @@ class Trainer:
         self.model.eval()
         with torch.no_grad(), self.autocast():
             metrics = self.validate_fn(self)
-        p.last_validation = p.step
         score = metrics["score"]
         self.schedule.on_validation(score)
-        improved = score > p.best_score
-        if improved:
-            p.longest_bad_streak = max(p.longest_bad_streak, p.bad_validations)
-            p.best_score, p.best_step, p.bad_validations = score, p.step, 0
-        else:
-            p.bad_validations += 1
+        improved = p.record_validation(score)
         self.tracker.log({f"valid/{k}": v for k, v in metrics.items()}, step=p.step)
         self.log(f"validation at step {p.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
                  + (" (best)" if improved else f" (best {p.best_score:.2f} at step {p.best_step})"))
