@@ -748,3 +748,26 @@ def test_an_exported_record_keeps_the_progress_its_run_saved_without_fields_adde
     assert _keep_progress(run, out)
     assert json.loads((out / "progress.json").read_text()) == saved
     assert run_progress(out).longest_bad_streak == 0  # read: the default, as for any older run
+
+
+def test_a_run_another_process_trains_is_left_to_it_in_a_line_that_names_the_holder(tmp_path):
+    """A worker that finds a run locked says who holds it and goes on; the lock's advice for a
+    single run (another --run-dir) would be wrong inside a study."""
+    import os
+
+    from seq2seq.train.faults import RunLock
+
+    study = _study(tmp_path, task="translation", overrides=toy_overrides(tmp_path), budget={"max_steps": 4},
+                   runs={"a": []})
+    root = tmp_path / "studies"
+    held = root / "tiny" / "a"
+    lock = RunLock(held)  # another worker's lock (flock locks per open file, so it holds against this process too)
+    lock.acquire()
+    try:
+        logs = []
+        run_study(study, root, log=logs.append)
+    finally:
+        lock.release()
+    assert logs == [f"[1/1] a: trained by process {os.getpid()} on {os.uname().nodename} since "
+                    f"{logs[0].split(' since ')[1].split(';')[0]}; left to it"], logs
+    assert not (held / "results.json").exists()

@@ -27,7 +27,11 @@ LOCK_NAME = "run.lock"
 
 
 class RunFolderBusy(RuntimeError):
-    """Another process is training in this run folder."""
+    """Another process is training in this run folder (``holder``: which, as its lock says)."""
+
+    def __init__(self, message: str, holder: str = "another process"):
+        super().__init__(message)
+        self.holder = holder
 
 
 class CollectiveTimeout(RuntimeError):
@@ -84,7 +88,7 @@ class RunLock:
                 holder = f.read().strip() or "another process"
                 f.close()
                 raise RunFolderBusy(f"run folder {self.path.parent} is in use by {holder}; wait for it to finish, "
-                                    f"stop it, or choose another --run-dir") from None
+                                    f"stop it, or choose another --run-dir", holder) from None
             if self.path.exists() and os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
                 break
             f.close()  # the holder released and removed the file between our open and our lock: again
