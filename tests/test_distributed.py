@@ -357,3 +357,34 @@ def test_ranks_whose_feature_caches_differ_extract_together(tmp_path):
     mp.spawn(_cached_worker, args=(2, free_port(), tmp_path), nprocs=2)
     assert torch.equal(torch.load(tmp_path / "grids_0.pt", weights_only=True),
                        torch.load(tmp_path / "grids_1.pt", weights_only=True))
+
+
+def test_a_two_process_run_interrupted_and_resumed_with_two_ends_as_the_uninterrupted_run(tmp_path):
+    """Dropout masks drawn on each rank are a function of the seed, the rank and the step, so a
+    data-parallel resume is bit-identical, like a single-process one."""
+    extra = ["train.max_steps=16", "train.valid_every=4", "train.log_every=4", "model.dropout=0.3"]
+
+    def torchrun(run_dir: Path) -> subprocess.Popen:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                   *_translate_command(run_dir, *extra)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+
+    whole, cut = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    for run_dir in (whole, cut):
+        run_dir.parent.mkdir()
+    assert torchrun(whole).wait(timeout=300) == 0
+    proc = torchrun(cut)
+    for line in proc.stdout:
+        if line.startswith("validation at step 4"):
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=120)
+    stopped = load_checkpoint(cut / "checkpoints" / "last.pt")["progress"]["step"]
+    assert 4 <= stopped < 16
+    resumed = torchrun(cut)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and f"at step {stopped}" in output, output[-2000:]
+    want, got = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (whole, cut))
+    assert want["progress"]["step"] == got["progress"]["step"] == 16
+    for name, tensor in want["model"].items():
+        assert torch.equal(got["model"][name], tensor), name

@@ -5,8 +5,8 @@ batches of indices and ``batch(indices)`` building a batch) and a ``validate`` f
 returning metrics with a ``score`` to maximise. It handles teacher forcing and scheduled
 sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.train.schedules` (over a step
 horizon planned once and frozen), periodic validation, early stopping, a time budget, atomic
-checkpoints and exact resumption in one process (refused where precision or world size would
-change mid-run; data-parallel ranks reseed their dropout at the step they resume from).
+checkpoints and exact resumption (refused where precision or world size would change mid-run;
+data-parallel ranks seed their dropout from the step, so they resume exactly too).
 """
 
 from __future__ import annotations
@@ -317,8 +317,6 @@ class Trainer:
         if self.dist.main:
             self.display.open(cfg)
         self.signals.install()
-        if self.dist.active:  # each rank its own dropout masks (the weights are rank 0's already)
-            torch.manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1) + p.step)
         window = Window()
         self._clock = time.monotonic()
         try:
@@ -336,6 +334,8 @@ class Trainer:
                     t0 = time.monotonic()
                     lr = self.schedule.update(p.step, p.horizon)
                     batch = self.data.batch(batches[p.batch_in_epoch + rank]).to(self.device)
+                    if self.dist.active:  # each rank its own dropout masks, a function of the step: resumes exactly
+                        torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + p.step)
                     step = self.train_step(batch)
                     loss, grad_norm = step.loss, step.grad_norm
                     dt = time.monotonic() - t0
