@@ -33,18 +33,23 @@ def test_forward_flops_counts_each_layer():
     assert bahdanau["per_target_token"] == decoder + query + scores_context + readout + out + bridge
 
 
-def test_caption_benchmark_folder_holds_photos_and_icons(tmp_path, monkeypatch):
+def _caption_benchmark():
     import importlib.util
 
+    path = Path(__file__).resolve().parent.parent / "tools" / "caption_benchmark.py"
+    spec = importlib.util.spec_from_file_location("caption_benchmark", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_caption_benchmark_folder_holds_photos_and_icons(tmp_path, monkeypatch):
     from PIL import Image
 
     from seq2seq.data.images import load_image
 
     monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
-    path = Path(__file__).resolve().parent.parent / "tools" / "caption_benchmark.py"
-    spec = importlib.util.spec_from_file_location("caption_benchmark", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _caption_benchmark()
     folder = tool.image_folder(10)
     files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     assert len(files) == 10 and tool.image_folder(10) == folder  # made once
@@ -53,6 +58,31 @@ def test_caption_benchmark_folder_holds_photos_and_icons(tmp_path, monkeypatch):
     sizes = {Image.open(p).size for p in files if p.suffix == ".jpg"}
     assert sizes <= set(tool.SIZES) | {(h, w) for w, h in tool.SIZES}
     assert all(load_image(p).mode == "RGB" for p in files)
+
+
+def test_caption_benchmark_trains_its_short_model_again_when_the_defaults_change(tmp_path, monkeypatch):
+    """The cached model is keyed by its resolved config: one trained under older defaults is not reused."""
+    import torch
+
+    monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
+    tool = _caption_benchmark()
+    trained = []
+
+    def train(cmd, **kwargs):
+        run_dir = Path(cmd[cmd.index("--run-dir") + 1])
+        trained.append(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "results.json").write_text("{}")
+
+    monkeypatch.setattr(tool.subprocess, "run", train)
+    cpu = torch.device("cpu")
+    first = tool.short_model(200, cpu)
+    assert tool.short_model(200, cpu) == first and trained == [first]  # once
+    assert tool.short_model(100, cpu) != first and len(trained) == 2
+    defaults = tool.load_config
+    monkeypatch.setattr(tool, "load_config", lambda path, extra: defaults(path, [*extra, "model.dec_hidden=256"]))
+    changed = tool.short_model(200, cpu)
+    assert changed != first and trained[-1] == changed and len(trained) == 3
 
 
 def test_translation_benchmark_runs_on_a_trained_run(toy_run):

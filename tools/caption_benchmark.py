@@ -8,14 +8,17 @@ The folder (made once, cached under `$SEQ2SEQ_CACHE/scale/`) holds N images: JPE
 they decode like photos) and one in five a small RGBA PNG, like an emoji. Each measurement is
 a fresh `seq2seq-caption RUN FOLDER -o captions.jsonl` process, timed from its start to its
 exit, so start-up, model loading, image decoding, the CNN and the search are all in the
-figure. Without --run-dir a short emoji model (--train-steps) is trained once into the cache:
-its captions have realistic lengths, which is all the speed depends on. Printed beside the
+figure. Without --run-dir a short emoji model (--train-steps) is trained once into the cache, in
+a folder named by its resolved config: its captions have realistic lengths, which is all the
+speed depends on. Printed beside the
 fp32 matrix-multiply rate of the device the tool runs on, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -32,6 +35,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from seq2seq.benchmark import matmul_rate  # noqa: E402
+from seq2seq.config import load_config  # noqa: E402
 from seq2seq.data.fetch import cache_dir  # noqa: E402
 from seq2seq.provenance import device_name  # noqa: E402
 from seq2seq.runtime import pick_device  # noqa: E402
@@ -84,16 +88,22 @@ def image_folder(count: int) -> Path:
 
 def short_model(steps: int, device: torch.device) -> Path:
     """A default emoji captioning run trained for ``steps`` steps on ``device``'s kind, once (its
-    precision, which the tool serves it at, is the one that device resolves to)."""
-    kind = "" if device.type == "cpu" else f"-{device.type}"  # the CPU's keeps its old name
-    run_dir = cache_dir() / "scale" / f"caption-model-{steps}{kind}"
+    precision, which the tool serves it at, is the one that device resolves to). The cache folder
+    is named by the resolved config, so a change to the defaults trains a new model."""
+    overrides = [f"train.max_steps={steps}", "train.time_budget=null", "tracking.enabled=false",
+                 f"train.device={device}"]
+    run_dir = cache_dir() / "scale" / f"caption-model-{config_key(overrides)}"
     if not (run_dir / "results.json").exists():
-        cmd = [sys.executable, str(ROOT / "experiments" / "caption.py"), "--run-dir", str(run_dir),
-               f"train.max_steps={steps}", "train.time_budget=null", "tracking.enabled=false",
-               f"train.device={device}"]
+        cmd = [sys.executable, str(ROOT / "experiments" / "caption.py"), "--run-dir", str(run_dir), *overrides]
         print(f"training a {steps}-step emoji model once: {run_dir}", flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return run_dir
+
+
+def config_key(overrides: list[str]) -> str:
+    """A short name for the caption experiment's resolved config under ``overrides``."""
+    cfg = load_config(ROOT / "experiments" / "configs" / "caption_emoji.yaml", overrides)
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def caption_command() -> list[str]:
