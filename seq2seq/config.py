@@ -36,6 +36,7 @@ class DataConfig:
     valid: str | None = None  # corpus=files: same form; refs of a repeated source are merged
     test: str | None = None  # corpus=files: same form; scored with sacreBLEU at the end of the run
     max_train_pairs: int | None = None  # keep N training pairs, evenly spaced (small runs, tests)
+    max_train_words: int | None = None  # train on pairs of at most N words a side (Bahdanau et al.'s "-30" models)
     max_eval_sentences: int | None = None  # cap the valid/test splits (small runs, tests)
     vocab_size: int = 4000  # sentencepiece pieces per side (or joint)
     joint_vocab: bool = False  # one sentencepiece model for both sides
@@ -246,6 +247,9 @@ class Config:
                             ("synthetic.test_examples", self.synthetic.test_examples)]:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if d.max_train_words is not None and d.max_train_words < 1:
+            raise ConfigError(f"data.max_train_words must be at least 1 (or null for every length), "
+                              f"got {d.max_train_words}")
         if not m.attention.startswith("luong"):  # Luong's scores only: one value where it means nothing
             m.attention_scale = False
         if not (t.attention_reg > 0 and m.attention != "none"):  # no penalty: likewise

@@ -277,3 +277,23 @@ def test_the_tool_leaves_sentence_splitting_to_the_model_unless_told():
 
     assert parse_args(["run"]).split is None  # the translator then reads the model's search.split_sentences
     assert parse_args(["run", "--no-split"]).split is False
+
+
+def test_a_word_limit_trains_on_the_short_pairs_with_the_tokenizers_of_all(toy_run, tmp_path, capsys):
+    """data.max_train_words (Bahdanau et al.'s "-30" models): the model trains on the pairs of at most
+    N words a side, the tokenizers still learn from every pair, and a limit nothing meets is one line."""
+    from conftest import toy_pairs, toy_translation
+
+    from seq2seq.config import ConfigError, load_config
+
+    short = sum(len(s.split()) <= 3 and len(t.split()) <= 3 for s, t in toy_pairs(2000, 1))
+    assert 0 < short < 2000
+    results = toy_translation(tmp_path / "run", "data.max_train_words=3", "train.max_steps=2", "train.valid_every=2")
+    assert f"{short:,} of 2,000 training pairs have at most 3 words a side" in capsys.readouterr().out
+    assert results["train_steps"] == 2
+    for name in ("src.model", "tgt.model"):
+        assert (tmp_path / "run" / "tokenizers" / name).read_bytes() == (toy_run / "tokenizers" / name).read_bytes()
+    with pytest.raises(ConfigError, match="data.max_train_words=1 leaves none of the 2,000 training pairs"):
+        toy_translation(tmp_path / "none", "data.max_train_words=1", "train.max_steps=2")
+    with pytest.raises(ConfigError, match="data.max_train_words must be at least 1"):
+        load_config(overrides=["data.max_train_words=0"])

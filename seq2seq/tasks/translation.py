@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import Config
+from seq2seq.config import Config, ConfigError
 from seq2seq.data.batching import ParallelData, TextBatch, collate, token_batches
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
 from seq2seq.data.encoded import encode_corpus
@@ -38,6 +39,19 @@ def load_data(cfg: Config) -> ParallelCorpus:
     if not corpus.train or not corpus.valid:
         raise ValueError(f"{corpus.name}: needs training pairs and validation sentences; {corpus.describe()}")
     return corpus
+
+
+def short_pairs(pairs: Sequence[tuple[str, str]], words: int | None) -> Sequence[tuple[str, str]]:
+    """The training pairs of at most ``words`` whitespace-separated words a side (all for None),
+    as Bahdanau et al. trained their "-30" and "-50" models. Applied after the tokenizers, which still learn from
+    every pair: a run with and without the limit differ only in what the model trains on."""
+    if words is None:
+        return pairs
+    kept = [(s, t) for s, t in pairs if len(s.split()) <= words and len(t.split()) <= words]
+    if not kept:
+        raise ConfigError(f"data.max_train_words={words} leaves none of the {len(pairs):,} training pairs")
+    log(f"{len(kept):,} of {len(pairs):,} training pairs have at most {words} words a side (data.max_train_words)")
+    return kept
 
 
 def build_tokenizers(cfg: Config, corpus: ParallelCorpus, run_dir: Path) -> tuple[SubwordTokenizer, SubwordTokenizer]:
@@ -143,7 +157,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             take_init_tokenizers(cfg.train.init_from, run_dir)
         src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
         log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces ({time.monotonic() - t0:.0f} s)")
-        encoded = encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
+        encoded = encode_corpus(short_pairs(corpus.train, cfg.data.max_train_words), src_tok, tgt_tok,
+                                cfg.data.max_len)
     log(encoded.describe())
     data = ParallelData(encoded.src, encoded.tgt, cfg.data.batch_tokens, cfg.train.seed)
 
