@@ -94,6 +94,13 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autoc
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
 
+def seed_rank(seed: int, rank: int, step: int) -> None:
+    """Seed torch's draws (dropout, sampled tokens) for one data-parallel rank at one step: a hash
+    of all three, so no two ranks, steps or run seeds share a stream (a sum would: seed k + 1 at
+    step t drawing what seed k draws at step t + 1)."""
+    torch.manual_seed(int(np.random.SeedSequence([seed % 2**32, rank, step]).generate_state(1, np.uint64)[0]))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy, torch (every CUDA device too) and sentencepiece's trainer: weights,
     dropout, scheduled sampling and subword vocabularies then depend on the seed alone."""

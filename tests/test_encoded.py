@@ -108,6 +108,18 @@ def test_spread_keeps_pairs_from_files_on_demand(tmp_path):
     assert spread(lazy, None) is lazy
 
 
+
+def test_a_word_limit_keeps_pairs_from_files_on_demand(tmp_path):
+    from seq2seq.tasks.translation import short_pairs
+
+    pairs = [(" ".join(["w"] * (i % 5 + 1)), " ".join(["v"] * (i % 3 + 1))) for i in range(100)]
+    lazy = read_pairs(str(write_tsv(tmp_path / "p.tsv", pairs)))
+    kept = short_pairs(lazy, 2)
+    short = [(s, t) for s, t in pairs if len(s.split()) <= 2 and len(t.split()) <= 2]
+    assert hasattr(kept, "take") and list(kept) == short_pairs(pairs, 2) == short
+    assert short_pairs(lazy, None) is lazy
+
+
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     folder = tmp_path_factory.mktemp("spm")

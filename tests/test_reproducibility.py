@@ -30,6 +30,20 @@ def test_the_seed_decides_weights_dropout_and_sampling(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_each_rank_step_and_seed_draws_its_own_stream():
+    """Data-parallel ranks are reseeded at every step: no two (seed, rank, step) share a stream, and
+    the next seed is not the same stream shifted by a step."""
+    from seq2seq.runtime import seed_rank
+
+    def draw(seed, rank, step):
+        seed_rank(seed, rank, step)
+        return tuple(torch.rand(4).tolist())
+
+    keys = [(seed, rank, step) for seed in (1, 2) for rank in (0, 1) for step in range(5)]
+    assert len({draw(*k) for k in keys}) == len(keys)
+    assert draw(1, 0, 3) == draw(1, 0, 3)
+
+
 def test_the_translate_tool_prints_what_was_scored(tmp_path):
     run_dir = tmp_path / "run"
     results = toy_translation(run_dir, "train.precision=bf16", "train.max_steps=150", "search.batch_size=8")

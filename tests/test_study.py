@@ -768,6 +768,6 @@ def test_a_run_another_process_trains_is_left_to_it_in_a_line_that_names_the_hol
         run_study(study, root, log=logs.append)
     finally:
         lock.release()
-    assert logs == [f"[1/1] a: trained by process {os.getpid()} on {os.uname().nodename} since "
+    assert logs == [f"[1/1] a: held by process {os.getpid()} on {os.uname().nodename} since "
                     f"{logs[0].split(' since ')[1].split(';')[0]}; left to it"], logs
     assert not (held / "results.json").exists()

@@ -22,10 +22,9 @@ import torch  # noqa: E402
 from seq2seq.benchmark import benchmark_translation  # noqa: E402
 from seq2seq.config import load_config  # noqa: E402
 from seq2seq.data.batching import ParallelData  # noqa: E402
-from seq2seq.data.encoded import encode_corpus  # noqa: E402
 from seq2seq.experiment import log, run_cli, spread  # noqa: E402
 from seq2seq.models.model import build_translation_model  # noqa: E402
-from seq2seq.tasks.translation import build_tokenizers, load_data  # noqa: E402
+from seq2seq.tasks.translation import build_tokenizers, encode_training, load_data  # noqa: E402
 from seq2seq.tasks.translator import Translator  # noqa: E402
 
 
@@ -61,7 +60,7 @@ def main() -> int:
             src_tok, tgt_tok = build_tokenizers(cfg, corpus, Path(tmp))
             model = build_translation_model(cfg.model, len(src_tok), len(tgt_tok))
             translator = Translator(model, cfg, src_tok, tgt_tok, device=torch.device("cpu"))
-        encoded = encode_corpus(corpus.train, src_tok, tgt_tok, cfg.data.max_len)
+        encoded = encode_training(cfg, corpus, src_tok, tgt_tok)
         data = ParallelData(encoded.src, encoded.tgt, cfg.data.batch_tokens, cfg.train.seed)
         tests = [ex.src for ex in spread(corpus.test, args.test_sentences)]
         log(f"benchmarking on {corpus.name}: {args.steps} training steps, {len(tests)} test sentences")

@@ -10,8 +10,8 @@ a fresh `seq2seq-caption RUN FOLDER -o captions.jsonl` process, timed from its s
 exit, so start-up, model loading, image decoding, the CNN and the search are all in the
 figure. Without --run-dir a short emoji model (--train-steps) is trained once into the cache, in
 a folder named by its resolved config: its captions have realistic lengths, which is all the
-speed depends on. Printed beside the
-fp32 matrix-multiply rate of the device the tool runs on, measured in the same run.
+speed depends on. Printed beside the fp32 matrix-multiply rate of the device the tool runs on,
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def image_folder(count: int) -> Path:
 
 
 def short_model(steps: int, device: torch.device) -> Path:
-    """A default emoji captioning run trained for ``steps`` steps on ``device``'s kind, once (its
+    """A default emoji captioning run trained for ``steps`` steps on ``device``, once (its
     precision, which the tool serves it at, is the one that device resolves to). The cache folder
     is named by the resolved config, so a change to the defaults trains a new model."""
     overrides = [f"train.max_steps={steps}", "train.time_budget=null", "tracking.enabled=false",

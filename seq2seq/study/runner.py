@@ -230,7 +230,7 @@ def _run_one(study: Study, spec: RunSpec, folder: Path, label: str, log: Callabl
     except RunFinished:  # another process finished it since the state was read
         return "finished"
     except RunFolderBusy as err:  # another worker or terminal trains it: leave it to that process
-        say(f"{label}: trained by {err.holder}; left to it")
+        say(f"{label}: held by {err.holder}; left to it")
         return "busy"
     except RUN_FAILURES as err:  # this run diverged or its options are wrong: record it, go on with the others
         if d.main:

@@ -12,7 +12,7 @@ from typing import Any
 from seq2seq.config import Config, ConfigError
 from seq2seq.data.batching import ParallelData, TextBatch, collate, token_batches
 from seq2seq.data.corpora import Example, ParallelCorpus, load_corpus
-from seq2seq.data.encoded import encode_corpus
+from seq2seq.data.encoded import EncodedPairs, encode_corpus
 from seq2seq.experiment import log, spread
 from seq2seq.files import atomic_write, write_lines, write_references
 from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, bleu_interval, chrf
@@ -41,17 +41,26 @@ def load_data(cfg: Config) -> ParallelCorpus:
     return corpus
 
 
+def encode_training(cfg: Config, corpus: ParallelCorpus, src_tok: SubwordTokenizer,
+                    tgt_tok: SubwordTokenizer) -> EncodedPairs:
+    """The training pairs as the model trains on them: within ``data.max_train_words`` words a
+    side and ``data.max_len`` pieces, encoded (or read from the cache)."""
+    return encode_corpus(short_pairs(corpus.train, cfg.data.max_train_words), src_tok, tgt_tok, cfg.data.max_len)
+
+
 def short_pairs(pairs: Sequence[tuple[str, str]], words: int | None) -> Sequence[tuple[str, str]]:
-    """The training pairs of at most ``words`` whitespace-separated words a side (all for None),
-    as Bahdanau et al. trained their "-30" and "-50" models. Applied after the tokenizers, which still learn from
-    every pair: a run with and without the limit differ only in what the model trains on."""
+    """The pairs of at most ``words`` whitespace-separated words a side (all for None; punctuation
+    stays attached, so a little looser than Bahdanau et al.'s tokenised counts for their "-30" and
+    "-50" models). Applied after the tokenizers, which still learn from every pair: a run with and
+    without the limit differ only in what the model trains on. Pairs read on demand from files
+    stay on demand (one pass to choose them)."""
     if words is None:
         return pairs
-    kept = [(s, t) for s, t in pairs if len(s.split()) <= words and len(t.split()) <= words]
+    kept = [i for i, (s, t) in enumerate(pairs) if len(s.split()) <= words and len(t.split()) <= words]
     if not kept:
         raise ConfigError(f"data.max_train_words={words} leaves none of the {len(pairs):,} training pairs")
     log(f"{len(kept):,} of {len(pairs):,} training pairs have at most {words} words a side (data.max_train_words)")
-    return kept
+    return pairs.take(kept) if hasattr(pairs, "take") else [pairs[i] for i in kept]
 
 
 def build_tokenizers(cfg: Config, corpus: ParallelCorpus, run_dir: Path) -> tuple[SubwordTokenizer, SubwordTokenizer]:
@@ -157,8 +166,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
             take_init_tokenizers(cfg.train.init_from, run_dir)
         src_tok, tgt_tok = build_tokenizers(cfg, corpus, run_dir)
         log(f"tokenizers: {len(src_tok)} source and {len(tgt_tok)} target pieces ({time.monotonic() - t0:.0f} s)")
-        encoded = encode_corpus(short_pairs(corpus.train, cfg.data.max_train_words), src_tok, tgt_tok,
-                                cfg.data.max_len)
+        encoded = encode_training(cfg, corpus, src_tok, tgt_tok)
     log(encoded.describe())
     data = ParallelData(encoded.src, encoded.tgt, cfg.data.batch_tokens, cfg.train.seed)
 

@@ -6,7 +6,7 @@ returning metrics with a ``score`` to maximise. It handles teacher forcing and s
 sampling, Adam with gradient clipping, the schedules of :mod:`seq2seq.train.schedules` (over a step
 horizon planned once and frozen), periodic validation, early stopping, a time budget, atomic
 checkpoints and exact resumption (refused where precision or world size would change mid-run;
-data-parallel ranks seed their dropout from the step, so they resume exactly too).
+on the CPU data-parallel ranks seed their random draws from the step, so they resume exactly too).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from seq2seq.config import ConfigError, TrainConfig
 from seq2seq.data.batching import Batch, TrainData
 from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
-from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name
+from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name, seed_rank
 from seq2seq.tracking import Tracker
 from seq2seq.train import faults
 from seq2seq.train.checkpoints import (
@@ -306,7 +306,11 @@ class Trainer:
         """Train until the budget, step or epoch limit, or early stopping; then validate once more.
 
         A run that is already finished under the current config returns at once, untouched;
-        raising a limit (budget, max_steps, max_epochs, patience) continues it.
+        raising a limit (budget, max_steps, max_epochs, patience) continues it. Data-parallel ranks
+        draw their own dropout masks and samples, seeded from the seed, the rank and the step:
+        on the CPU before every step, so a resumed run draws what an uninterrupted one would; on
+        GPUs (not bitwise reproducible anyway) at the first step of a session, as each reseed
+        there rebuilds cuDNN's dropout state.
         """
         cfg, p = self.cfg, self.progress
         if not self._budget_left() and p.last_validation == p.step:
@@ -322,7 +326,7 @@ class Trainer:
         try:
             if cfg.gradient_flow_every and p.step == 0 and self.dist.main:  # at initialisation
                 self.probe_gradient_flow(self.data.batch(self.data.epoch(0)[0]).to(self.device))
-            rank, world = self.dist.rank, self.dist.world
+            rank, world, first = self.dist.rank, self.dist.world, p.step
             while self._budget_left():
                 batches = self.data.epoch(p.epoch)
                 if len(batches) < world:  # no step would ever run: the loop would spin
@@ -334,8 +338,8 @@ class Trainer:
                     t0 = time.monotonic()
                     lr = self.schedule.update(p.step, p.horizon)
                     batch = self.data.batch(batches[p.batch_in_epoch + rank]).to(self.device)
-                    if self.dist.active:  # each rank its own dropout masks, a function of the step: resumes exactly
-                        torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + p.step)
+                    if self.dist.active and (self.device.type == "cpu" or p.step == first):
+                        seed_rank(cfg.seed, rank, p.step)  # each rank its own draws (see _train's docstring)
                     step = self.train_step(batch)
                     loss, grad_norm = step.loss, step.grad_norm
                     dt = time.monotonic() - t0
