@@ -514,7 +514,7 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
                                               key=float)  # one output is not seeds-many: the weakest test
     md = (folder / "summary.md").read_text()
     assert "Provenance differs" not in md
-    assert "trained 20 steps" in md and "an ensemble of every seed of `averaged`" in md
+    assert "trained 20 steps; schedule horizon 20 steps" in md and "an ensemble of every seed of `averaged`" in md
     assert "fine-tuned from `averaged` `train.lr=0.001` (its own budget: 10 training steps)" in md
 
     logs.clear()

@@ -96,7 +96,7 @@ def budget_line(study: Study, runs: list[RunSummary]) -> str:
     words = _budget_words(budget) or "no recorded budget"
     trained = "an unrecorded number of steps" if not steps else f"{steps[0]:,} steps" if len(steps) == 1 else \
         f"{steps[0]:,}–{steps[-1]:,} steps (not equal steps)"
-    horizon = f"; the learning rate decays over {horizons[0]:,} steps" if len(horizons) == 1 else (
+    horizon = f"; schedule horizon {horizons[0]:,} steps" if len(horizons) == 1 else (  # a constant rate has one too
         f"; schedule horizons {horizons[0]:,}–{horizons[-1]:,} steps" if horizons else "")
     return f"every finished run recorded a budget of {words} and trained {trained}{horizon} ({len(done)} runs)"
 
