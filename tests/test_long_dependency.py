@@ -157,3 +157,24 @@ def test_a_long_dependency_study_crosses_runs_with_lengths(tmp_path):
     for plot in ("by_sequence_length", "gradient_flow", "grad_norm"):
         assert (folder / f"{plot}.png").stat().st_size > 0, plot
     assert "| `copy_rnn,length=4` | finished | 1 |" in (folder / "summary.md").read_text()
+
+
+def test_the_exploding_study_plots_the_run_that_overflowed(tmp_path):
+    """The shipped exploding study, 30 steps, one seed: without clipping the loss overflows (the run
+    fails, recorded); its gradient norms up to that step are what the grad_norm plot is for."""
+    from seq2seq.cli.study import prepare
+    from seq2seq.study.aggregate import collect
+    from seq2seq.study.plots import logged_curves
+    from seq2seq.study.runner import run_state
+
+    study = prepare("exploding", budget=30, seeds=[1], root=tmp_path)
+    folder = run_study(study, tmp_path, log=lambda line: None)
+    specs = study.run_specs()
+    states = [run_state(study, s, folder / s.folder) for s in specs]
+    assert states == ["failed", "finished"]
+    assert "training loss became inf" in (folder / "clipping_off" / "seed-1" / "error.txt").read_text()
+    curves = logged_curves(collect(study, folder, specs, states), "train/grad_norm")
+    off, on = curves["clipping_off"], curves["clipping_at_1"]
+    assert off[-1]["step"] < 30 and off[-1]["train/grad_norm"] > 1e6 * off[0]["train/grad_norm"]
+    assert on[-1]["step"] == 30 and on[-1]["train/grad_norm"] < on[0]["train/grad_norm"]
+    assert (folder / "grad_norm.png").stat().st_size > 0

@@ -232,10 +232,20 @@ def _training_rows(folder: Path, key: str) -> list[dict[str, Any]]:
     return logged_rows(folder / "metrics.jsonl", key)
 
 
+def logged_curves(runs: list[RunSummary], key: str) -> dict[str, list[dict[str, Any]]]:
+    """The training log lines recording ``key`` of each run's first seed that logged it: a failed
+    seed too, as a diverged run's curve up to its failure is often the point."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for r in run.replicates:
+            if run.name not in curves and r.state in ("finished", "failed") and (rows := _training_rows(r.folder, key)):
+                curves[run.name] = rows
+    return curves
+
+
 def _grad_norm(study: Study, runs: list[RunSummary], metrics: list[str]) -> Image.Image | None:
     """The global gradient norm before clipping, and the loss, along training (log scale)."""
-    curves = {run.name: rows for run in runs if (r := _first(run)) and (rows := _training_rows(r.folder,
-                                                                                            "train/grad_norm"))}
+    curves = logged_curves(runs, "train/grad_norm")
     if not curves:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
