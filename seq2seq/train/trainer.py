@@ -310,7 +310,7 @@ class Trainer:
         draw their own dropout masks and samples, seeded from the seed, the rank and the step:
         on the CPU before every step, so a resumed run draws what an uninterrupted one would; on
         GPUs (not bitwise reproducible anyway) at the first step of a session, as each reseed
-        there rebuilds cuDNN's dropout state.
+        there rebuilds cuDNN's dropout state of multi-layer RNNs.
         """
         cfg, p = self.cfg, self.progress
         if not self._budget_left() and p.last_validation == p.step:
