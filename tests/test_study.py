@@ -311,6 +311,11 @@ def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch)
     logs.clear()
     run_study(study, tmp_path / "studies", log=logs.append)
     assert "--only a retries it" in logs[0]
+    assert export_records(study, tmp_path / "studies", tmp_path / "records") == ["a", "b"]  # a failure is a result
+    assert sorted(p.name for p in (tmp_path / "records" / "tiny" / "a").iterdir()) == ["config.yaml", "error.txt"]
+    assert restore_records(study, tmp_path / "records", tmp_path / "elsewhere", log=lambda _: None) == ["a", "b"]
+    assert [line.split()[1] for line in describe_runs(study, tmp_path / "elsewhere")[2:]] == ["failed", "finished"]
+    assert (tmp_path / "elsewhere" / "tiny" / "a" / "error.txt").read_text() == (folder / "a" / "error.txt").read_text()
 
 
 def test_a_decode_study_reuses_a_trained_model_and_notices_when_it_moves(toy_run, tmp_path):

@@ -10,13 +10,15 @@ A study's summary, paired tests included, reads each run's config, ``results.jso
 - ``--export DIR`` copies the record of every finished run to ``DIR/<study>/``: the files above
   and the final progress, with the sha256 of the test references in place of the references
   and no test sources (corpus text stays in the cache, under its licence). A record is small
-  enough to commit or mail.
+  enough to commit or mail. A failed run (a diverged one is a result too) is exported as its
+  config, ``error.txt`` and training log.
 - ``--restore DIR`` copies records back into the study's folder, never over a run already
   there, with each run's test references written again from this machine's data and checked
   against the sha256. Restored runs are finished: the study trains only what is missing and
-  compares every run, restored or trained here, in one summary. This is how a study outlives
-  a machine. A run with no record of its own takes another study's record of the same config:
-  a follow-up study reuses the baseline it shares with an earlier one.
+  compares every run, restored or trained here, in one summary; restored failed runs stay
+  failed (``--only`` retries them). This is how a study outlives a machine. A run with no
+  record of its own takes another study's record of the same config: a follow-up study reuses
+  the baseline it shares with an earlier one.
 
 Runs that other runs read (the sources of averages, fine-tunes, ensembles, and models that a
 decode study file names) keep their checkpoints and are not exported, and neither are the
@@ -41,7 +43,7 @@ from seq2seq.study.spec import Study, load_study
 from seq2seq.study.stages import file_sha256, sources
 
 REFERENCES_SHA256 = "test.refs.sha256"  # in an exported record, instead of the references
-EXPORTED = ("config.yaml", "results.json", "metrics.jsonl", PRUNED_PROGRESS)  # and test outputs: test.*.txt
+EXPORTED = ("config.yaml", "results.json", "metrics.jsonl", PRUNED_PROGRESS, "error.txt")  # and test.*.txt outputs
 BORROWED = "restored_from.txt"  # in a run restored from another study's record: that record (not exported again)
 
 
@@ -65,16 +67,16 @@ def prune(study: Study, root: Path) -> tuple[list[str], int]:
 
 
 def export_records(study: Study, root: Path, dest: Path) -> list[str]:
-    """Copy the record of every finished run of ``study`` under ``root`` that neither reads nor
-    is read by another run, nor was restored from another study's record, to ``dest/<study>/``;
-    returns the runs exported."""
+    """Copy the record of every finished or failed run of ``study`` under ``root`` that neither
+    reads nor is read by another run, nor was restored from another study's record, to
+    ``dest/<study>/``; returns the runs exported."""
     study = dataclasses.replace(study, root=root)
     read = _read_by_others(study, root)
     exported = []
     for spec in study.run_specs():
         run_dir = root / study.folder / spec.folder
-        if spec.stage is not None or _is_read(spec.folder, read) or run_state(study, spec, run_dir) != "finished" \
-                or (run_dir / BORROWED).is_file():
+        if spec.stage is not None or _is_read(spec.folder, read) or (run_dir / BORROWED).is_file() \
+                or run_state(study, spec, run_dir) not in ("finished", "failed"):
             continue
         out = dest / study.folder / spec.folder
         out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,8 @@ def export_records(study: Study, root: Path, dest: Path) -> list[str]:
             if path.name in EXPORTED or path.name.startswith("test.") and path.suffix == ".txt" \
                     and path.name != "test.src.txt":
                 shutil.copy2(path, out / path.name)
-        _keep_progress(run_dir, out)
+        if not (run_dir / "error.txt").is_file():  # a failed run retried (--only) starts again, so none
+            _keep_progress(run_dir, out)
         if (run_dir / REFERENCES).is_file():
             write_text(out / REFERENCES_SHA256, file_sha256(run_dir / REFERENCES) + "\n")
         exported.append(spec.folder)
@@ -105,7 +108,7 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
         record, run_dir = src / study.folder / spec.folder, root / study.folder / spec.folder
         if run_dir.exists():
             continue
-        if not (record / "results.json").is_file():
+        if not ((record / "results.json").is_file() or (record / "error.txt").is_file()):
             if spec.stage is not None or _is_read(spec.folder, read):  # built from, or read by, this study's runs
                 continue
             if elsewhere is None:  # trained runs only (they keep their progress), not rungs or decodings
@@ -134,9 +137,10 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
                 raise ConfigError(f"record {record} was scored on other test references than the data here gives "
                                   f"(another corpus version or split?); not restored")
         scratch.rename(run_dir)
-        if run_state(study, spec, run_dir) != "finished":  # e.g. another budget than the study file's now
+        recorded = "failed" if (run_dir / "error.txt").is_file() else "finished"
+        if run_state(study, spec, run_dir) != recorded:  # e.g. another budget or options than the study file's now
             shutil.rmtree(run_dir)
-            log(f"{spec.label}: record not restored: it is not a finished run of the study as it is now")
+            log(f"{spec.label}: record not restored: it is not a {recorded} run of the study as it is now")
             continue
         restored.append(spec.folder)
     return restored
