@@ -79,18 +79,25 @@ def _ends_mid_line(path: Path) -> bool:
 
 
 def logged_rows(path: Path, key: str) -> list[dict[str, Any]]:
-    """The records of a JSON-lines log (``metrics.jsonl``) that hold ``key``, in the order written;
-    none when the file is absent. A line a crash cut short is left out."""
+    """The records of a JSON-lines log (``metrics.jsonl``) that hold ``key``, in step order; none
+    when the file is absent. A line a crash cut short is left out. A session that logs a step
+    again (resumed from a checkpoint before it, or started anew after a failure) replaces what
+    earlier sessions logged from that step on: the rows describe the run its weights come from."""
     if not path.is_file():
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and key in row:
-            rows.append(row)
+        if not (isinstance(row, dict) and key in row):
+            continue
+        step = row.get("step")
+        if isinstance(step, int):
+            while rows and isinstance(rows[-1].get("step"), int) and rows[-1]["step"] >= step:
+                rows.pop()  # an earlier session's line from this step on
+        rows.append(row)
     return rows
 
 

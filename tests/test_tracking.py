@@ -69,3 +69,21 @@ def test_gradient_flow_plots_read_a_log_cut_by_a_crash(tmp_path):
         '{"step": 5, "gradient_flow/by_distance": {"x": [1.', encoding="utf-8")
     flow = {"step": 0, "gradient_flow/seconds": 0.5, "gradient_flow/by_distance": {"x": [1.0]}}
     assert _flow_records(tmp_path) == [flow]
+
+
+def test_a_session_that_logs_a_step_again_replaces_the_earlier_sessions_lines_from_it_on(tmp_path):
+    """A run resumed from a checkpoint at step 4 after dying at step 6, then a failed run retried
+    from scratch: readers see the timeline the weights come from, in step order."""
+    from seq2seq.tracking import logged_rows
+
+    log = tmp_path / "metrics.jsonl"
+    first = JsonlTracker(log)
+    for step in (2, 4, 6):
+        first.log({"loss": 10.0 + step}, step=step)
+    first.summary({"loss": "not a row: no step"})
+    resumed = JsonlTracker(log)
+    for step in (6, 8):
+        resumed.log({"loss": float(step)}, step=step)
+    assert [(r["step"], r["loss"]) for r in logged_rows(log, "loss")] == [(2, 12.0), (4, 14.0), (6, 6.0), (8, 8.0)]
+    JsonlTracker(log).log({"loss": 0.5}, step=2)  # started anew
+    assert [(r["step"], r["loss"]) for r in logged_rows(log, "loss")] == [(2, 0.5)]

@@ -9,8 +9,8 @@
     python experiments/study.py my_study.yaml --dry-run   # print every run's resolved config
     python experiments/study.py gradients exploding       # several studies, one after another
     python experiments/study.py gradients --prune         # delete finished runs' checkpoints, keep their record
-    python experiments/study.py gradients --export records    # the finished runs' records, no weights, no corpus
-    python experiments/study.py gradients --restore records   # ... back on another machine: they count as finished
+    python experiments/study.py gradients --export records    # finished and failed runs' records, no weights, no corpus
+    python experiments/study.py gradients --restore records   # ... back on another machine, finished (or failed)
 
 Runs go to studies/<study>/<run>[/seed-<n>]/ (ordinary run folders); running the same command
 again skips finished runs and resumes an interrupted one, and a second command on the same
@@ -49,8 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="delete the checkpoints of finished runs no other run reads, keeping what the summary "
                              "reads; they stay finished but cannot train further. Runs nothing")
     parser.add_argument("--export", type=Path, metavar="DIR",
-                        help="copy every finished run's record (config, results, metrics, test outputs; no weights, "
-                             "no corpus text) to DIR/<study>/. Runs nothing")
+                        help="copy every finished or failed run's record (config, results or error, metrics, test "
+                             "outputs; no weights, no corpus text) to DIR/<study>/. Runs nothing")
     parser.add_argument("--restore", type=Path, metavar="DIR",
                         help="copy the records in DIR/<study>/ into the study's folder (never over a run there), "
                              "their test references written again from the data; then run the study as asked")
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 pruned, freed = prune(study, args.root)
                 print(f"{study.name}: pruned {len(pruned)} finished runs, {freed / 2**20:,.1f} MiB freed")
             if args.export:
-                print(f"{study.name}: {len(export_records(study, args.root, args.export))} finished runs' records "
-                      f"in {args.export / study.folder}")
+                exported = export_records(study, args.root, args.export)
+                print(f"{study.name}: {len(exported)} finished or failed runs' records in {args.export / study.folder}")
             continue
         only = [n for n in args.only or [] if n in {x for s in study.run_specs() for x in (s.name, s.folder)}]
         if args.only and not only:

@@ -138,7 +138,7 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
                                   f"(another corpus version or split?); not restored")
         scratch.rename(run_dir)
         recorded = "failed" if (run_dir / "error.txt").is_file() else "finished"
-        if run_state(study, spec, run_dir) != recorded:  # e.g. another budget or options than the study file's now
+        if run_state(study, spec, run_dir) != recorded:  # other options, or (finished) another budget, than now
             shutil.rmtree(run_dir)
             log(f"{spec.label}: record not restored: it is not a {recorded} run of the study as it is now")
             continue
