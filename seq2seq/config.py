@@ -217,14 +217,21 @@ class Config:
             raise ConfigError(f"captions.corpus={self.captions.corpus} needs captions.captions (the captions file)")
         if self.tracking.mode is not None:
             _choice("tracking.mode", self.tracking.mode, ("online", "offline", "disabled"))
+        sy = self.synthetic
         for name, value in [("model.emb_dim", m.emb_dim), ("model.enc_hidden", m.enc_hidden),
                             ("model.dec_hidden", m.dec_hidden), ("model.enc_layers", m.enc_layers),
                             ("model.dec_layers", m.dec_layers), ("data.vocab_size", d.vocab_size),
                             ("data.batch_tokens", d.batch_tokens), ("search.beam", self.search.beam),
                             ("search.max_len", self.search.max_len),
                             ("train.valid_every", t.valid_every), ("train.log_every", t.log_every),
-                            ("train.patience", t.patience), ("search.batch_size", self.search.batch_size)]:
-            if value < 1:
+                            ("train.patience", t.patience), ("search.batch_size", self.search.batch_size),
+                            ("synthetic.length", sy.length), ("synthetic.symbols", sy.symbols),
+                            ("synthetic.alphabet", sy.alphabet), ("synthetic.batch_size", sy.batch_size),
+                            ("synthetic.valid_examples", sy.valid_examples),
+                            ("synthetic.test_examples", sy.test_examples), ("data.max_train_pairs", d.max_train_pairs),
+                            ("data.max_eval_sentences", d.max_eval_sentences),
+                            ("data.max_train_words", d.max_train_words)]:
+            if value is not None and value < 1:  # None: no limit, where an option allows it
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         _choice("synthetic.task", self.synthetic.task, ("copy", "adding"))
         _choice("train.optimizer", t.optimizer, ("adam", "sgd"))
@@ -240,16 +247,6 @@ class Config:
         if t.objective != "xent" and t.samples < (1 if t.objective == "scst" and t.scst_baseline == "greedy" else 2):
             raise ConfigError(f"train.samples must be at least 2 for train.objective={t.objective} "
                               f"(the samples are compared with each other), got {t.samples}")
-        for name, value in [("synthetic.length", self.synthetic.length), ("synthetic.symbols", self.synthetic.symbols),
-                            ("synthetic.alphabet", self.synthetic.alphabet),
-                            ("synthetic.batch_size", self.synthetic.batch_size),
-                            ("synthetic.valid_examples", self.synthetic.valid_examples),
-                            ("synthetic.test_examples", self.synthetic.test_examples)]:
-            if value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
-        if d.max_train_words is not None and d.max_train_words < 1:
-            raise ConfigError(f"data.max_train_words must be at least 1 (or null for every length), "
-                              f"got {d.max_train_words}")
         if not m.attention.startswith("luong"):  # Luong's scores only: one value where it means nothing
             m.attention_scale = False
         if not (t.attention_reg > 0 and m.attention != "none"):  # no penalty: likewise

@@ -34,6 +34,7 @@ def test_yaml_file_then_overrides(tmp_path):
     (["train.sampling_k=0", "train.teacher_forcing=0.5"], "train.sampling_k must be positive"),
     (["train.sampling_schedule=linear"], "its floor, which is 1.0"),
     (["train.patience=0"], "train.patience must be at least 1"),
+    (["data.max_train_pairs=0"], "data.max_train_pairs must be at least 1"),  # a limit of none is null
     (["train"], "not of the form"),
     (["model=3"], "'model' is a section"),
 ])
