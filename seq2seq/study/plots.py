@@ -1,8 +1,9 @@
 """The plots a study's summary can show (``summary.plots`` in a study file): each takes the
-study, its runs (:class:`~seq2seq.study.aggregate.RunSummary`: finished seeds only) and the
-summary's metrics, and returns a picture or None when no run has what it draws. Seed
+study, its runs (:class:`~seq2seq.study.aggregate.RunSummary`: results of finished seeds only)
+and the summary's metrics, and returns a picture or None when no run has what it draws. Seed
 replicates give error bars (sd) and bands (min–max); drawings of one model (attention,
-gradient flow) show each run's first finished seed."""
+gradient flow) show each run's first finished seed, the gradient norm along training its
+first seed that logged one, a failed (diverged) one too."""
 
 from __future__ import annotations
 
