@@ -23,6 +23,8 @@ from seq2seq.train.distributed import current
 class Tracker:
     """The no-op tracker; subclasses record what they are given."""
 
+    keeps_images = False  # whether images() keeps anything: validation then skips drawing figures
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         pass
 
@@ -102,6 +104,8 @@ def logged_rows(path: Path, key: str) -> list[dict[str, Any]]:
 
 
 class WandbTracker(Tracker):
+    keeps_images = True
+
     def __init__(self, cfg: TrackingConfig, run_dir: Path, config: dict[str, Any], job_type: str):
         import wandb
 
@@ -145,6 +149,7 @@ class Trackers(Tracker):
 
     def __init__(self, *trackers: Tracker):
         self.trackers = trackers
+        self.keeps_images = any(t.keeps_images for t in trackers)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for t in self.trackers:

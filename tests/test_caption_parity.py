@@ -86,6 +86,15 @@ def test_validation_is_capped_and_streamed(frozen_run, monkeypatch):
     metrics = validator(Stub())
     assert sum(built) == sum(len(ex.captions) for ex in validator.examples) and 0 <= metrics["bleu4"] <= 100
 
+    class Keeping(Tracker):  # W&B's part: the samples and attention overlays are drawn for it alone
+        keeps_images, logged = True, []
+
+        def images(self, name, images, step):
+            self.logged.append((name, len(images)))
+
+    Validator(cfg, captioner, corpus.valid, None, Keeping())(Stub())
+    assert Keeping.logged == [("valid/samples", 5), ("valid/attention", 3)]  # 3: tracking.attention_plots
+
 
 def test_files_get_their_nbest(frozen_run, tmp_path):
     from seq2seq.tasks.captioner import Captioner

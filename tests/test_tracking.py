@@ -1,5 +1,7 @@
+import contextlib
 import json
 
+import pytest
 from PIL import Image
 
 from seq2seq.config import TrackingConfig
@@ -87,3 +89,35 @@ def test_a_session_that_logs_a_step_again_replaces_the_earlier_sessions_lines_fr
     assert [(r["step"], r["loss"]) for r in logged_rows(log, "loss")] == [(2, 12.0), (4, 14.0), (6, 6.0), (8, 8.0)]
     JsonlTracker(log).log({"loss": 0.5}, step=2)  # started anew
     assert [(r["step"], r["loss"]) for r in logged_rows(log, "loss")] == [(2, 0.5)]
+
+
+def test_validation_draws_attention_only_for_a_tracker_that_keeps_images(toy_run, monkeypatch):
+    """Heatmaps cost matplotlib and a figure each: drawn for W&B, not for the local log alone."""
+    from seq2seq.data.corpora import Example
+    from seq2seq.tasks import translation
+    from seq2seq.tasks.translator import Translator
+
+    translator = Translator.load(toy_run, device="cpu")
+    valid = [Example("the cat eats the bread", ["le chat mange le pain"]),
+             Example("a dog sees a bird", ["un chien voit un oiseau"])]
+
+    class Keeping(Tracker):
+        keeps_images = True
+
+        def __init__(self):
+            self.logged = []
+
+        def images(self, name, images, step):
+            self.logged.append((name, len(images), step))
+
+    class Trainer:  # what the validator reads of the trainer
+        model, device = translator.model, translator.device
+        autocast = staticmethod(contextlib.nullcontext)  # fp32
+        progress = type("P", (), {"step": 7})()
+
+    keeping = Keeping()
+    translation.Validator(translator.cfg, translator, valid, keeping)(Trainer())
+    assert keeping.logged == [("valid/attention", 2, 7)]
+    monkeypatch.setattr(translation.Validator, "plot_attention", lambda *a: pytest.fail("drew unkept images"))
+    metrics = translation.Validator(translator.cfg, translator, valid, Tracker())(Trainer())
+    assert 0 <= metrics["bleu"] <= 100

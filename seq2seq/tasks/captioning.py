@@ -210,13 +210,15 @@ class Validator:
         caps = self.captioner.caption_inputs(_inputs(self.grids, self.examples), beam=1)
         scores = bleu_scores([c.text for c in caps], [ex.captions for ex in self.examples])
         step = trainer.progress.step
-        shown = []
-        for i in self.samples:
-            ex = self.examples[i]
-            shown.append((load_image(ex.image), f"{caps[i].text}  (ref: {' | '.join(ex.captions)})"))
-        self.tracker.images("valid/samples", shown, step)
-        overlays = [self.captioner.overlay(self.examples[i].image, caps[i]) for i in self.plotted]
-        self.tracker.images("valid/attention", [(o, caps[i].text) for o, i in zip(overlays, self.plotted) if o], step)
+        if self.tracker.keeps_images:  # images nobody keeps are not drawn
+            shown = []
+            for i in self.samples:
+                ex = self.examples[i]
+                shown.append((load_image(ex.image), f"{caps[i].text}  (ref: {' | '.join(ex.captions)})"))
+            self.tracker.images("valid/samples", shown, step)
+            overlays = [self.captioner.overlay(self.examples[i].image, caps[i]) for i in self.plotted]
+            self.tracker.images("valid/attention", [(o, caps[i].text) for o, i in zip(overlays, self.plotted) if o],
+                                step)
         return {"bleu4": scores["bleu4"], "ppl": math.exp(min(nll / max(n, 1), 50.0)), "score": scores["bleu4"]}
 
 

@@ -17,9 +17,8 @@ from seq2seq.experiment import log, spread
 from seq2seq.files import atomic_write, write_lines, write_references
 from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, bleu_interval, chrf
 from seq2seq.models.model import build_translation_model, check_attention_sizes, teacher_forced_nll
-from seq2seq.plotting import attention_heatmap
 from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
-from seq2seq.tasks.translator import Translator
+from seq2seq.tasks.translator import Translation, Translator
 from seq2seq.tokenizers import SubwordTokenizer, TokenizerError, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
 from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs
@@ -144,14 +143,21 @@ class Validator:
         by_src = {ex.src: hyp for ex, hyp in zip(self.examples, result["hypotheses"])}
         self.tracker.table("valid/samples", ["source", "references", "hypothesis"],
                            [[ex.src, " | ".join(ex.refs), by_src[ex.src]] for ex in self.samples], step)
+        if self.tracker.keeps_images:
+            self.plot_attention([result["translations"][i] for i in self.plotted], step)  # the greedy ones
+        return {"bleu": result["bleu"], "ppl": ppl, "score": result["bleu"]}
+
+    def plot_attention(self, translations: list[Translation], step: int) -> None:
+        """Log the attention heatmaps of ``translations`` (those with attention)."""
+        from seq2seq.plotting import attention_heatmap  # here: matplotlib costs every run half a second to import
+
         plots = []
-        for tr in (result["translations"][i] for i in self.plotted):  # reuse the greedy translations
+        for tr in translations:
             if tr.attention is not None and tr.candidates:
                 tgt = self.translator.tgt_tok.pieces(tr.candidates[0].tokens) + ["</s>"]
                 plots.append((attention_heatmap(tr.attention, tr.src_pieces, tgt, tr.source), tr.text))
         if plots:
             self.tracker.images("valid/attention", plots, step)
-        return {"bleu": result["bleu"], "ppl": ppl, "score": result["bleu"]}
 
 
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
