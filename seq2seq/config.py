@@ -177,7 +177,7 @@ class TrackingConfig:
     group: str | None = None  # W&B group: the runs of one study share it
     mode: str | None = None  # online | offline | disabled; None: WANDB_MODE, else offline
     samples: int = 8  # sample translations logged at each validation
-    attention_plots: int = 3  # fixed validation sentences whose attention is plotted
+    attention_plots: int = 3  # fixed validation sentences whose attention is plotted (for W&B)
 
 
 @dataclass
