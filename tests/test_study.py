@@ -12,7 +12,7 @@ from conftest import toy_overrides
 from seq2seq.config import ConfigError
 from seq2seq.experiment import open_run_dir, unlock_run_dir
 from seq2seq.study import load_study, run_study
-from seq2seq.study.records import export_records, prune, restore_records
+from seq2seq.study.records import export_records, prune, restore_records, verify_records
 from seq2seq.study.runner import describe_runs
 
 
@@ -170,7 +170,17 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
                 for p in (records / "tiny" / "good" / "seed-1").rglob("*")}
     assert {"config.yaml", "results.json", "metrics.jsonl", "progress.json", "test.refs.sha256"} <= exported
     assert not exported & {"checkpoints", "tokenizers", "test.refs.jsonl", "test.src.txt"}
+    for table in ("summary.csv", "summary_seeds.csv"):  # committed beside the records, as in docs/results
+        shutil.copy2(folder / table, records / "tiny" / table)
+    assert verify_records(study, records) == []  # the tables follow from the records alone
+    committed = (records / "tiny" / "summary.csv").read_text()
+    (records / "tiny" / "summary.csv").write_text(committed.replace(starved["p_value"], "0.5", 1))
+    assert verify_records(study, records) == [f"summary.csv starved p_value: committed '0.5', rebuilt "
+                                              f"'{starved['p_value']}'"]
+    (records / "tiny" / "summary.csv").write_text(committed)
     shutil.rmtree(records / "tiny" / "starved" / "seed-2")  # a run that never finished there: trained here
+    assert "summary_seeds.csv starved 2: committed finished, rebuilt pending (its record is missing or was made " \
+        "otherwise)" in verify_records(study, records)
     elsewhere = tmp_path / "elsewhere"
     assert restore_records(study, records, elsewhere) == ["good/seed-1", "good/seed-2", "starved/seed-1"]
     follow_up = dict(task="translation", overrides=toy_overrides(tmp_path, "train.valid_every=40"), seeds=[1, 2],

@@ -11,6 +11,7 @@
     python experiments/study.py gradients --prune         # delete finished runs' checkpoints, keep their record
     python experiments/study.py gradients --export records    # finished and failed runs' records, no weights, no corpus
     python experiments/study.py gradients --restore records   # ... back on another machine, finished (or failed)
+    python experiments/study.py gradients --verify docs/results  # do the committed tables follow from the records?
 
 Runs go to studies/<study>/<run>[/seed-<n>]/ (ordinary run folders); running the same command
 again skips finished runs and resumes an interrupted one, and a second command on the same
@@ -31,7 +32,7 @@ from typing import Any
 from seq2seq.config import ConfigError
 from seq2seq.experiment import log, run_cli
 from seq2seq.study import Study, describe_runs, dry_run, load_study, run_study
-from seq2seq.study.records import export_records, prune, restore_records
+from seq2seq.study.records import export_records, prune, restore_records, verify_records
 from seq2seq.study.runner import run_state, select
 from seq2seq.study.summary import write_summary
 from seq2seq.study.workers import run_workers, set_threads, slurm_options, submit
@@ -54,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--restore", type=Path, metavar="DIR",
                         help="copy the records in DIR/<study>/ into the study's folder (never over a run there), "
                              "their test references written again from the data; then run the study as asked")
+    parser.add_argument("--verify", type=Path, metavar="DIR",
+                        help="rebuild the summary from the records in DIR/<study>/ in a scratch folder and compare it "
+                             "cell by cell with DIR/<study>/summary.csv and summary_seeds.csv; exit status 1 if any "
+                             "cell differs. Runs nothing")
     parser.add_argument("--only", action="append", metavar="RUN",
                         help="run only this run (all its seeds), or RUN/seed-N (repeatable)")
     parser.add_argument("--budget", type=float,
@@ -117,13 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # before anything trains
         raise ConfigError(f"no study here has a run named {', '.join(unknown)}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if args.prune or args.export or args.restore:
-            raise ConfigError("--prune, --export and --restore change files in one process: run them without torchrun")
+        if args.prune or args.export or args.restore or args.verify:
+            raise ConfigError("--prune, --export, --restore and --verify work in one process: run them without "
+                              "torchrun")
         if args.workers > 1 or args.slurm is not None:
             raise ConfigError("--workers and --slurm start processes of their own: under torchrun every run is "
                               "already data-parallel over its processes; use one or the other")
     status = 0
     for name, study in zip(args.studies, studies):
+        if args.verify:
+            differences, where = verify_records(study, args.verify), args.verify / study.folder
+            for line in differences:
+                print(line)
+            print(f"{study.name}: {len(differences)} difference(s) between the tables in {where} and those its "
+                  f"records give" if differences else f"{study.name}: the tables in {where} follow from its records")
+            status = max(status, 1 if differences else 0)
+            continue
         if args.restore and not (args.worker or args.list or args.dry_run):
             restored = restore_records(study, args.restore, args.root, log)
             log(f"{study.name}: {len(restored)} runs restored from {args.restore}")

@@ -12,6 +12,9 @@ A study's summary, paired tests included, reads each run's config, ``results.jso
   and no test sources (corpus text stays in the cache, under its licence). A record is small
   enough to commit or mail. A failed run (a diverged one is a result too) is exported as its
   config, ``error.txt`` and training log.
+- ``--verify DIR`` restores the records of ``DIR/<study>/`` into a scratch folder, builds the
+  summary there with today's code and compares it cell by cell with the ``summary.csv``
+  beside them: that a committed table follows from its records, and which cells do not.
 - ``--restore DIR`` copies records back into the study's folder, never over a run already
   there, with each run's test references written again from this machine's data and checked
   against the sha256. Restored runs are finished: the study trains only what is missing and
@@ -27,9 +30,12 @@ runs built from them: on another machine they train again.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+import math
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +47,7 @@ from seq2seq.files import REFERENCES, write_references
 from seq2seq.study.runner import run_state
 from seq2seq.study.spec import Study, load_study
 from seq2seq.study.stages import file_sha256, sources
+from seq2seq.study.summary import write_summary
 
 REFERENCES_SHA256 = "test.refs.sha256"  # in an exported record, instead of the references
 EXPORTED = ("config.yaml", "results.json", "metrics.jsonl", PRUNED_PROGRESS, "error.txt")  # and test.*.txt outputs
@@ -144,6 +151,59 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
             continue
         restored.append(spec.folder)
     return restored
+
+
+def verify_records(study: Study, src: Path) -> list[str]:
+    """Rebuild the summary of ``study`` from the records in ``src/<study>/`` in a scratch folder
+    and compare its tables with the ``summary.csv`` and ``summary_seeds.csv`` there; one line
+    per row or cell that differs (none: the committed tables follow from the records)."""
+    committed = src / study.folder
+    if not (committed / "summary.csv").is_file():
+        raise ConfigError(f"{committed / 'summary.csv'} does not exist: no table to verify {study.name}'s records by")
+    with tempfile.TemporaryDirectory(prefix="seq2seq-verify-") as scratch:
+        root = Path(scratch)
+        study = dataclasses.replace(study, root=root)
+        restore_records(study, src, root, log=lambda _: None)
+        folder, specs = root / study.folder, study.run_specs()
+        write_summary(study, folder, specs, [run_state(study, s, folder / s.folder) for s in specs], track=False)
+        differences = _compare(committed / "summary.csv", folder / "summary.csv", ("run",))
+        if (committed / "summary_seeds.csv").is_file():
+            differences += _compare(committed / "summary_seeds.csv", folder / "summary_seeds.csv", ("run", "seed"))
+    return differences
+
+
+def _compare(committed: Path, rebuilt: Path, key: tuple[str, ...]) -> list[str]:
+    """The rows (by ``key``) and cells in which two summary tables differ, one line each."""
+    old, new = _rows(committed, key), _rows(rebuilt, key)
+    differences = []
+    for row in {**old, **new}:
+        name = f"{committed.name} {' '.join(row)}"
+        if row not in new or row not in old:
+            differences.append(f"{name}: only in the {'committed' if row in old else 'rebuilt'} table")
+        elif old[row].get("state") != new[row].get("state"):  # e.g. a rung built from other runs: not exported
+            differences.append(f"{name}: committed {old[row].get('state')}, rebuilt {new[row].get('state')} "
+                               f"(its record is missing or was made otherwise)")
+        else:
+            differences += [f"{name} {column}: committed {old[row].get(column)!r}, rebuilt {new[row].get(column)!r}"
+                            for column in {**old[row], **new[row]}
+                            if not _same_cell(old[row].get(column), new[row].get(column))]
+    return differences
+
+
+def _rows(path: Path, key: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return {tuple(row[k] for k in key): row for row in csv.DictReader(f)}
+
+
+def _same_cell(a: str | None, b: str | None) -> bool:
+    """Equal text, or numbers equal to 1e-9 of their size (CSV round trips; NaN equals NaN). A
+    column one table lacks (added since it was written) reads as empty."""
+    a, b = a or "", b or ""
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return a == b
+    return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(x) and math.isnan(y))
 
 
 def _identity(cfg: Config) -> str:

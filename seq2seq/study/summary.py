@@ -116,8 +116,10 @@ def machine_line(runs: list[RunSummary]) -> str:
     return "; ".join(f"{k} ({n} run{'s' * (n > 1)})" for k, n in counts.items()) or "no run has finished yet"
 
 
-def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list[str]) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary.csv``, ``summary_seeds.csv`` and the plots into ``folder``; log to W&B."""
+def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list[str],
+                  track: bool = True) -> dict[str, Path]:
+    """Write ``summary.md``, ``summary.csv``, ``summary_seeds.csv`` and the plots into ``folder``;
+    log to W&B unless ``track`` is False (a rebuild that only checks the tables)."""
     metrics = study.metrics or DEFAULT_METRICS[study.task]
     cost = [c for c in COST[study.task] if c not in metrics]
     runs = collect(study, folder, specs, states)
@@ -156,7 +158,8 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
     lines = _markdown(study, runs, metrics, cost, has_ci, family)
     lines += [""] + [f"![{kind}]({path.name})" for kind, path in plots.items()]
     atomic_write(written["md"], "\n".join(lines) + "\n")
-    _log_to_wandb(study, folder, specs, columns, rows, plots)
+    if track:
+        _log_to_wandb(study, folder, specs, columns, rows, plots)
     return {**written, **plots}
 
 
