@@ -85,6 +85,14 @@ def test_translating_imports_only_what_translation_needs(toy_run):
     assert out[0] and out[-1] == "[]"  # a translation, then no image, plotting or tracking library loaded
 
 
+def test_training_imports_no_plotting_or_tracking_library():
+    """matplotlib (half a second) is imported when W&B wants a figure; wandb when it is on."""
+    code = ("import sys, seq2seq.tasks.translation, seq2seq.tasks.captioning, seq2seq.train.trainer\n"
+            "print(sorted(m for m in ('matplotlib', 'wandb') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 def test_repl_accepts_commands_and_quits(toy_run):
     code, text = _repl(toy_run, b":beam 2\n:nbest 2\n:align\nthe cat sleeps\n\n")
     assert code == 0, text
