@@ -1,5 +1,7 @@
 """The study runner: a tiny study end to end, resumed and skipped runs, pruned runs, decode studies, bad files."""
 
+import csv
+import io
 import json
 import math
 import shutil
@@ -9,6 +11,7 @@ import torch
 import yaml
 from conftest import toy_overrides
 
+from seq2seq.cli.study import main as study_main
 from seq2seq.config import ConfigError
 from seq2seq.experiment import open_run_dir, unlock_run_dir
 from seq2seq.study import load_study, run_study
@@ -90,8 +93,6 @@ def test_a_tiny_study_runs_resumes_and_skips(tmp_path, monkeypatch):
 
 
 def _summary_rows(folder, name="summary.csv"):
-    import csv
-
     return list(csv.DictReader((folder / name).open(encoding="utf-8")))
 
 
@@ -127,7 +128,7 @@ def test_another_budget_never_mixes_with_the_first(tmp_path, monkeypatch):
     assert describe_runs(stretched, root)[2].split()[1] == "changed"  # never resumed onto another horizon
 
 
-def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
+def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path, capsys):
     """Two runs, two seeds: the layout, the mean ± sd columns, every run's bootstrap interval and
     provenance, and the paired test of a run that is clearly worse."""
     import json
@@ -177,7 +178,17 @@ def test_seed_replicates_aggregate_and_test_against_the_baseline(tmp_path):
     (records / "tiny" / "summary.csv").write_text(committed.replace(starved["p_value"], "0.5", 1))
     assert verify_records(study, records) == [f"summary.csv starved p_value: committed '0.5', rebuilt "
                                               f"'{starved['p_value']}'"]
-    (records / "tiny" / "summary.csv").write_text(committed)
+    assert study_main([str(tmp_path / "tiny.yaml"), "--verify", str(records)]) == 1  # the command's exit status
+    header, *body = list(csv.reader(io.StringIO(committed)))
+    keep = [i for i, column in enumerate(header) if column != "p_exact"]  # a table written before p_exact existed
+    table = io.StringIO()
+    csv.writer(table).writerows([[row[i] for i in keep] for row in [header, *body]])
+    (records / "tiny" / "summary.csv").write_text(table.getvalue())
+    (records / "tiny" / "summary_seeds.csv").unlink()
+    assert verify_records(study, records) == []
+    assert study_main([str(tmp_path / "tiny.yaml"), "--verify", str(records)]) == 0
+    assert f"tiny: summary.csv in {records / 'tiny'} follow from its records" in capsys.readouterr().out
+    shutil.copy2(folder / "summary_seeds.csv", records / "tiny" / "summary_seeds.csv")
     shutil.rmtree(records / "tiny" / "starved" / "seed-2")  # a run that never finished there: trained here
     assert "summary_seeds.csv starved 2: committed finished, rebuilt pending (its record is missing or was made " \
         "otherwise)" in verify_records(study, records)

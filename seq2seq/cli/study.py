@@ -56,9 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="copy the records in DIR/<study>/ into the study's folder (never over a run there), "
                              "their test references written again from the data; then run the study as asked")
     parser.add_argument("--verify", type=Path, metavar="DIR",
-                        help="rebuild the summary from the records in DIR/<study>/ in a scratch folder and compare it "
-                             "cell by cell with DIR/<study>/summary.csv and summary_seeds.csv; exit status 1 if any "
-                             "cell differs. Runs nothing")
+                        help="rebuild the summary from the records in DIR/<study>/ in a scratch folder (it needs "
+                             "the study's data, as --restore does) and compare it cell by cell with "
+                             "DIR/<study>/summary.csv and summary_seeds.csv; exit status 1 if any cell differs. "
+                             "Trains nothing")
     parser.add_argument("--only", action="append", metavar="RUN",
                         help="run only this run (all its seeds), or RUN/seed-N (repeatable)")
     parser.add_argument("--budget", type=float,
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be at least 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.verify and (args.restore or args.export or args.prune or args.only or args.list or args.dry_run
+                        or args.workers > 1 or args.slurm is not None):
+        parser.error("--verify checks the records alone: give it without other options")
     return args
 
 
@@ -132,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, study in zip(args.studies, studies):
         if args.verify:
             differences, where = verify_records(study, args.verify), args.verify / study.folder
+            tables = " and ".join(t for t in ("summary.csv", "summary_seeds.csv") if (where / t).is_file())
             for line in differences:
                 print(line)
-            print(f"{study.name}: {len(differences)} difference(s) between the tables in {where} and those its "
-                  f"records give" if differences else f"{study.name}: the tables in {where} follow from its records")
+            print(f"{study.name}: {len(differences)} difference(s) between {tables} in {where} and the tables its "
+                  f"records give" if differences else f"{study.name}: {tables} in {where} follow from its records")
             status = max(status, 1 if differences else 0)
             continue
         if args.restore and not (args.worker or args.list or args.dry_run):

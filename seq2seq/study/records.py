@@ -181,8 +181,10 @@ def _compare(committed: Path, rebuilt: Path, key: tuple[str, ...]) -> list[str]:
         if row not in new or row not in old:
             differences.append(f"{name}: only in the {'committed' if row in old else 'rebuilt'} table")
         elif old[row].get("state") != new[row].get("state"):  # e.g. a rung built from other runs: not exported
-            differences.append(f"{name}: committed {old[row].get('state')}, rebuilt {new[row].get('state')} "
-                               f"(its record is missing or was made otherwise)")
+            was, now = old[row].get("state"), new[row].get("state")
+            why = (" (its record is missing or was made otherwise)" if was == "finished" else
+                   " (the committed table is older than the records)" if now == "finished" else "")
+            differences.append(f"{name}: committed {was}, rebuilt {now}{why}")
         else:
             differences += [f"{name} {column}: committed {old[row].get(column)!r}, rebuilt {new[row].get(column)!r}"
                             for column in {**old[row], **new[row]}
@@ -191,8 +193,19 @@ def _compare(committed: Path, rebuilt: Path, key: tuple[str, ...]) -> list[str]:
 
 
 def _rows(path: Path, key: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, str]]:
+    """A summary table's rows by ``key``; a table that cannot be one is a ConfigError naming it."""
+    rows: dict[tuple[str, ...], dict[str, str]] = {}
     with open(path, encoding="utf-8", newline="") as f:
-        return {tuple(row[k] for k in key): row for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        if not set(key) <= set(reader.fieldnames or []):
+            raise ConfigError(f"{path} is not a study summary: it has no {' and '.join(key)} column")
+        for row in reader:
+            name = tuple(row[k] for k in key)
+            if None in row or name in rows:
+                raise ConfigError(f"{path} line {reader.line_num}: "
+                                  + ("more cells than columns" if None in row else f"a second row for {name}"))
+            rows[name] = row
+    return rows
 
 
 def _same_cell(a: str | None, b: str | None) -> bool:
