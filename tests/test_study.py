@@ -555,6 +555,22 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
         _execute(study, spec, folder / spec.folder, lambda: pytest.fail("claimed a rung already scored"))
     unlock_run_dir(folder / spec.folder)
     assert (folder / "averaged" / "seed-2" / "results.json").read_text() == scored
+
+    records = tmp_path / "records"  # a finished ladder goes whole, sealed, without weights
+    assert export_records(study, root, records) == [s.folder for s in study.run_specs()]
+    assert len({(records / "tiny" / s.folder / "export.seal").read_text() for s in study.run_specs()}) == 1
+    for table in ("summary.csv", "summary_seeds.csv"):
+        shutil.copy2(folder / table, records / "tiny" / table)
+    assert verify_records(study, records) == []  # every rung's row follows from the records
+    elsewhere = tmp_path / "elsewhere"  # a relative root, as the command's default "studies"
+    restored = restore_records(study, records, elsewhere, log=lambda _: None)
+    assert restored == [s.folder for s in study.run_specs()]
+    assert {line.split()[1] for line in describe_runs(study, elsewhere)[2:]} == {"finished"}
+    shutil.rmtree(elsewhere / "tiny" / "single" / "seed-1")  # trained again here: what its rungs read is new
+    run_study(study, elsewhere, only=["single/seed-1"], log=lambda _: None)
+    states = {line.split()[0]: line.split()[1] for line in describe_runs(study, elsewhere)[2:]}
+    assert states["averaged/seed-1"] == "changed" and states["averaged/seed-2"] == "finished"
+
     assert prune(study, root)[0] == ["tuned/seed-1", "tuned/seed-2"]  # what other runs read keeps its checkpoints
     step = folder / "single" / "seed-1" / "checkpoints" / "step-20.pt"
     ckpt = load_checkpoint(step)
@@ -563,6 +579,7 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
     assert states["averaged/seed-1"] == "changed" and states["averaged/seed-2"] == "finished"
     assert states["tuned/seed-1"] == states["ensemble"] == "waiting" and states["tuned/seed-2"] == "finished"
+    assert export_records(study, root, tmp_path / "partial") == []  # a ladder not all finished: none of it
     shutil.rmtree(folder / "averaged" / "seed-1")  # averaged again: what the fine-tuned run started from moved
     run_study(study, root, only=["averaged/seed-1"], log=lambda _: None)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}

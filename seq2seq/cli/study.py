@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "reads; they stay finished but cannot train further. Runs nothing")
     parser.add_argument("--export", type=Path, metavar="DIR",
                         help="copy every finished or failed run's record (config, results or error, metrics, test "
-                             "outputs; no weights, no corpus text) to DIR/<study>/. Runs nothing")
+                             "outputs; no weights, no corpus text) to DIR/<study>/; a ladder (averaged, fine-tuned, "
+                             "ensembled runs and their sources) goes whole once all of it has finished. Runs nothing")
     parser.add_argument("--restore", type=Path, metavar="DIR",
                         help="copy the records in DIR/<study>/ into the study's folder (never over a run there), "
                              "their test references written again from the data; then run the study as asked")

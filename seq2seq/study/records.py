@@ -24,8 +24,12 @@ A study's summary, paired tests included, reads each run's config, ``results.jso
   the baseline it shares with an earlier one.
 
 Runs that other runs read (the sources of averages, fine-tunes, ensembles, and models that a
-decode study file names) keep their checkpoints and are not exported, and neither are the
-runs built from them: on another machine they train again.
+decode study file names) keep their checkpoints. A ladder (a study's runs joined by reading
+one another) is exported whole once every run in it has finished, each record sealed with the
+same export: restored together they are finished, without weights, and a rung stands as the
+export found it; a source trained again on the other machine makes the rungs that read it
+changed. An unfinished ladder, and a model a decode study reads, are not exported: on another
+machine they train again.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import json
 import math
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +51,7 @@ from seq2seq.experiment import PRUNED_PROGRESS, comparable, stored_progress, wri
 from seq2seq.files import REFERENCES, write_references
 from seq2seq.study.runner import run_state
 from seq2seq.study.spec import Study, load_study
-from seq2seq.study.stages import file_sha256, sources
+from seq2seq.study.stages import SEAL, file_sha256, sources
 from seq2seq.study.summary import write_summary
 
 REFERENCES_SHA256 = "test.refs.sha256"  # in an exported record, instead of the references
@@ -74,15 +79,20 @@ def prune(study: Study, root: Path) -> tuple[list[str], int]:
 
 
 def export_records(study: Study, root: Path, dest: Path) -> list[str]:
-    """Copy the record of every finished or failed run of ``study`` under ``root`` that neither
-    reads nor is read by another run, nor was restored from another study's record, to
-    ``dest/<study>/``; returns the runs exported."""
+    """Copy the record of every finished or failed run of ``study`` under ``root`` that was not
+    restored from another study's record to ``dest/<study>/``; returns the runs exported. A run
+    of a ladder (a rung, or a run a rung reads) goes only once it and every run built from it,
+    in turn, have finished, sealed with them: restored together, without weights, they stand as
+    exported (a source trained again there makes its rungs changed)."""
     study = dataclasses.replace(study, root=root)
     read = _read_by_others(study, root)
+    ladder, sealable = _ladder_runs(study, root)
+    seal = uuid.uuid4().hex  # one per export
     exported = []
     for spec in study.run_specs():
         run_dir = root / study.folder / spec.folder
-        if spec.stage is not None or _is_read(spec.folder, read) or (run_dir / BORROWED).is_file() \
+        wanted = spec.folder in sealable if spec.folder in ladder else not _is_read(spec.folder, read)
+        if not wanted or (run_dir / BORROWED).is_file() \
                 or run_state(study, spec, run_dir) not in ("finished", "failed"):
             continue
         out = dest / study.folder / spec.folder
@@ -95,8 +105,39 @@ def export_records(study: Study, root: Path, dest: Path) -> list[str]:
             _keep_progress(run_dir, out)
         if (run_dir / REFERENCES).is_file():
             write_text(out / REFERENCES_SHA256, file_sha256(run_dir / REFERENCES) + "\n")
+        if spec.folder in ladder:
+            write_text(out / SEAL, seal + "\n")
         exported.append(spec.folder)
     return exported
+
+
+def _ladder_runs(study: Study, root: Path) -> tuple[set[str], set[str]]:
+    """The runs of the study's ladders (rungs and the runs they read), and those that can be
+    exported: a ladder (runs joined by reading one another) goes whole, once every run in it
+    has finished and none is a model a decode study reads (that one needs its weights)."""
+    specs = study.run_specs()
+    linked: dict[str, set[str]] = {}
+    for spec in specs:
+        for source in sources(study, spec):
+            linked.setdefault(source.folder, set()).add(spec.folder)
+            linked.setdefault(spec.folder, set()).add(source.folder)
+    decoded = _decoded(study, root)
+    done = {s.folder for s in specs if s.folder in linked and not _is_read(s.folder, decoded)
+            and run_state(study, s, root / study.folder / s.folder) == "finished"}
+    exportable, seen = set(), set()
+    for start in linked:
+        if start in seen:
+            continue
+        ladder, todo = set(), [start]
+        while todo:  # every run joined to start
+            folder = todo.pop()
+            if folder not in ladder:
+                ladder.add(folder)
+                todo += linked[folder]
+        seen |= ladder
+        if ladder <= done:
+            exportable |= ladder
+    return set(linked), exportable
 
 
 def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], None] = print) -> list[str]:
@@ -132,6 +173,8 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
         shutil.copytree(record, scratch)
         if record != src / study.folder / spec.folder:  # exported with the study it belongs to, not again here
             write_text(scratch / BORROWED, record.relative_to(src).as_posix() + "\n")
+        if spec.stage is not None and spec.stage.kind == "from":
+            _rebase_init_from(scratch / "config.yaml", spec.config.train.init_from, root)
         digest = scratch / REFERENCES_SHA256
         if digest.is_file():
             key = json.dumps([dataclasses.asdict(spec.config.data), dataclasses.asdict(spec.config.captions)],
@@ -219,6 +262,17 @@ def _same_cell(a: str | None, b: str | None) -> bool:
     return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(x) and math.isnan(y))
 
 
+def _rebase_init_from(config: Path, init_from: str, root: Path) -> None:
+    """Point a restored fine-tuning record's ``train.init_from`` at its source under this root:
+    it named the same study folder and run under the root it was made in."""
+    values = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    made_from = (values.get("train") or {}).get("init_from")
+    tail = Path(init_from).relative_to(root).parts  # <study>/<source run>/seed-<n>
+    if made_from and Path(made_from).parts[-len(tail):] == tail:
+        values["train"]["init_from"] = init_from
+        write_text(config, yaml.safe_dump(values, sort_keys=False))
+
+
 def _identity(cfg: Config) -> str:
     """What a record must share with a run to stand for it: the config, limits included
     (tracking, device and logging aside)."""
@@ -249,9 +303,12 @@ def reference_lists(task: str, cfg: Config) -> list[list[str]]:
 def _read_by_others(study: Study, root: Path) -> set[str]:
     """The runs of ``study`` that another run reads: a source of a rung, or the model of a
     decode study file beside this one."""
-    specs = study.run_specs()
-    read = {source.folder for spec in specs for source in sources(study, spec)}
-    folder = (root / study.folder).resolve()
+    return {source.folder for spec in study.run_specs() for source in sources(study, spec)} | _decoded(study, root)
+
+
+def _decoded(study: Study, root: Path) -> set[str]:
+    """The models of ``study`` that a decode study file beside it names (relative to its folder)."""
+    folder, read = (root / study.folder).resolve(), set()
     for path in sorted(study.path.parent.glob("*.yaml")) if study.path else []:
         try:
             model = load_study(path).model

@@ -9,9 +9,12 @@
   (``train.init_from``, set by the study), so it trains, resumes and is summarised like any run.
 
 Every rung records the sha256 of the checkpoints it read: if a source is trained again, the
-rung is ``changed`` rather than silently stale. Its provenance is that of the runs that trained
-what it read. Its outputs are written as a training run's are, so the summary's paired tests
-read them; an ensemble is tested against every seed of the baseline.
+rung is ``changed`` rather than silently stale. A ladder exported whole
+(:mod:`seq2seq.study.records`) has no weights to hash: its records carry one seal per export,
+and a restored rung whose sources are records of the same seal stands as it was exported (the
+export found it current). Its provenance is that of the runs that trained what it read. Its
+outputs are written as a training run's are, so the summary's paired tests read them; an
+ensemble is tested against every seed of the baseline.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from seq2seq.train.checkpoints import (
 from seq2seq.train.distributed import current
 
 STARTED_FROM = "started_from.sha256"  # in a fine-tuning run's folder: the digest of the weights it started from
+SEAL = "export.seal"  # in an exported record of a ladder's run: the export it belongs to (one per export)
 
 
 def study_folder(spec: RunSpec, run_dir: Path) -> Path:
@@ -122,11 +126,26 @@ def score_stage(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 
 def stale(study: Study, spec: RunSpec, run_dir: Path, results: dict[str, Any]) -> bool:
-    """Whether the checkpoints a finished rung read have changed (or gone) since it read them."""
+    """Whether the checkpoints a finished rung read have changed (or gone) since it read them
+    (a rung restored with its sources from one export: as the export found it)."""
+    if sealed_with(run_dir, [study_folder(spec, run_dir) / s.folder for s in sources(study, spec)]):
+        return False
     try:
         return results.get("inputs_sha256") != inputs_sha256(inputs(study, spec, study_folder(spec, run_dir)))
     except (ConfigError, CheckpointError, OSError):
         return True
+
+
+def sealed_with(run_dir: Path, source_dirs: list[Path]) -> bool:
+    """Whether ``run_dir`` and every source folder are restored records of one export: the same
+    seal, and no checkpoints (a source trained here again has some, and is hashed instead)."""
+    def seal(folder: Path) -> str | None:
+        path = folder / SEAL
+        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+    mine = seal(run_dir)
+    return mine is not None and all(seal(d) == mine and not (d / "checkpoints").exists()
+                                    for d in [run_dir, *source_dirs])
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
