@@ -506,15 +506,16 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     from seq2seq.train.checkpoints import load_checkpoint, save_checkpoint
 
     root = tmp_path / "studies"
-    study = _study(tmp_path, task="translation", seeds=[1, 2], baseline="single", budget={"max_steps": 20},
-                   overrides=toy_overrides(tmp_path, "train.valid_every=10", "train.keep_checkpoints=2"),
-                   runs={"single": [], "averaged": {"average": "single", "last": 2},
-                         "tuned": {"from": "averaged", "overrides": ["train.lr=0.001"], "budget": {"max_steps": 10}},
-                         "ensemble": {"ensemble": "averaged"}})
+    ladder = dict(task="translation", seeds=[1, 2], baseline="single", budget={"max_steps": 20},
+                  overrides=toy_overrides(tmp_path, "train.valid_every=10", "train.keep_checkpoints=2"),
+                  runs={"single": [], "averaged": {"average": "single", "last": 2},
+                        "tuned": {"from": "averaged", "overrides": ["train.lr=0.001"], "budget": {"max_steps": 10}},
+                        "ensemble": {"ensemble": "averaged"}, "ensemble_tuned": {"ensemble": "tuned"}})
+    study = _study(tmp_path, **ladder)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
     assert states == {"single/seed-1": "pending", "single/seed-2": "pending", "averaged/seed-1": "waiting",
                       "averaged/seed-2": "waiting", "tuned/seed-1": "waiting", "tuned/seed-2": "waiting",
-                      "ensemble": "waiting"}
+                      "ensemble": "waiting", "ensemble_tuned": "waiting"}
     logs = []
     folder = run_study(study, root, log=logs.append)
     assert all(state == "finished" for state in (line.split()[1] for line in describe_runs(study, root)[2:]))
@@ -557,21 +558,31 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     assert (folder / "averaged" / "seed-2" / "results.json").read_text() == scored
 
     records = tmp_path / "records"  # a finished ladder goes whole, sealed, without weights
-    assert export_records(study, root, records) == [s.folder for s in study.run_specs()]
-    assert len({(records / "tiny" / s.folder / "export.seal").read_text() for s in study.run_specs()}) == 1
+    everything = [s.folder for s in study.run_specs()]
+    assert export_records(study, root, records) == everything
+    assert len({(records / "tiny" / name / "export.seal").read_text() for name in everything}) == 1
     for table in ("summary.csv", "summary_seeds.csv"):
         shutil.copy2(folder / table, records / "tiny" / table)
-    assert verify_records(study, records) == []  # every rung's row follows from the records
-    elsewhere = tmp_path / "elsewhere"  # a relative root, as the command's default "studies"
-    restored = restore_records(study, records, elsewhere, log=lambda _: None)
-    assert restored == [s.folder for s in study.run_specs()]
+    assert verify_records(study, records) == []  # every rung's row follows from the records, elsewhere
+    elsewhere = tmp_path / "elsewhere"
+    assert restore_records(study, records, elsewhere, log=lambda _: None) == everything  # init_from follows
     assert {line.split()[1] for line in describe_runs(study, elsewhere)[2:]} == {"finished"}
+    redefined = _study(tmp_path, name="tiny", **{**ladder, "runs": {**ladder["runs"], "averaged": {
+        "average": "single", "last": 1}}})
+    states = {line.split()[0]: line.split()[1] for line in describe_runs(redefined, elsewhere)[2:]}
+    assert states["averaged/seed-1"] == states["averaged/seed-2"] == "changed"  # not what the study asks now
+    _study(tmp_path, **ladder)  # the study file as it was
     shutil.rmtree(elsewhere / "tiny" / "single" / "seed-1")  # trained again here: what its rungs read is new
     run_study(study, elsewhere, only=["single/seed-1"], log=lambda _: None)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, elsewhere)[2:]}
     assert states["averaged/seed-1"] == "changed" and states["averaged/seed-2"] == "finished"
+    assert restore_records(study, records, tmp_path / "half", log=lambda _: None) == everything
+    shutil.rmtree(tmp_path / "half" / "tiny" / "ensemble")
+    assert restore_records(study, records, tmp_path / "half", log=lambda _: None) == []  # whole or not at all
+    (records / "tiny" / "tuned" / "seed-2" / "export.seal").write_text("another export\n")
+    assert restore_records(study, records, tmp_path / "mixed", log=lambda _: None) == []
 
-    assert prune(study, root)[0] == ["tuned/seed-1", "tuned/seed-2"]  # what other runs read keeps its checkpoints
+    assert prune(study, root)[0] == []  # what other runs read keeps its checkpoints (here: all that has any)
     step = folder / "single" / "seed-1" / "checkpoints" / "step-20.pt"
     ckpt = load_checkpoint(step)
     next(iter(ckpt["model"].values())).add_(1.0)  # the source trained again: what was read is stale

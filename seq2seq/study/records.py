@@ -25,11 +25,12 @@ A study's summary, paired tests included, reads each run's config, ``results.jso
 
 Runs that other runs read (the sources of averages, fine-tunes, ensembles, and models that a
 decode study file names) keep their checkpoints. A ladder (a study's runs joined by reading
-one another) is exported whole once every run in it has finished, each record sealed with the
-same export: restored together they are finished, without weights, and a rung stands as the
-export found it; a source trained again on the other machine makes the rungs that read it
-changed. An unfinished ladder, and a model a decode study reads, are not exported: on another
-machine they train again.
+one another) is exported whole once every run in it has finished or failed, each record
+sealed with the same export, and restored whole or not at all (records of one export, none
+of its runs there yet): restored, its runs are finished (or failed) without weights, a rung as
+the export found it while the study defines it alike; a source trained again on the other
+machine makes the rungs that read it changed. An unfinished ladder, and the ladder of a model
+a decode study reads, are not exported: on another machine they train again.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from seq2seq.experiment import PRUNED_PROGRESS, comparable, stored_progress, wri
 from seq2seq.files import REFERENCES, write_references
 from seq2seq.study.runner import run_state
 from seq2seq.study.spec import Study, load_study
-from seq2seq.study.stages import SEAL, file_sha256, sources
+from seq2seq.study.stages import SEAL, file_sha256, read_seal, sources
 from seq2seq.study.summary import write_summary
 
 REFERENCES_SHA256 = "test.refs.sha256"  # in an exported record, instead of the references
@@ -80,22 +81,27 @@ def prune(study: Study, root: Path) -> tuple[list[str], int]:
 
 def export_records(study: Study, root: Path, dest: Path) -> list[str]:
     """Copy the record of every finished or failed run of ``study`` under ``root`` that was not
-    restored from another study's record to ``dest/<study>/``; returns the runs exported. A run
-    of a ladder (a rung, or a run a rung reads) goes only once it and every run built from it,
-    in turn, have finished, sealed with them: restored together, without weights, they stand as
+    restored from another study's record to ``dest/<study>/``; returns the runs exported. A
+    ladder (runs joined by reading one another) goes whole, once every run in it has finished
+    or failed, its records sealed together: restored together, without weights, they stand as
     exported (a source trained again there makes its rungs changed)."""
     study = dataclasses.replace(study, root=root)
-    read = _read_by_others(study, root)
-    ladder, sealable = _ladder_runs(study, root)
+    read, folder = _read_by_others(study, root), root / study.folder
+    specs = {spec.folder: spec for spec in study.run_specs()}
+    states = {name: run_state(study, spec, folder / name) for name, spec in specs.items()}
+    ladders = _ladders(study)
+    decoded = _decoded(study, root)  # a model a decode study reads keeps its weights: its ladder stays
+    sealable = {name for ladder in ladders if all(states[n] in ("finished", "failed") for n in ladder)
+                and not any(_is_read(n, decoded) for n in ladder) for name in ladder}
+    in_ladders = {name for ladder in ladders for name in ladder}
     seal = uuid.uuid4().hex  # one per export
     exported = []
-    for spec in study.run_specs():
-        run_dir = root / study.folder / spec.folder
-        wanted = spec.folder in sealable if spec.folder in ladder else not _is_read(spec.folder, read)
-        if not wanted or (run_dir / BORROWED).is_file() \
-                or run_state(study, spec, run_dir) not in ("finished", "failed"):
+    for name, spec in specs.items():
+        run_dir = folder / name
+        wanted = name in sealable if name in in_ladders else not _is_read(name, read)
+        if not wanted or (run_dir / BORROWED).is_file() or states[name] not in ("finished", "failed"):
             continue
-        out = dest / study.folder / spec.folder
+        out = dest / study.folder / name
         out.mkdir(parents=True, exist_ok=True)
         for path in run_dir.iterdir():
             if path.name in EXPORTED or path.name.startswith("test.") and path.suffix == ".txt" \
@@ -105,39 +111,32 @@ def export_records(study: Study, root: Path, dest: Path) -> list[str]:
             _keep_progress(run_dir, out)
         if (run_dir / REFERENCES).is_file():
             write_text(out / REFERENCES_SHA256, file_sha256(run_dir / REFERENCES) + "\n")
-        if spec.folder in ladder:
+        if name in in_ladders:
             write_text(out / SEAL, seal + "\n")
-        exported.append(spec.folder)
+        exported.append(name)
     return exported
 
 
-def _ladder_runs(study: Study, root: Path) -> tuple[set[str], set[str]]:
-    """The runs of the study's ladders (rungs and the runs they read), and those that can be
-    exported: a ladder (runs joined by reading one another) goes whole, once every run in it
-    has finished and none is a model a decode study reads (that one needs its weights)."""
-    specs = study.run_specs()
+def _ladders(study: Study) -> list[set[str]]:
+    """The study's ladders: its runs joined by reading one another (rungs and what they read,
+    in turn), each as a set of run folders."""
     linked: dict[str, set[str]] = {}
-    for spec in specs:
+    for spec in study.run_specs():
         for source in sources(study, spec):
             linked.setdefault(source.folder, set()).add(spec.folder)
             linked.setdefault(spec.folder, set()).add(source.folder)
-    decoded = _decoded(study, root)
-    done = {s.folder for s in specs if s.folder in linked and not _is_read(s.folder, decoded)
-            and run_state(study, s, root / study.folder / s.folder) == "finished"}
-    exportable, seen = set(), set()
+    ladders: list[set[str]] = []
     for start in linked:
-        if start in seen:
+        if any(start in ladder for ladder in ladders):
             continue
         ladder, todo = set(), [start]
         while todo:  # every run joined to start
-            folder = todo.pop()
-            if folder not in ladder:
-                ladder.add(folder)
-                todo += linked[folder]
-        seen |= ladder
-        if ladder <= done:
-            exportable |= ladder
-    return set(linked), exportable
+            name = todo.pop()
+            if name not in ladder:
+                ladder.add(name)
+                todo += linked[name]
+        ladders.append(ladder)
+    return ladders
 
 
 def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], None] = print) -> list[str]:
@@ -152,9 +151,14 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
     references: dict[str, list[list[str]]] = {}  # per data options: the corpus is read once
     elsewhere: dict[str | None, Path] | None = None  # other studies' records by config, read once if needed
     read = _read_by_others(study, root)  # these keep their weights: never a borrowed record
+    partial = set()  # ladders restored whole or not at all: records of one export, none of it here yet
+    for ladder in _ladders(study):
+        seals = {read_seal(src / study.folder / name) for name in ladder}
+        if len(seals) != 1 or None in seals or any((root / study.folder / name).exists() for name in ladder):
+            partial |= ladder
     for spec in study.run_specs():
         record, run_dir = src / study.folder / spec.folder, root / study.folder / spec.folder
-        if run_dir.exists():
+        if run_dir.exists() or spec.folder in partial:
             continue
         if not ((record / "results.json").is_file() or (record / "error.txt").is_file()):
             if spec.stage is not None or _is_read(spec.folder, read):  # built from, or read by, this study's runs
@@ -173,7 +177,7 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
         shutil.copytree(record, scratch)
         if record != src / study.folder / spec.folder:  # exported with the study it belongs to, not again here
             write_text(scratch / BORROWED, record.relative_to(src).as_posix() + "\n")
-        if spec.stage is not None and spec.stage.kind == "from":
+        if spec.stage is not None and spec.config.train.init_from:  # fine-tuned, or scored with such a config
             _rebase_init_from(scratch / "config.yaml", spec.config.train.init_from, root)
         digest = scratch / REFERENCES_SHA256
         if digest.is_file():
@@ -265,6 +269,8 @@ def _same_cell(a: str | None, b: str | None) -> bool:
 def _rebase_init_from(config: Path, init_from: str, root: Path) -> None:
     """Point a restored fine-tuning record's ``train.init_from`` at its source under this root:
     it named the same study folder and run under the root it was made in."""
+    if not Path(init_from).is_relative_to(root):  # a checkpoint of the user's, not a run of the study
+        return
     values = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     made_from = (values.get("train") or {}).get("init_from")
     tail = Path(init_from).relative_to(root).parts  # <study>/<source run>/seed-<n>

@@ -127,25 +127,42 @@ def score_stage(study: Study, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 def stale(study: Study, spec: RunSpec, run_dir: Path, results: dict[str, Any]) -> bool:
     """Whether the checkpoints a finished rung read have changed (or gone) since it read them
-    (a rung restored with its sources from one export: as the export found it)."""
-    if sealed_with(run_dir, [study_folder(spec, run_dir) / s.folder for s in sources(study, spec)]):
-        return False
+    (a rung restored with its sources from one export: whether the study still defines it so)."""
+    folder = study_folder(spec, run_dir)
+    if sealed_with(run_dir, [folder / s.folder for s in sources(study, spec)]):
+        return not _defined_as(study, spec, results)
     try:
-        return results.get("inputs_sha256") != inputs_sha256(inputs(study, spec, study_folder(spec, run_dir)))
+        return results.get("inputs_sha256") != inputs_sha256(inputs(study, spec, folder))
     except (ConfigError, CheckpointError, OSError):
         return True
+
+
+def read_seal(folder: Path) -> str | None:
+    """The export a record of a ladder's run belongs to, or None."""
+    path = folder / SEAL
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 def sealed_with(run_dir: Path, source_dirs: list[Path]) -> bool:
     """Whether ``run_dir`` and every source folder are restored records of one export: the same
     seal, and no checkpoints (a source trained here again has some, and is hashed instead)."""
-    def seal(folder: Path) -> str | None:
-        path = folder / SEAL
-        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
-
-    mine = seal(run_dir)
-    return mine is not None and all(seal(d) == mine and not (d / "checkpoints").exists()
+    mine = read_seal(run_dir)
+    return mine is not None and all(read_seal(d) == mine and not (d / "checkpoints").exists()
                                     for d in [run_dir, *source_dirs])
+
+
+def _defined_as(study: Study, spec: RunSpec, results: dict[str, Any]) -> bool:
+    """Whether a scored rung's results come from the rung as the study defines it now: its kind,
+    its source's runs (every seed, for an ensemble) and, averaged, how many checkpoints. (A
+    fine-tuned rung's config, ``train.init_from`` included, is compared as any run's.)"""
+    if spec.stage.kind == "from":
+        return True
+    read = [Path(p).as_posix() for p in results.get("read", [])]
+    runs = [f"/{study.folder}/{s.folder}/" for s in sources(study, spec)]
+    count = spec.stage.last if spec.stage.kind == "average" else len(runs)
+    return (results.get("stage") == spec.stage.kind and results.get("source") == spec.stage.source
+            and len(read) == count and all(any(r in p for p in read) for r in runs)
+            and all(any(r in p for r in runs) for p in read))
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
