@@ -510,7 +510,10 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
                   overrides=toy_overrides(tmp_path, "train.valid_every=10", "train.keep_checkpoints=2"),
                   runs={"single": [], "averaged": {"average": "single", "last": 2},
                         "tuned": {"from": "averaged", "overrides": ["train.lr=0.001"], "budget": {"max_steps": 10}},
-                        "ensemble": {"ensemble": "averaged"}, "ensemble_tuned": {"ensemble": "tuned"}})
+                        "ensemble": {"ensemble": "averaged"}, "ensemble_tuned": {"ensemble": "tuned"}},
+                  summary={"pairs": [["tuned", "averaged"], ["ensemble_tuned", "ensemble"]]})  # rung against rung
+    with pytest.raises(ConfigError, match="summary.pairs names mrt, not runs of the study"):
+        _study(tmp_path, name="bad", **{**ladder, "summary": {"pairs": [["mrt", "averaged"]]}})
     study = _study(tmp_path, **ladder)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
     assert states == {"single/seed-1": "pending", "single/seed-2": "pending", "averaged/seed-1": "waiting",
@@ -539,7 +542,12 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     assert all(0 <= float(seeds[("ensemble", f"all vs {s}")]["p_value"]) <= 1 for s in (1, 2))
     assert rows["ensemble"]["p_value"] == max((seeds[("ensemble", f"all vs {s}")]["p_value"] for s in (1, 2)),
                                               key=float)  # one output is not seeds-many: the weakest test
+    pairs = {(r["run"], r["against"]): r for r in _summary_rows(folder, "summary_pairs.csv")}
+    assert list(pairs) == [("tuned", "averaged"), ("ensemble_tuned", "ensemble")]
+    assert all(r["tested_metric"] == "test_bleu_beam" and 0 <= float(r["p_value"]) <= float(r["p_holm"]) <= 1
+               for r in pairs.values())
     md = (folder / "summary.md").read_text()
+    assert "Holm's correction over these 2, a family of their own" in md and "| `tuned` | `averaged` |" in md
     assert "Provenance differs" not in md
     assert "trained 20 steps; schedule horizon 20 steps" in md and "an ensemble of every seed of `averaged`" in md
     assert "fine-tuned from `averaged` `train.lr=0.001` (its own budget: 10 training steps)" in md
@@ -561,7 +569,7 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     everything = [s.folder for s in study.run_specs()]
     assert export_records(study, root, records) == everything
     assert len({(records / "tiny" / name / "export.seal").read_text() for name in everything}) == 1
-    for table in ("summary.csv", "summary_seeds.csv"):
+    for table in ("summary.csv", "summary_seeds.csv", "summary_pairs.csv"):
         shutil.copy2(folder / table, records / "tiny" / table)
     assert verify_records(study, records) == []  # every rung's row follows from the records, elsewhere
     elsewhere = tmp_path / "elsewhere"

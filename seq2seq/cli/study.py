@@ -58,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "their test references written again from the data; then run the study as asked")
     parser.add_argument("--verify", type=Path, metavar="DIR",
                         help="rebuild the summary from the records in DIR/<study>/ in a scratch folder (it needs "
-                             "the study's data, as --restore does) and compare it cell by cell with "
-                             "DIR/<study>/summary.csv and summary_seeds.csv; exit status 1 if any cell differs. "
-                             "Trains nothing")
+                             "the study's data, as --restore does) and compare it cell by cell with the tables in "
+                             "DIR/<study>/ (summary.csv, summary_seeds.csv, summary_pairs.csv); exit status 1 if any "
+                             "cell differs. Trains nothing")
     parser.add_argument("--only", action="append", metavar="RUN",
                         help="run only this run (all its seeds), or RUN/seed-N (repeatable)")
     parser.add_argument("--budget", type=float,
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, study in zip(args.studies, studies):
         if args.verify:
             differences, where = verify_records(study, args.verify), args.verify / study.folder
-            tables = " and ".join(t for t in ("summary.csv", "summary_seeds.csv") if (where / t).is_file())
+            tables = ", ".join(t for t in ("summary.csv", "summary_seeds.csv", "summary_pairs.csv")
+                               if (where / t).is_file())
             for line in differences:
                 print(line)
             print(f"{study.name}: {len(differences)} difference(s) between {tables} in {where} and the tables its "

@@ -140,27 +140,63 @@ def compare(study: Study, runs: list[RunSummary], metrics: list[str]) -> int:
         if base is None:
             continue
         family.append(run)
-        run.comparison, run.per_seed, run.metric, run.note = None, {}, "", ""
         run.adjusted_p, run.significant = math.nan, False
-        waiting = next((r for r in (run, base) if not r.complete), None)
-        if waiting is not None:  # a test on the seeds done so far would join Holm's family with less
-            # evidence than the study asked for, and its p value would move as seeds arrive
-            run.note = (f"not tested: {len(waiting.finished)}/{len(waiting.replicates)} seeds of "
-                        f"{'the baseline' if waiting is base else 'this run'} finished")
-            continue
-        run.metric = next((m for m in metrics if run.recorded(m) and base.recorded(m)), "")
-        if not run.metric:
-            run.note = "no metric recorded by every seed of both this run and its baseline"
-            continue
-        try:
-            run.comparison, run.per_seed = _compare(study.task, run.metric, base, run)
-        except (OSError, ValueError) as err:  # missing or mismatched outputs: say so, never guess
-            run.note = f"no paired test: {err}"
-    untested = [r.comparison is None for r in family]
-    p_values = [1.0 if skip else r.comparison.p_value for r, skip in zip(family, untested)]
-    for run, skip, (p, significant) in zip(family, untested, holm(p_values)):
+        run.comparison, run.per_seed, run.metric, run.note = paired_against(study, metrics, base, run, "the baseline")
+    return _holm(family)
+
+
+@dataclass
+class PairTest:
+    """One of a study file's further pairs (``summary.pairs``): ``run`` tested against ``against``."""
+
+    run: str
+    against: str
+    comparison: Comparison | None = None
+    metric: str = ""
+    note: str = ""  # why there is no comparison
+    adjusted_p: float = math.nan  # Holm-corrected over the pairs
+    significant: bool = False
+
+
+def compare_pairs(study: Study, runs: list[RunSummary], metrics: list[str]) -> list[PairTest]:
+    """The study file's further pairs, each tested as a run is against the baseline; Holm's
+    correction over the pairs, a family of their own."""
+    by_name = {r.name: r for r in runs}
+    pairs = [PairTest(run, against) for run, against in study.pairs]
+    for pair in pairs:
+        pair.comparison, _, pair.metric, pair.note = paired_against(
+            study, metrics, by_name[pair.against], by_name[pair.run], f"`{pair.against}`")
+    _holm(pairs)
+    return pairs
+
+
+def paired_against(study: Study, metrics: list[str], base: RunSummary, run: RunSummary,
+                 base_words: str) -> tuple[Comparison | None, dict, str, str]:
+    """``run`` tested against ``base``: the pooled comparison, the per-seed ones, the metric and
+    a note saying why there is none (``base_words`` names ``base`` in it)."""
+    waiting = next((r for r in (run, base) if not r.complete), None)
+    if waiting is not None:  # a test on the seeds done so far would join Holm's family with less
+        # evidence than the study asked for, and its p value would move as seeds arrive
+        return None, {}, "", (f"not tested: {len(waiting.finished)}/{len(waiting.replicates)} seeds of "
+                              f"{base_words if waiting is base else 'this run'} finished")
+    metric = next((m for m in metrics if run.recorded(m) and base.recorded(m)), "")
+    if not metric:
+        return None, {}, "", f"no metric recorded by every seed of both this run and {base_words}"
+    try:
+        comparison, per_seed = _compare(study.task, metric, base, run)
+    except (OSError, ValueError) as err:  # missing or mismatched outputs: say so, never guess
+        return None, {}, metric, f"no paired test: {err}"
+    return comparison, per_seed, metric, ""
+
+
+def _holm(tested: list[Any]) -> int:
+    """Holm's correction over ``tested`` (each with ``comparison``, ``adjusted_p``, ``significant``;
+    one not tested counts as p = 1); the family's size."""
+    untested = [t.comparison is None for t in tested]
+    p_values = [1.0 if skip else t.comparison.p_value for t, skip in zip(tested, untested)]
+    for t, skip, (p, significant) in zip(tested, untested, holm(p_values)):
         if not skip:
-            run.adjusted_p, run.significant = p, significant
+            t.adjusted_p, t.significant = p, significant
     return sum(not math.isnan(p) for p in p_values)  # holm leaves NaN (no test possible) out
 
 

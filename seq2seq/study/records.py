@@ -202,8 +202,9 @@ def restore_records(study: Study, src: Path, root: Path, log: Callable[[str], No
 
 def verify_records(study: Study, src: Path) -> list[str]:
     """Rebuild the summary of ``study`` from the records in ``src/<study>/`` in a scratch folder
-    and compare its tables with the ``summary.csv`` and ``summary_seeds.csv`` there; one line
-    per row or cell that differs (none: the committed tables follow from the records)."""
+    and compare its tables with the ``summary.csv``, ``summary_seeds.csv`` and
+    ``summary_pairs.csv`` there; one line per row or cell that differs (none: the committed
+    tables follow from the records)."""
     committed = src / study.folder
     if not (committed / "summary.csv").is_file():
         raise ConfigError(f"{committed / 'summary.csv'} does not exist: no table to verify {study.name}'s records by")
@@ -214,14 +215,16 @@ def verify_records(study: Study, src: Path) -> list[str]:
         folder, specs = root / study.folder, study.run_specs()
         write_summary(study, folder, specs, [run_state(study, s, folder / s.folder) for s in specs], track=False)
         differences = _compare(committed / "summary.csv", folder / "summary.csv", ("run",))
-        if (committed / "summary_seeds.csv").is_file():
-            differences += _compare(committed / "summary_seeds.csv", folder / "summary_seeds.csv", ("run", "seed"))
+        for table, key in (("summary_seeds.csv", ("run", "seed")), ("summary_pairs.csv", ("run", "against"))):
+            if (committed / table).is_file():  # what is committed is checked
+                differences += _compare(committed / table, folder / table, key)
     return differences
 
 
 def _compare(committed: Path, rebuilt: Path, key: tuple[str, ...]) -> list[str]:
-    """The rows (by ``key``) and cells in which two summary tables differ, one line each."""
-    old, new = _rows(committed, key), _rows(rebuilt, key)
+    """The rows (by ``key``) and cells in which two summary tables differ, one line each (a
+    table the rebuild does not write: all its rows)."""
+    old, new = _rows(committed, key), _rows(rebuilt, key) if rebuilt.is_file() else {}
     differences = []
     for row in {**old, **new}:
         name = f"{committed.name} {' '.join(row)}"

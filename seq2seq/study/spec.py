@@ -16,6 +16,7 @@ comparable, and what the summary shows.
     summary:
       metrics: [test_bleu_beam, test_bleu_greedy]
       plots: [bleu_by_length]
+      pairs: [[luong2015, cho2014]]    # optional: further paired tests, run against run
 
 A ``decode`` study trains nothing: it decodes the validation and test sets of a finished run
 (``model``, a run folder relative to the working directory) once per search setting of its
@@ -103,6 +104,7 @@ class Study:
     plots: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)  # seed replicates (empty: one run each, the config's seed)
     baseline: str | None = None  # the run every other run is tested against (in a grid: at each point)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # further tests: (run, the run it is tested against)
     folder_name: str = ""  # the study's folder under the root (default: its name)
     stages: dict[str, Stage] = field(default_factory=dict)  # runs built from other runs
     run_budgets: dict[str, dict[str, float]] = field(default_factory=dict)  # runs with a budget of their own
@@ -217,6 +219,7 @@ def load_study(path: str | Path) -> Study:
         plots=_strings(path, "summary.plots", summary.get("plots") or []),
         seeds=_seeds(path, raw.get("seeds") or [], task),
         baseline=str(raw["baseline"]) if raw.get("baseline") is not None else None,
+        pairs=_pairs(path, summary.get("pairs") or [], runs),
     )
     if study.baseline is not None and not any(study.baseline_of(run) or run.partition(",")[0] == study.baseline
                                               for run in study.runs):
@@ -238,6 +241,16 @@ def _strings(path: Path, key: str, value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
         raise ConfigError(f"study file {path}: '{key}' must be a list of strings")
     return [str(v) for v in value]
+
+
+def _pairs(path: Path, value: Any, runs: dict[str, Any]) -> list[tuple[str, str]]:
+    """``summary.pairs``: [run, the run it is tested against], each a run of the study."""
+    if not isinstance(value, list) or not all(isinstance(v, list) and len(v) == 2 for v in value):
+        raise ConfigError(f"study file {path}: 'summary.pairs' must be a list of [run, run it is tested against]")
+    unknown = sorted({str(name) for pair in value for name in pair} - set(runs))
+    if unknown:
+        raise ConfigError(f"study file {path}: summary.pairs names {', '.join(unknown)}, not runs of the study")
+    return [(str(a), str(b)) for a, b in value]
 
 
 def _seeds(path: Path, value: Any, task: str) -> list[int]:

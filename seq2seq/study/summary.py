@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from seq2seq.files import atomic_write
-from seq2seq.study.aggregate import RunSummary, collect, compare, differing_provenance
+from seq2seq.study.aggregate import PairTest, RunSummary, collect, compare, compare_pairs, differing_provenance
 from seq2seq.study.plots import PLOTTERS
 from seq2seq.study.spec import BUDGETS, RunSpec, Study
 from seq2seq.tracking import make_tracker
@@ -37,6 +37,7 @@ COST = {  # what a run cost, beside its scores
     "decode": [],
 }
 SIGNIFICANCE = ["tested_metric", "delta", "ci95_low", "ci95_high", "p_value", "p_holm", "significant", "p_exact"]
+PAIR_COLUMNS = ["run", "against", *SIGNIFICANCE, "test", "note"]  # summary_pairs.csv: the further pairs
 PROVENANCE = ["precision", "processes", "device_name", "git_commit", "git_dirty", "torch_version"]
 CI_KEY = "test_bleu_beam_ci95"  # sacreBLEU's bootstrap interval of a run's test BLEU (BLEU-4 for captioning)
 
@@ -71,11 +72,25 @@ def _ci_halfwidth(run: RunSummary) -> float | None:
     return sum(widths) / len(widths) if widths else None
 
 
-def _significance(run: RunSummary) -> list[Any]:
+def _significance(run: RunSummary | PairTest) -> list[Any]:
     c = run.comparison
     if c is None:
         return [None] * len(SIGNIFICANCE)
     return [run.metric, c.delta, c.ci95[0], c.ci95[1], c.p_value, run.adjusted_p, run.significant, c.p_exact]
+
+
+def _pairs_markdown(pairs: list[PairTest]) -> list[str]:
+    """The further pairs' table (``summary.pairs``)."""
+    lines = ["", f"Further paired tests (the study file's `summary.pairs`; Holm's correction over these "
+                 f"{len(pairs)}, a family of their own):", "",
+             "| run | tested against | Δ [95 % CI] | p (Holm) | significant |", "|---|---|---|---|---|"]
+    for pair in pairs:
+        c = pair.comparison
+        cells = ([f"{pair.metric} {_signed(c.delta)} [{_signed(c.ci95[0])}, {_signed(c.ci95[1])}]",
+                  f"{_cell(c.p_value)} ({_cell(pair.adjusted_p)})", "**yes**" if pair.significant else "no"]
+                 if c else ["–", "–", pair.note or "–"])
+        lines.append(f"| `{pair.run}` | `{pair.against}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def budget_line(study: Study, runs: list[RunSummary]) -> str:
@@ -124,6 +139,7 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
     cost = [c for c in COST[study.task] if c not in metrics]
     runs = collect(study, folder, specs, states)
     family = compare(study, runs, metrics)
+    pairs = compare_pairs(study, runs, metrics)
     has_ci = any(r.results.get(CI_KEY) for run in runs for r in run.finished)
 
     columns = ["run", "state", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd")),
@@ -144,7 +160,13 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
                                   *(ci if has_ci else []), *([c.delta, c.ci95[0], c.ci95[1], c.p_value] if c else
                                                              [None] * 4), *(r.results.get(k) for k in PROVENANCE)])
     written = {"csv": folder / "summary.csv", "seeds_csv": folder / "summary_seeds.csv", "md": folder / "summary.md"}
-    for path, head, body in ((written["csv"], columns, rows), (written["seeds_csv"], seed_columns, seed_rows)):
+    tables = [(written["csv"], columns, rows), (written["seeds_csv"], seed_columns, seed_rows)]
+    if pairs:
+        written["pairs_csv"] = folder / "summary_pairs.csv"
+        tables.append((written["pairs_csv"], PAIR_COLUMNS, [[p.run, p.against, *_significance(p),
+                                                             p.comparison.test if p.comparison else None, p.note]
+                                                            for p in pairs]))
+    for path, head, body in tables:
         table = io.StringIO(newline="")
         csv.writer(table).writerows([head, *body])
         atomic_write(path, table.getvalue())
@@ -155,7 +177,7 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
             del plots[kind]
         else:
             atomic_write(path, lambda f, picture=picture: picture.save(f, format="PNG"))
-    lines = _markdown(study, runs, metrics, cost, has_ci, family)
+    lines = _markdown(study, runs, metrics, cost, has_ci, family) + (_pairs_markdown(pairs) if pairs else [])
     lines += [""] + [f"![{kind}]({path.name})" for kind, path in plots.items()]
     atomic_write(written["md"], "\n".join(lines) + "\n")
     if track:
