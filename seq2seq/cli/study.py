@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, study in zip(args.studies, studies):
         if args.verify:
             differences, where = verify_records(study, args.verify), args.verify / study.folder
-            tables = ", ".join(t for t in ("summary.csv", "summary_seeds.csv", "summary_pairs.csv")
-                               if (where / t).is_file())
+            *others, last = [t for t in ("summary.csv", "summary_seeds.csv", "summary_pairs.csv")
+                             if (where / t).is_file()]  # verify_records has checked summary.csv is there
+            tables = f"{', '.join(others)} and {last}" if others else last
             for line in differences:
                 print(line)
             print(f"{study.name}: {len(differences)} difference(s) between {tables} in {where} and the tables its "
