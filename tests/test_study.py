@@ -511,9 +511,12 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
                   runs={"single": [], "averaged": {"average": "single", "last": 2},
                         "tuned": {"from": "averaged", "overrides": ["train.lr=0.001"], "budget": {"max_steps": 10}},
                         "ensemble": {"ensemble": "averaged"}, "ensemble_tuned": {"ensemble": "tuned"}},
-                  summary={"pairs": [["tuned", "averaged"], ["ensemble_tuned", "ensemble"]]})  # rung against rung
-    with pytest.raises(ConfigError, match="summary.pairs names mrt, not runs of the study"):
-        _study(tmp_path, name="bad", **{**ladder, "summary": {"pairs": [["mrt", "averaged"]]}})
+                  summary={"pairs": [["tuned", "averaged"], ["ensemble_tuned", "ensemble"],  # rung against rung
+                                     ["single", "ensemble"]]})  # seeded runs against one output
+    for pairs, error in [([["mrt", "averaged"]], "summary.pairs names mrt, not runs of the study"),
+                         ([["tuned", "averaged"], ["averaged", "tuned"]], "tests averaged against tuned twice")]:
+        with pytest.raises(ConfigError, match=error):
+            _study(tmp_path, name="bad", **{**ladder, "summary": {"pairs": pairs}})
     study = _study(tmp_path, **ladder)
     states = {line.split()[0]: line.split()[1] for line in describe_runs(study, root)[2:]}
     assert states == {"single/seed-1": "pending", "single/seed-2": "pending", "averaged/seed-1": "waiting",
@@ -543,11 +546,13 @@ def test_a_ladder_averages_fine_tunes_and_ensembles_seed_by_seed(tmp_path):
     assert rows["ensemble"]["p_value"] == max((seeds[("ensemble", f"all vs {s}")]["p_value"] for s in (1, 2)),
                                               key=float)  # one output is not seeds-many: the weakest test
     pairs = {(r["run"], r["against"]): r for r in _summary_rows(folder, "summary_pairs.csv")}
-    assert list(pairs) == [("tuned", "averaged"), ("ensemble_tuned", "ensemble")]
+    assert list(pairs) == [("tuned", "averaged"), ("ensemble_tuned", "ensemble"), ("single", "ensemble")]
+    assert pairs[("single", "ensemble")]["test"].startswith("the least significant of its paired tests against each")
     assert all(r["tested_metric"] == "test_bleu_beam" and 0 <= float(r["p_value"]) <= float(r["p_holm"]) <= 1
                for r in pairs.values())
     md = (folder / "summary.md").read_text()
-    assert "Holm's correction over these 2, a family of their own" in md and "| `tuned` | `averaged` |" in md
+    assert "Holm's correction for these 3 comparison(s), a family of their own" in md
+    assert "| `tuned` | `averaged` |" in md
     assert "Provenance differs" not in md
     assert "trained 20 steps; schedule horizon 20 steps" in md and "an ensemble of every seed of `averaged`" in md
     assert "fine-tuned from `averaged` `train.lr=0.001` (its own budget: 10 training steps)" in md

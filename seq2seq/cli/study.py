@@ -16,8 +16,9 @@
 Runs go to studies/<study>/<run>[/seed-<n>]/ (ordinary run folders); running the same command
 again skips finished runs and resumes an interrupted one, and a second command on the same
 study (another terminal, another machine sharing the folder) trains the runs the first does
-not hold. The summary is studies/<study>/summary.md, summary.csv, summary_seeds.csv and PNG
-plots, and a W&B run in the study's group.
+not hold. The summary is studies/<study>/summary.md, summary.csv, summary_seeds.csv (and
+summary_pairs.csv when the study file names further pairs) and PNG plots, and a W&B run in the
+study's group.
 """
 
 from __future__ import annotations

@@ -158,16 +158,15 @@ class PairTest:
     significant: bool = False
 
 
-def compare_pairs(study: Study, runs: list[RunSummary], metrics: list[str]) -> list[PairTest]:
+def compare_pairs(study: Study, runs: list[RunSummary], metrics: list[str]) -> tuple[list[PairTest], int]:
     """The study file's further pairs, each tested as a run is against the baseline; Holm's
-    correction over the pairs, a family of their own."""
+    correction over the pairs, a family of their own; and that family's size."""
     by_name = {r.name: r for r in runs}
     pairs = [PairTest(run, against) for run, against in study.pairs]
     for pair in pairs:
         pair.comparison, _, pair.metric, pair.note = paired_against(
             study, metrics, by_name[pair.against], by_name[pair.run], f"`{pair.against}`")
-    _holm(pairs)
-    return pairs
+    return pairs, _holm(pairs)
 
 
 def paired_against(study: Study, metrics: list[str], base: RunSummary, run: RunSummary,
@@ -215,6 +214,10 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
     ensemble = run.spec.seed is None and bool(run.finished) and None not in pairs
     if ensemble:  # one output against every seed's model
         matched = [(b, run.finished[0]) for b in base.finished]
+    against_one = None in pairs and run.spec.seed is not None  # every seed's model against one output
+    if against_one:
+        matched = [(pairs[None], r) for r in run.finished]
+        ensemble = True  # likewise: one output, tested once per seed of the other side
     if not matched:
         raise ValueError("no seed finished for both runs")
     refs = read_references(matched[0][0].folder)
@@ -224,7 +227,8 @@ def _compare(task: str, metric: str, base: RunSummary, run: RunSummary) -> tuple
             raise ValueError(f"{s.folder / REFERENCES} is another test set than {b.folder / REFERENCES}")
         files = [scored_outputs(task, metric, x.results)[0] for x in (b, s)]  # type: ignore[index]
         hyps.append((read_lines(b.folder / files[0]), read_lines(s.folder / files[1])))
-    per_seed = {b.spec.seed: paired_test([h[0]], [h[1]], refs, scored[1]) for (b, s), h in zip(matched, hyps)}
+    per_seed = {(s if against_one else b).spec.seed: paired_test([h[0]], [h[1]], refs, scored[1])
+                for (b, s), h in zip(matched, hyps)}
     if ensemble and len(hyps) > 1:  # its copies pooled would count each sentence as seeds-many: p too small
         least = least_significant(list(per_seed.values()))
         return replace(least, test=f"the least significant of its paired tests against each of the "

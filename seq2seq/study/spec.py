@@ -244,13 +244,21 @@ def _strings(path: Path, key: str, value: Any) -> list[str]:
 
 
 def _pairs(path: Path, value: Any, runs: dict[str, Any]) -> list[tuple[str, str]]:
-    """``summary.pairs``: [run, the run it is tested against], each a run of the study."""
+    """``summary.pairs``: [run, the run it is tested against], each a run of the study (in a
+    grid, a run at one point: ``"copy_lstm,length=50"``), each pair once."""
     if not isinstance(value, list) or not all(isinstance(v, list) and len(v) == 2 for v in value):
         raise ConfigError(f"study file {path}: 'summary.pairs' must be a list of [run, run it is tested against]")
-    unknown = sorted({str(name) for pair in value for name in pair} - set(runs))
+    pairs = [(str(a), str(b)) for a, b in value]
+    unknown = sorted({name for pair in pairs for name in pair} - set(runs))
     if unknown:
         raise ConfigError(f"study file {path}: summary.pairs names {', '.join(unknown)}, not runs of the study")
-    return [(str(a), str(b)) for a, b in value]
+    seen: set[frozenset[str]] = set()
+    for run, against in pairs:  # one test of two runs, either way round, is enough
+        if run == against or frozenset((run, against)) in seen:
+            raise ConfigError(f"study file {path}: summary.pairs tests {run} against "
+                              f"{'itself' if run == against else against + ' twice'}")
+        seen.add(frozenset((run, against)))
+    return pairs
 
 
 def _seeds(path: Path, value: Any, task: str) -> list[int]:

@@ -37,7 +37,7 @@ COST = {  # what a run cost, beside its scores
     "decode": [],
 }
 SIGNIFICANCE = ["tested_metric", "delta", "ci95_low", "ci95_high", "p_value", "p_holm", "significant", "p_exact"]
-PAIR_COLUMNS = ["run", "against", *SIGNIFICANCE, "test", "note"]  # summary_pairs.csv: the further pairs
+PAIR_COLUMNS = ["run", "against", *SIGNIFICANCE, "test"]  # summary_pairs.csv: the further pairs
 PROVENANCE = ["precision", "processes", "device_name", "git_commit", "git_dirty", "torch_version"]
 CI_KEY = "test_bleu_beam_ci95"  # sacreBLEU's bootstrap interval of a run's test BLEU (BLEU-4 for captioning)
 
@@ -79,10 +79,11 @@ def _significance(run: RunSummary | PairTest) -> list[Any]:
     return [run.metric, c.delta, c.ci95[0], c.ci95[1], c.p_value, run.adjusted_p, run.significant, c.p_exact]
 
 
-def _pairs_markdown(pairs: list[PairTest]) -> list[str]:
+def _pairs_markdown(pairs: list[PairTest], family: int) -> list[str]:
     """The further pairs' table (``summary.pairs``)."""
-    lines = ["", f"Further paired tests (the study file's `summary.pairs`; Holm's correction over these "
-                 f"{len(pairs)}, a family of their own):", "",
+    lines = ["", f"Further paired tests (the study file's `summary.pairs`, tested as the rows above are against the "
+                 f"baseline; one output against seeded runs: the weakest of its tests against each seed; Holm's "
+                 f"correction for these {family} comparison(s), a family of their own):", "",
              "| run | tested against | Δ [95 % CI] | p (Holm) | significant |", "|---|---|---|---|---|"]
     for pair in pairs:
         c = pair.comparison
@@ -139,7 +140,7 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
     cost = [c for c in COST[study.task] if c not in metrics]
     runs = collect(study, folder, specs, states)
     family = compare(study, runs, metrics)
-    pairs = compare_pairs(study, runs, metrics)
+    pairs, pair_family = compare_pairs(study, runs, metrics)
     has_ci = any(r.results.get(CI_KEY) for run in runs for r in run.finished)
 
     columns = ["run", "state", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd")),
@@ -161,10 +162,11 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
                                                              [None] * 4), *(r.results.get(k) for k in PROVENANCE)])
     written = {"csv": folder / "summary.csv", "seeds_csv": folder / "summary_seeds.csv", "md": folder / "summary.md"}
     tables = [(written["csv"], columns, rows), (written["seeds_csv"], seed_columns, seed_rows)]
+    (folder / "summary_pairs.csv").unlink(missing_ok=True)  # written again below if the study still has pairs
     if pairs:
         written["pairs_csv"] = folder / "summary_pairs.csv"
         tables.append((written["pairs_csv"], PAIR_COLUMNS, [[p.run, p.against, *_significance(p),
-                                                             p.comparison.test if p.comparison else None, p.note]
+                                                             p.comparison.test if p.comparison else None]
                                                             for p in pairs]))
     for path, head, body in tables:
         table = io.StringIO(newline="")
@@ -177,7 +179,8 @@ def write_summary(study: Study, folder: Path, specs: list[RunSpec], states: list
             del plots[kind]
         else:
             atomic_write(path, lambda f, picture=picture: picture.save(f, format="PNG"))
-    lines = _markdown(study, runs, metrics, cost, has_ci, family) + (_pairs_markdown(pairs) if pairs else [])
+    lines = _markdown(study, runs, metrics, cost, has_ci, family)
+    lines += _pairs_markdown(pairs, pair_family) if pairs else []
     lines += [""] + [f"![{kind}]({path.name})" for kind, path in plots.items()]
     atomic_write(written["md"], "\n".join(lines) + "\n")
     if track:
