@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import yaml
 
-from seq2seq.config import Config, ConfigError, config_from_dict, load_config
+from seq2seq.config import Config, ConfigError, config_from_dict, load_config, load_yaml
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError
 from seq2seq.data.images import ImageError
@@ -175,7 +175,7 @@ def same_run_config(run_dir: Path, cfg: Config) -> bool:
     if not saved.exists():
         return True
     try:  # through the current defaults: options added since the run was made take their defaults
-        old = config_from_dict(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+        old = config_from_dict(load_yaml(saved.read_text(encoding="utf-8")) or {})
     except ConfigError:  # an option the run used no longer exists
         return False
     return comparable(old.to_dict()) == comparable(cfg.to_dict())

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import yaml
 
-from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.config import Config, ConfigError, config_from_dict, load_yaml
 from seq2seq.experiment import PRUNED_PROGRESS, comparable, stored_progress, write_text
 from seq2seq.files import REFERENCES, write_references
 from seq2seq.study.runner import run_state
@@ -274,7 +274,7 @@ def _rebase_init_from(config: Path, init_from: str, root: Path) -> None:
     it named the same study folder and run under the root it was made in."""
     if not Path(init_from).is_relative_to(root):  # a checkpoint of the user's, not a run of the study
         return
-    values = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    values = load_yaml(config.read_text(encoding="utf-8")) or {}
     made_from = (values.get("train") or {}).get("init_from")
     tail = Path(init_from).relative_to(root).parts  # <study>/<source run>/seed-<n>
     if made_from and Path(made_from).parts[-len(tail):] == tail:
@@ -293,7 +293,7 @@ def _identity(cfg: Config) -> str:
 def _record_identity(record: Path) -> str | None:
     """:func:`_identity` of the config a record ran (read through today's defaults), None if unreadable."""
     try:
-        return _identity(config_from_dict(yaml.safe_load((record / "config.yaml").read_text(encoding="utf-8")) or {}))
+        return _identity(config_from_dict(load_yaml((record / "config.yaml").read_text(encoding="utf-8")) or {}))
     except (OSError, ConfigError, yaml.YAMLError):
         return None
 

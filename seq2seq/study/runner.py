@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.config import Config, ConfigError, config_from_dict, load_yaml
 from seq2seq.experiment import (
     RunFinished,
     config_yaml,
@@ -111,7 +111,7 @@ def _saved_budget(run_dir: Path) -> dict[str, float] | None:
     if not saved.is_file():
         return None
     try:
-        return budget_of(config_from_dict(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).train)
+        return budget_of(config_from_dict(load_yaml(saved.read_text(encoding="utf-8")) or {}).train)
     except (ConfigError, yaml.YAMLError):
         return None
 
