@@ -149,18 +149,26 @@ def test_caption_tool_on_a_real_world_folder(shapes_run, tmp_path):
 
 
 @pytest.mark.network
-def test_caption_tool_failures(shapes_run, tmp_path):
+def test_caption_tool_failures(shapes_run, tmp_path, capsys):
+    """In this process, through the tool's main (its process-level behaviour: the real-world folder above)."""
+    from seq2seq.cli.caption import main
+
+    def caption(args: list) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     run_dir, _ = shapes_run
     (tmp_path / "only_bad").mkdir()
     (tmp_path / "only_bad" / "a.jpg").write_bytes(b"")
-    proc = _caption([run_dir, tmp_path / "only_bad"])
-    assert proc.returncode == 1 and "no image in" in proc.stderr and proc.stdout == ""
-    proc = _caption([tmp_path / "nothing.pt", tmp_path / "only_bad"])
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    proc = _caption([run_dir, tmp_path / "missing_folder"])
-    assert proc.returncode == 2 and "is not a folder" in proc.stderr
-    proc = _caption([run_dir, tmp_path / "only_bad", "-o", tmp_path])  # at once, before any captioning
-    assert proc.returncode == 2 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
+    code, out, err = caption([run_dir, tmp_path / "only_bad"])
+    assert code == 1 and "no image in" in err and out == ""
+    code, out, err = caption([tmp_path / "nothing.pt", tmp_path / "only_bad"])
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    code, out, err = caption([run_dir, tmp_path / "missing_folder"])
+    assert code == 2 and "is not a folder" in err
+    code, out, err = caption([run_dir, tmp_path / "only_bad", "-o", tmp_path])  # at once, before any captioning
+    assert code == 2 and "is a folder" in err and len(err.strip().splitlines()) == 1
 
 
 def _finetune_config(*overrides: str):
