@@ -86,7 +86,7 @@ def export_records(study: Study, root: Path, dest: Path) -> list[str]:
     or failed, its records sealed together: restored together, without weights, they stand as
     exported (a source trained again there makes its rungs changed)."""
     study = dataclasses.replace(study, root=root)
-    read, folder = _read_by_others(study, root), root / study.folder
+    folder = root / study.folder
     specs = {spec.folder: spec for spec in study.run_specs()}
     states = {name: run_state(study, spec, folder / name) for name, spec in specs.items()}
     ladders = _ladders(study)
@@ -98,7 +98,7 @@ def export_records(study: Study, root: Path, dest: Path) -> list[str]:
     exported = []
     for name, spec in specs.items():
         run_dir = folder / name
-        wanted = name in sealable if name in in_ladders else not _is_read(name, read)
+        wanted = name in sealable if name in in_ladders else not _is_read(name, decoded)  # rungs' sources: ladders
         if not wanted or (run_dir / BORROWED).is_file() or states[name] not in ("finished", "failed"):
             continue
         out = dest / study.folder / name
