@@ -437,3 +437,38 @@ def test_a_gpu_index_past_the_machine_s_gpus_is_one_line(monkeypatch):
     assert pick_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match="has 1 GPU"):
         pick_device("cuda:1")
+
+
+def test_auto_precision_on_a_cpu_takes_bf16_only_where_it_measured_faster(tmp_path, monkeypatch):
+    from seq2seq import runtime
+
+    monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_instructions", lambda: False)
+    monkeypatch.setattr(runtime, "_probe_bf16_speedup", lambda: pytest.fail("probed without bf16 instructions"))
+    assert runtime.pick_precision("auto", cpu) is None and runtime.cpu_bf16_speedup() == 0.0
+    assert runtime.pick_precision("bf16", cpu) == torch.bfloat16  # asked for by name: taken anyway
+
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_instructions", lambda: True)
+    probes = []
+    monkeypatch.setattr(runtime, "_probe_bf16_speedup", lambda: probes.append(1) or 0.6)  # avx512_bf16 without AMX
+    assert runtime.pick_precision("auto", cpu) is None
+    assert "0.60x as fast as fp32" in runtime.describe_precision("auto", None, cpu)
+    runtime._speedups.cache_clear()  # another process on this machine reads the measurement
+    assert runtime.pick_precision("auto", cpu) is None and len(probes) == 1
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(runtime, "_probe_bf16_speedup", lambda: probes.append(1) or 2.5)  # AMX
+    try:
+        torch.set_num_threads(threads + 1)  # a study worker's share of the cores is measured apart
+        assert runtime.pick_precision("auto", cpu) == torch.bfloat16 and len(probes) == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_bf16_probe_leaves_the_random_stream_as_it_was():
+    from seq2seq.runtime import _probe_bf16_speedup
+
+    before = torch.random.get_rng_state()
+    assert 0 < _probe_bf16_speedup() < 100
+    assert torch.equal(torch.random.get_rng_state(), before)

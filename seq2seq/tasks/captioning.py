@@ -36,7 +36,15 @@ from seq2seq.experiment import log, spread
 from seq2seq.files import write_lines, write_references
 from seq2seq.metrics import CIDErD, bleu, bleu_interval, caption_words, check_references, ref_streams
 from seq2seq.models.model import build_captioning_model, teacher_forced_nll
-from seq2seq.runtime import move, pick_device, pick_precision, precision_name, seed_everything, serving_precision
+from seq2seq.runtime import (
+    describe_precision,
+    move,
+    pick_device,
+    pick_precision,
+    precision_name,
+    seed_everything,
+    serving_precision,
+)
 from seq2seq.tasks.captioner import Captioner, image_transform
 from seq2seq.tasks.features import cached_grids
 from seq2seq.tokenizers import (
@@ -283,7 +291,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                [tokenizer.decode(tokenizer.encode(ex.captions)) for ex in corpus.train])
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, param_groups=groups,
                       objective=objective)
-    log(f"model: {model.num_parameters():,} trainable parameters on {device}{' with bf16 autocast' if amp else ''}")
+    log(f"model: {model.num_parameters():,} trainable parameters on {device}, "
+        f"{describe_precision(cfg.train.precision, amp, device)}")
     progress = trainer.fit()
     if progress.stop_reason == "interrupted":
         tracker.finish()

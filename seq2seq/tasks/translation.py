@@ -17,7 +17,14 @@ from seq2seq.experiment import log, spread
 from seq2seq.files import atomic_write, write_lines, write_references
 from seq2seq.metrics import attention_entropy, bleu, bleu_by_length, bleu_interval, chrf
 from seq2seq.models.model import build_translation_model, check_attention_sizes, teacher_forced_nll
-from seq2seq.runtime import pick_device, pick_precision, precision_name, seed_everything, serving_precision
+from seq2seq.runtime import (
+    describe_precision,
+    pick_device,
+    pick_precision,
+    precision_name,
+    seed_everything,
+    serving_precision,
+)
 from seq2seq.tasks.translator import Translation, Translator
 from seq2seq.tokenizers import SubwordTokenizer, TokenizerError, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
@@ -186,8 +193,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     validator = Validator(cfg, translator, corpus.valid, tracker)
     objective = make_objective(cfg.train, model, tgt_tok, cfg.data.max_len + 1, "bleu")
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, objective=objective)
-    log(f"model: {model.num_parameters():,} parameters on {trainer.device}"
-        f"{' with bf16 autocast' if trainer.amp_dtype else ''}")
+    log(f"model: {model.num_parameters():,} parameters on {trainer.device}, "
+        f"{describe_precision(cfg.train.precision, trainer.amp_dtype, trainer.device)}")
     progress = trainer.fit()
     if progress.stop_reason == "interrupted":
         tracker.finish()
