@@ -118,7 +118,7 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 1  # seeds Python, NumPy, torch and sentencepiece: the same seed, the same weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where fast; GPUs without bf16: fp16, loss-scaled)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where measured faster; GPUs without bf16: fp16, loss-scaled)
     optimizer: str = "adam"  # adam | sgd (plain SGD, as in the exploding-gradient papers)
     lr: float = 3e-3  # peak learning rate (after warm-up)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's beta1, beta2
