@@ -9,22 +9,15 @@ nesting (``model: {attention: bahdanau}``); overrides on the command line use do
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from seq2seq.options import ConfigError, choice, parse_overrides, read_yaml_mapping, update_fields
 
 CELLS = ("rnn", "gru", "lstm")
 ATTENTIONS = ("none", "bahdanau", "luong_dot", "luong_general")
 INITS = ("zero", "last", "bridge")
-
-
-class ConfigError(ValueError):
-    """A configuration option is unknown or has a bad value."""
 
 
 @dataclass
@@ -118,7 +111,7 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 1  # seeds Python, NumPy, torch and sentencepiece: the same seed, the same weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where measured faster; GPUs without bf16: fp16, loss-scaled)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 if measured faster; GPU without bf16: fp16, scaled)
     optimizer: str = "adam"  # adam | sgd (plain SGD, as in the exploding-gradient papers)
     lr: float = 3e-3  # peak learning rate (after warm-up)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's beta1, beta2
@@ -197,26 +190,26 @@ class Config:
     def validate(self) -> "Config":
         """Check the values that have a fixed set of choices or a range."""
         m, t, d = self.model, self.train, self.data
-        _choice("model.enc_cell", m.enc_cell, CELLS)
-        _choice("model.dec_cell", m.dec_cell, CELLS)
-        _choice("model.attention", m.attention, ATTENTIONS)
-        _choice("model.init", m.init, INITS)
-        _choice("model.rnn_impl", m.rnn_impl, ("torch", "explicit"))
-        _choice("train.schedule", t.schedule, ("warmup_decay", "plateau", "constant"))
-        _choice("train.attention_reg_per", t.attention_reg_per, ("token", "caption"))
-        _choice("train.decay", t.decay, ("cosine", "linear", "inverse_sqrt"))
-        _choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
-        _choice("train.sampling_schedule", t.sampling_schedule, ("none", "linear", "inverse_sigmoid"))
-        _choice("data.corpus", d.corpus, ("tatoeba", "libreoffice", "bible", "files"))
-        _choice("data.spm_model_type", d.spm_model_type, ("unigram", "bpe"))
-        _choice("captions.corpus", self.captions.corpus, ("emoji", "shapes", "karpathy", "coco", "table"))
-        _choice("captions.tokenizer", self.captions.tokenizer, ("word", "sentencepiece"))
-        _choice("image.backbone", self.image.backbone, ("mobilenet_v2", "resnet18", "resnet34", "resnet50",
+        choice("model.enc_cell", m.enc_cell, CELLS)
+        choice("model.dec_cell", m.dec_cell, CELLS)
+        choice("model.attention", m.attention, ATTENTIONS)
+        choice("model.init", m.init, INITS)
+        choice("model.rnn_impl", m.rnn_impl, ("torch", "explicit"))
+        choice("train.schedule", t.schedule, ("warmup_decay", "plateau", "constant"))
+        choice("train.attention_reg_per", t.attention_reg_per, ("token", "caption"))
+        choice("train.decay", t.decay, ("cosine", "linear", "inverse_sqrt"))
+        choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
+        choice("train.sampling_schedule", t.sampling_schedule, ("none", "linear", "inverse_sigmoid"))
+        choice("data.corpus", d.corpus, ("tatoeba", "libreoffice", "bible", "files"))
+        choice("data.spm_model_type", d.spm_model_type, ("unigram", "bpe"))
+        choice("captions.corpus", self.captions.corpus, ("emoji", "shapes", "karpathy", "coco", "table"))
+        choice("captions.tokenizer", self.captions.tokenizer, ("word", "sentencepiece"))
+        choice("image.backbone", self.image.backbone, ("mobilenet_v2", "resnet18", "resnet34", "resnet50",
                                                         "resnet101", "efficientnet_b0", "vgg16"))
         if self.captions.corpus in ("karpathy", "coco", "table") and not self.captions.captions:
             raise ConfigError(f"captions.corpus={self.captions.corpus} needs captions.captions (the captions file)")
         if self.tracking.mode is not None:
-            _choice("tracking.mode", self.tracking.mode, ("online", "offline", "disabled"))
+            choice("tracking.mode", self.tracking.mode, ("online", "offline", "disabled"))
         sy = self.synthetic
         for name, value in [("model.emb_dim", m.emb_dim), ("model.enc_hidden", m.enc_hidden),
                             ("model.dec_hidden", m.dec_hidden), ("model.enc_layers", m.enc_layers),
@@ -233,11 +226,11 @@ class Config:
                             ("data.max_train_words", d.max_train_words)]:
             if value is not None and value < 1:  # None: no limit, where an option allows it
                 raise ConfigError(f"{name} must be at least 1, got {value}")
-        _choice("synthetic.task", self.synthetic.task, ("copy", "adding"))
-        _choice("train.optimizer", t.optimizer, ("adam", "sgd"))
-        _choice("train.objective", t.objective, ("xent", "scst", "mrt"))
-        _choice("train.reward", t.reward, ("auto", "bleu", "chrf", "bleu4", "cider"))
-        _choice("train.scst_baseline", t.scst_baseline, ("mean", "greedy"))
+        choice("synthetic.task", self.synthetic.task, ("copy", "adding"))
+        choice("train.optimizer", t.optimizer, ("adam", "sgd"))
+        choice("train.objective", t.objective, ("xent", "scst", "mrt"))
+        choice("train.reward", t.reward, ("auto", "bleu", "chrf", "bleu4", "cider"))
+        choice("train.scst_baseline", t.scst_baseline, ("mean", "greedy"))
         if not (t.mrt_alpha > 0 and t.xent_weight >= 0):
             raise ConfigError(f"train.mrt_alpha must be positive and train.xent_weight at least 0, "
                               f"got {t.mrt_alpha} and {t.xent_weight}")
@@ -300,113 +293,16 @@ class Config:
         return self
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert ``value`` to the field's annotated type, or raise ConfigError naming ``name``."""
-    hint = annotation
-    if isinstance(hint, str):
-        hint = eval(hint, vars(typing), {})  # annotations are strings under `from __future__`
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0])
-    try:
-        if origin is tuple:
-            if not isinstance(value, (list, tuple)) or len(value) != len(args):
-                raise ValueError
-            return tuple(_coerce(name, v, a) for v, a in zip(value, args))
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise ConfigError(f"{name}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
-
-
-def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown option '{name}'{hint}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"'{name}' is a section; give it a mapping, not {value!r}")
-            _update(current, value, f"{name}.")
-        else:
-            setattr(obj, key, _coerce(name, value, fields[key].type))
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ``["train.lr=1e-3", "model.attention=none"]`` into a nested dict."""
-    nested: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r} is not of the form section.option=value")
-        key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
-        node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return nested
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load``, through libyaml's parser where PyYAML has it: ten times faster, and a
-    study reads every run's saved config each time it looks at its runs."""
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-
-
-def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
-    """A YAML file holding a mapping (an empty file is an empty one); a one-line ConfigError otherwise."""
-    try:
-        loaded = load_yaml(path.read_text(encoding="utf-8")) or {}
-    except OSError as err:
-        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{what} {path} must hold {expected}")
-    return loaded
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     """Defaults, then ``base`` (a dict), then the YAML file, then the overrides; validated."""
     cfg = Config()
     if base:
-        _update(cfg, base, "")
+        update_fields(cfg, base, "")
     if path is not None:
-        _update(cfg, read_yaml_mapping(Path(path), "config file", "a mapping of sections"), "")
+        update_fields(cfg, read_yaml_mapping(Path(path), "config file", "a mapping of sections"), "")
     if overrides:
-        _update(cfg, parse_overrides(overrides), "")
+        update_fields(cfg, parse_overrides(overrides), "")
     return cfg.validate()
 
 

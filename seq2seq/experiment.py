@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 import numpy as np
 import yaml
 
-from seq2seq.config import Config, ConfigError, config_from_dict, load_config, load_yaml
+from seq2seq.config import Config, ConfigError, config_from_dict, load_config
 from seq2seq.data.corpora import CorpusError
 from seq2seq.data.fetch import FetchError
 from seq2seq.data.images import ImageError
 from seq2seq.files import WriteError, atomic_write
 from seq2seq.models.backbones import BackboneError
+from seq2seq.options import load_yaml
 from seq2seq.tokenizers import TokenizerError
 from seq2seq.train.checkpoints import CheckpointError, load_checkpoint
 from seq2seq.train.distributed import current, end_rank, join

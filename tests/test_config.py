@@ -1,6 +1,7 @@
 import pytest
 
-from seq2seq.config import Config, ConfigError, config_from_dict, load_config, parse_overrides
+from seq2seq.config import Config, ConfigError, config_from_dict, load_config
+from seq2seq.options import parse_overrides
 
 
 def test_defaults_validate():

@@ -47,9 +47,10 @@ from pathlib import Path
 
 import yaml
 
-from seq2seq.config import Config, ConfigError, config_from_dict, load_yaml
+from seq2seq.config import Config, ConfigError, config_from_dict
 from seq2seq.experiment import PRUNED_PROGRESS, comparable, stored_progress, write_text
 from seq2seq.files import REFERENCES, write_references
+from seq2seq.options import load_yaml
 from seq2seq.study.runner import run_state
 from seq2seq.study.spec import Study, load_study
 from seq2seq.study.stages import SEAL, file_sha256, read_seal, sources

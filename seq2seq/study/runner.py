@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from seq2seq.config import Config, ConfigError, config_from_dict, load_yaml
+from seq2seq.config import Config, ConfigError, config_from_dict
 from seq2seq.experiment import (
     RunFinished,
     config_yaml,
@@ -35,6 +35,7 @@ from seq2seq.experiment import (
     write_results,
     write_text,
 )
+from seq2seq.options import load_yaml
 from seq2seq.runtime import precision_name
 from seq2seq.study.spec import RunSpec, Study
 from seq2seq.study.stages import (

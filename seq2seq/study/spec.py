@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import Config, ConfigError, config_from_dict, load_config, read_yaml_mapping
+from seq2seq.config import Config, ConfigError, config_from_dict, load_config
+from seq2seq.options import read_yaml_mapping
 
 TASKS = ("translation", "captioning", "long_dependency", "decode")
 BUDGETS = {"max_steps": "training steps", "time_budget": "minutes of training", "max_epochs": "epochs"}
