@@ -24,6 +24,7 @@ from seq2seq.data.fetch import cache_dir
 from seq2seq.provenance import cpu_name
 
 PRECISIONS = ("fp32", "bf16")
+PRECISION_NAMES = ("fp32", "bf16", "fp16")  # what checkpoints record
 
 
 def pick_device(name: str) -> torch.device:
@@ -110,10 +111,13 @@ def _speedups(path: Path, key: str) -> float:
     return float(known[key])
 
 
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+def pick_precision(name: str, device: torch.device, trained: str | None = None) -> torch.dtype | None:
     """The autocast dtype (None: plain fp32). ``auto`` takes bf16 where it trains faster (on a
     CPU: measured, see :func:`cpu_bf16_speedup`), and fp16 on GPUs without bf16 (training then
-    scales the loss: see :func:`loss_scaler`)."""
+    scales the loss: see :func:`loss_scaler`); a run resumed from a checkpoint ``trained`` at
+    some precision goes on at it, as arithmetic that changes mid-run is refused on resume."""
+    if name == "auto" and trained in PRECISION_NAMES:
+        name = trained
     if name == "fp32":
         return None
     native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -128,10 +132,13 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def describe_precision(requested: str, amp_dtype: torch.dtype | None, device: torch.device) -> str:
-    """How a run computes, for its log: the resolved precision and, where ``auto`` measured it, why."""
+def describe_precision(requested: str, amp_dtype: torch.dtype | None, device: torch.device,
+                       trained: str | None = None) -> str:
+    """How a run computes, for its log: the resolved precision and, where ``auto`` chose it, why."""
     text = "bf16 autocast" if amp_dtype == torch.bfloat16 else precision_name(amp_dtype)
-    if requested == "auto" and device.type == "cpu" and _cpu_has_bf16_instructions():
+    if requested == "auto" and trained in PRECISION_NAMES:
+        text += " (auto: the precision this run trained at before it was resumed)"
+    elif requested == "auto" and device.type == "cpu" and _cpu_has_bf16_instructions():
         text += f" (auto: bf16 trains {cpu_bf16_speedup():.2f}x as fast as fp32 on this CPU)"
     return text
 

@@ -1,5 +1,6 @@
 import math
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -301,13 +302,16 @@ def test_the_horizon_estimate_leaves_validation_time_out_of_the_speed(tmp_path, 
     seen = {}
     monkeypatch.setattr(schedules, "time_horizon",
                         lambda cfg, step, elapsed, per_step, per_validation: seen.setdefault("speed", per_step) and 20)
+    skipped = [0.0]  # the trainer's clock runs this far ahead of the real one
+    monkeypatch.setattr(training, "time", SimpleNamespace(monotonic=lambda: time.monotonic() + skipped[0]))
     trainer = _trainer(tmp_path, max_steps=None, time_budget=10.0, valid_every=8)
     slow = trainer.validate_fn
-    trainer.validate_fn = lambda t: (t.progress.step == 8 and time.sleep(0.5)) or slow(t)  # between mark and estimate
-    started = time.monotonic()
+    # the step-8 validation (between mark and estimate) takes a minute by the trainer's clock:
+    # more than the 6 steps could take on any machine, however loaded
+    trainer.validate_fn = lambda t: (t.progress.step == 8 and skipped.__setitem__(0, 60.0)) or slow(t)
     trainer.train()
-    assert 0 < seen["speed"] < 0.5 / 6  # the step-8 validation's half second is not the steps' time
-    assert time.monotonic() - started > 0.5  # (it did take place)
+    assert 0 < seen["speed"] < 60 / 6  # the validation's minute is not the steps' time
+    assert skipped[0] == 60.0  # (it did take place)
 
 
 def test_training_data_without_a_batch_is_one_line(tmp_path):
@@ -394,6 +398,20 @@ def test_resuming_at_another_precision_or_number_of_processes_is_refused(tmp_pat
         check_resumable(last, load_checkpoint(last), "fp32", 2)  # torchrun with 2 ranks: twice the batch per step
     session = load_checkpoint(last)["sessions"][0]
     assert session["precision"] == "fp32" and session["processes"] == 1 and session["torch_version"]
+
+
+def test_auto_precision_resumes_a_run_at_the_precision_it_trained_at(tmp_path, monkeypatch):
+    from seq2seq import runtime
+
+    crashed = _trainer(tmp_path, CrashAt(14))  # trained at fp32
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.train()
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: 2.0)  # a machine where auto takes bf16
+    assert _trainer(tmp_path / "new", precision="auto").amp_dtype == torch.bfloat16
+    resumed = _trainer(tmp_path, precision="auto")
+    assert resumed.amp_dtype is None  # not refused as a change of precision: there is none
+    assert resumed.fit().step == 30
+    assert "trained at" in runtime.describe_precision("auto", None, torch.device("cpu"), "fp32")
 
 
 def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale(tmp_path, monkeypatch):

@@ -56,7 +56,13 @@ from seq2seq.tokenizers import (
     train_word_vocab,
 )
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.train.checkpoints import load_checkpoint, load_weights, take_init_tokenizers, tokenizer_refs
+from seq2seq.train.checkpoints import (
+    load_checkpoint,
+    load_weights,
+    take_init_tokenizers,
+    tokenizer_refs,
+    trained_precision,
+)
 from seq2seq.train.distributed import current, main_first
 from seq2seq.train.sequence_level import make_objective
 from seq2seq.train.trainer import Trainer
@@ -262,7 +268,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         model = build_captioning_model(cfg.model, cfg.image, len(tokenizer))
     log(corpus.describe())
     device = pick_device(cfg.train.device)
-    amp = pick_precision(cfg.train.precision, device)
+    trained = trained_precision(run_dir)  # a resumed run: auto goes on at the precision it trained at
+    amp = pick_precision(cfg.train.precision, device, trained)
     encoder = model.encoder.to(device)
     transform = image_transform(cfg)
     captioner = Captioner(model, cfg, tokenizer, device, amp)
@@ -292,7 +299,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, param_groups=groups,
                       objective=objective)
     log(f"model: {model.num_parameters():,} trainable parameters on {device}, "
-        f"{describe_precision(cfg.train.precision, amp, device)}")
+        f"{describe_precision(cfg.train.precision, amp, device, trained)}")
     progress = trainer.fit()
     if progress.stop_reason == "interrupted":
         tracker.finish()

@@ -28,7 +28,7 @@ from seq2seq.runtime import (
 from seq2seq.tasks.translator import Translation, Translator
 from seq2seq.tokenizers import SubwordTokenizer, TokenizerError, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs
+from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs, trained_precision
 from seq2seq.train.distributed import current, main_first
 from seq2seq.train.sequence_level import make_objective
 from seq2seq.train.trainer import Trainer
@@ -189,12 +189,13 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
              "tokenizers": tokenizer_refs(run_dir, src=src_tok, tgt=tgt_tok)}
     device = pick_device(cfg.train.device)
     # validation and test run at the training precision, which the checkpoint records for the tools
-    translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device))
+    trained = trained_precision(run_dir)  # a resumed run: auto goes on at the precision it trained at
+    translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device, trained))
     validator = Validator(cfg, translator, corpus.valid, tracker)
     objective = make_objective(cfg.train, model, tgt_tok, cfg.data.max_len + 1, "bleu")
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, objective=objective)
     log(f"model: {model.num_parameters():,} parameters on {trainer.device}, "
-        f"{describe_precision(cfg.train.precision, trainer.amp_dtype, trainer.device)}")
+        f"{describe_precision(cfg.train.precision, trainer.amp_dtype, trainer.device, trained)}")
     progress = trainer.fit()
     if progress.stop_reason == "interrupted":
         tracker.finish()

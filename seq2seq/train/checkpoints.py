@@ -84,6 +84,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return payload
 
 
+def trained_precision(run_dir: str | Path) -> str | None:
+    """The precision recorded in a run folder's ``checkpoints/last.pt`` (None for a new run): the
+    one ``train.precision=auto`` resumes it at, whatever it would choose on this machine."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    return load_checkpoint(last, mmap=True).get("precision") if last.is_file() else None
+
+
 def step_checkpoints(folder: Path) -> list[Path]:
     """The ``step-<n>.pt`` files of a checkpoints folder, oldest step first."""
     return sorted(folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]) if p.stem[5:].isdigit() else -1)

@@ -37,6 +37,7 @@ from seq2seq.train.checkpoints import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    trained_precision,
 )
 from seq2seq.train.distributed import Dist, collective_failed, current
 from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_resumable, non_finite_parameter
@@ -62,7 +63,7 @@ class Trainer:
                  loss: Callable[[Any, Batch], list[LossSum]] | None = None, dist: Dist | None = None,
                  objective: SequenceLevel | None = None):
         self.device = pick_device(cfg.device)
-        self.amp_dtype = pick_precision(cfg.precision, self.device)
+        self.amp_dtype = pick_precision(cfg.precision, self.device, trained_precision(run_dir))
         self.model = model.to(self.device)
         self.dist = dist if dist is not None else current()  # torchrun's process group, if any
         self.objective = objective  # a sequence-level objective wrapping the model (train.objective), or None
