@@ -7,6 +7,7 @@ names another, so the scores in ``results.json`` belong to the outputs the tools
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -20,7 +21,8 @@ import sentencepiece as spm
 import torch
 from torch import Tensor
 
-from seq2seq.data.fetch import cache_dir
+from seq2seq.data.fetch import cache_dir, cache_lock
+from seq2seq.files import WriteError, atomic_write
 from seq2seq.provenance import cpu_name
 
 PRECISIONS = ("fp32", "bf16")
@@ -49,12 +51,31 @@ def move(t: Tensor, device: torch.device) -> Tensor:
 BF16_MIN_SPEEDUP = 1.15  # ``auto`` takes bf16 on a CPU only where it trains at least this much faster
 
 
-def _cpu_has_bf16_instructions() -> bool:
+def _cpu_info() -> tuple[str, set[str]]:
+    """The first processor's ``family/model/stepping`` and its flags, from /proc/cpuinfo."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return "", set()
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    ident = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    return ident, set(fields.get("flags", "").split())
+
+
+def _cpu_has_bf16_instructions() -> bool:
+    return bool(_cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+def _native(precision: str, device: torch.device) -> bool:
+    """Whether ``device`` computes at ``precision`` in hardware (else it is emulated, slowly)."""
+    if precision == "fp32":
+        return True
+    if device.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported(including_emulation=False)
+    return precision == "bf16" and _cpu_has_bf16_instructions()
 
 
 def _probe_bf16_speedup() -> float:
@@ -62,11 +83,10 @@ def _probe_bf16_speedup() -> float:
     like projection and a 4,000-word output layer at the default model's widths, each timed as
     the best of 5 alternated rounds (about a second). bf16 instructions alone do not say bf16
     pays: on an Intel Xeon showing avx512_bf16 but no AMX (torch 2.14.1), bf16 trained the
-    default model 1.8 times slower than fp32, where AMX machines train it 2-3 times faster."""
+    default model 1.6 times slower than fp32, where AMX machines train it 2-3 times faster."""
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
-        torch.manual_seed(0)
         gru, mix, out = torch.nn.GRU(512, 512, batch_first=True), torch.nn.Linear(1024, 512), torch.nn.Linear(512, 4000)
-        x = torch.randn(64, 8, 512)  # (B, T, H)
+        x = torch.randn(64, 8, 512, generator=torch.Generator().manual_seed(0))  # (B, T, H)
 
         def step(bf16: bool) -> float:
             start = time.perf_counter()
@@ -87,36 +107,51 @@ def _probe_bf16_speedup() -> float:
 
 def cpu_bf16_speedup() -> float:
     """How much faster this CPU trains in bf16 than in fp32 (0 without bf16 instructions, where
-    bf16 is emulated): measured once per CPU, torch version and thread count, and kept in the
-    cache folder, so every run on a machine resolves ``auto`` alike."""
+    bf16 is emulated): measured once per CPU (its name, family, model, stepping and bf16 flags),
+    torch version and thread count, and kept in the cache folder, so every run on a machine
+    resolves ``auto`` alike. A cache folder that cannot be written costs a probe per process."""
     if not _cpu_has_bf16_instructions():
         return 0.0
-    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-    return _speedups(cache_dir() / "bf16_speedup.json", key)
+    ident, flags = _cpu_info()
+    key = (f"{cpu_name()} ({ident}; {' '.join(sorted(f for f in flags if 'bf16' in f or 'amx' in f))}) | "
+           f"torch {torch.__version__} | {torch.get_num_threads()} threads")
+    return _speedup(key)
 
 
 @functools.cache
-def _speedups(path: Path, key: str) -> float:
+def _speedup(key: str) -> float:
+    # oneDNN fixes its kernel cache's size at the first bf16 product: the probe's, maybe
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
+    try:
+        with cache_lock("bf16_speedup"):  # processes starting together: one probes, the others read it
+            path = cache_dir() / "bf16_speedup.json"
+            known = _read_speedups(path)
+            if key not in known:
+                known[key] = round(_probe_bf16_speedup(), 3)
+                with contextlib.suppress(WriteError):  # a full cache folder: measured again next time
+                    atomic_write(path, json.dumps(known, indent=1) + "\n")
+            return known[key]
+    except OSError:  # no cache folder to lock in (read-only)
+        return _probe_bf16_speedup()
+
+
+def _read_speedups(path: Path) -> dict[str, float]:
+    """The measurements kept at ``path``; an unreadable or damaged file keeps none."""
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        # oneDNN fixes its kernel cache's size at the first bf16 product, the probe's
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
-        known[key] = round(_probe_bf16_speedup(), 3)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(path)  # atomic: runs starting together each write a whole file
-    return float(known[key])
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {k: float(v) for k, v in known.items() if isinstance(v, (int, float)) and v > 0}
 
 
 def pick_precision(name: str, device: torch.device, trained: str | None = None) -> torch.dtype | None:
     """The autocast dtype (None: plain fp32). ``auto`` takes bf16 where it trains faster (on a
     CPU: measured, see :func:`cpu_bf16_speedup`), and fp16 on GPUs without bf16 (training then
-    scales the loss: see :func:`loss_scaler`); a run resumed from a checkpoint ``trained`` at
-    some precision goes on at it, as arithmetic that changes mid-run is refused on resume."""
-    if name == "auto" and trained in PRECISION_NAMES:
+    scales the loss: see :func:`loss_scaler`); a run resumed from a checkpoint ``trained`` at a
+    precision this device computes natively goes on at it (changing it mid-run is refused)."""
+    if name == "auto" and resumes_at(trained, device):
         name = trained
     if name == "fp32":
         return None
@@ -132,11 +167,16 @@ def pick_precision(name: str, device: torch.device, trained: str | None = None) 
     return None
 
 
+def resumes_at(trained: str | None, device: torch.device) -> bool:
+    """Whether ``auto`` resumes a run at the precision its checkpoint recorded, ``trained``."""
+    return trained in PRECISION_NAMES and _native(trained, device)
+
+
 def describe_precision(requested: str, amp_dtype: torch.dtype | None, device: torch.device,
                        trained: str | None = None) -> str:
     """How a run computes, for its log: the resolved precision and, where ``auto`` chose it, why."""
     text = "bf16 autocast" if amp_dtype == torch.bfloat16 else precision_name(amp_dtype)
-    if requested == "auto" and trained in PRECISION_NAMES:
+    if requested == "auto" and resumes_at(trained, device):
         text += " (auto: the precision this run trained at before it was resumed)"
     elif requested == "auto" and device.type == "cpu" and _cpu_has_bf16_instructions():
         text += f" (auto: bf16 trains {cpu_bf16_speedup():.2f}x as fast as fp32 on this CPU)"

@@ -1,3 +1,5 @@
+import functools
+import json
 import math
 import time
 from types import SimpleNamespace
@@ -412,6 +414,13 @@ def test_auto_precision_resumes_a_run_at_the_precision_it_trained_at(tmp_path, m
     assert resumed.amp_dtype is None  # not refused as a change of precision: there is none
     assert resumed.fit().step == 30
     assert "trained at" in runtime.describe_precision("auto", None, torch.device("cpu"), "fp32")
+    # asked to accept a change, auto chooses again
+    assert _trainer(tmp_path, precision="auto", allow_mismatched_resume=True).amp_dtype == torch.bfloat16
+    cpu = torch.device("cpu")  # a precision this device only emulates is not kept: fp16 off the GPU
+    assert runtime.pick_precision("auto", cpu, "fp16") == torch.bfloat16
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_instructions", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: 0.0)
+    assert runtime.pick_precision("auto", cpu, "bf16") is None  # nor bf16 on a CPU without its instructions
 
 
 def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale(tmp_path, monkeypatch):
@@ -461,6 +470,7 @@ def test_auto_precision_on_a_cpu_takes_bf16_only_where_it_measured_faster(tmp_pa
     from seq2seq import runtime
 
     monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "_speedup", functools.cache(runtime._speedup.__wrapped__))  # this test's own
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "_cpu_has_bf16_instructions", lambda: False)
     monkeypatch.setattr(runtime, "_probe_bf16_speedup", lambda: pytest.fail("probed without bf16 instructions"))
@@ -472,14 +482,22 @@ def test_auto_precision_on_a_cpu_takes_bf16_only_where_it_measured_faster(tmp_pa
     monkeypatch.setattr(runtime, "_probe_bf16_speedup", lambda: probes.append(1) or 0.6)  # avx512_bf16 without AMX
     assert runtime.pick_precision("auto", cpu) is None
     assert "0.60x as fast as fp32" in runtime.describe_precision("auto", None, cpu)
-    runtime._speedups.cache_clear()  # another process on this machine reads the measurement
+    runtime._speedup.cache_clear()  # another process on this machine reads the measurement
     assert runtime.pick_precision("auto", cpu) is None and len(probes) == 1
+
+    (tmp_path / "bf16_speedup.json").write_text("[]")  # damaged: measured again
+    runtime._speedup.cache_clear()
+    assert runtime.pick_precision("auto", cpu) is None and len(probes) == 2
+    assert json.loads((tmp_path / "bf16_speedup.json").read_text())  # and kept again
+    monkeypatch.setattr(runtime, "cache_lock", lambda key: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+    runtime._speedup.cache_clear()  # a cache folder that cannot be written: measured, not kept
+    assert runtime.pick_precision("auto", cpu) is None and len(probes) == 3
 
     threads = torch.get_num_threads()
     monkeypatch.setattr(runtime, "_probe_bf16_speedup", lambda: probes.append(1) or 2.5)  # AMX
     try:
         torch.set_num_threads(threads + 1)  # a study worker's share of the cores is measured apart
-        assert runtime.pick_precision("auto", cpu) == torch.bfloat16 and len(probes) == 2
+        assert runtime.pick_precision("auto", cpu) == torch.bfloat16 and len(probes) == 4
     finally:
         torch.set_num_threads(threads)
 

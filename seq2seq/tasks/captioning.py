@@ -40,7 +40,6 @@ from seq2seq.runtime import (
     describe_precision,
     move,
     pick_device,
-    pick_precision,
     precision_name,
     seed_everything,
     serving_precision,
@@ -61,7 +60,7 @@ from seq2seq.train.checkpoints import (
     load_weights,
     take_init_tokenizers,
     tokenizer_refs,
-    trained_precision,
+    training_precision,
 )
 from seq2seq.train.distributed import current, main_first
 from seq2seq.train.sequence_level import make_objective
@@ -268,8 +267,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         model = build_captioning_model(cfg.model, cfg.image, len(tokenizer))
     log(corpus.describe())
     device = pick_device(cfg.train.device)
-    trained = trained_precision(run_dir)  # a resumed run: auto goes on at the precision it trained at
-    amp = pick_precision(cfg.train.precision, device, trained)
+    amp, trained = training_precision(cfg.train, device, run_dir)
     encoder = model.encoder.to(device)
     transform = image_transform(cfg)
     captioner = Captioner(model, cfg, tokenizer, device, amp)

@@ -20,7 +20,6 @@ from seq2seq.models.model import build_translation_model, check_attention_sizes,
 from seq2seq.runtime import (
     describe_precision,
     pick_device,
-    pick_precision,
     precision_name,
     seed_everything,
     serving_precision,
@@ -28,7 +27,7 @@ from seq2seq.runtime import (
 from seq2seq.tasks.translator import Translation, Translator
 from seq2seq.tokenizers import SubwordTokenizer, TokenizerError, train_sentencepiece
 from seq2seq.tracking import Tracker, make_tracker
-from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs, trained_precision
+from seq2seq.train.checkpoints import load_checkpoint, take_init_tokenizers, tokenizer_refs, training_precision
 from seq2seq.train.distributed import current, main_first
 from seq2seq.train.sequence_level import make_objective
 from seq2seq.train.trainer import Trainer
@@ -189,8 +188,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
              "tokenizers": tokenizer_refs(run_dir, src=src_tok, tgt=tgt_tok)}
     device = pick_device(cfg.train.device)
     # validation and test run at the training precision, which the checkpoint records for the tools
-    trained = trained_precision(run_dir)  # a resumed run: auto goes on at the precision it trained at
-    translator = Translator(model, cfg, src_tok, tgt_tok, device, pick_precision(cfg.train.precision, device, trained))
+    amp, trained = training_precision(cfg.train, device, run_dir)
+    translator = Translator(model, cfg, src_tok, tgt_tok, device, amp)
     validator = Validator(cfg, translator, corpus.valid, tracker)
     objective = make_objective(cfg.train, model, tgt_tok, cfg.data.max_len + 1, "bleu")
     trainer = Trainer(model, data, cfg.train, run_dir, tracker, validator, extra, objective=objective)

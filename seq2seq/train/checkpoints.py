@@ -17,9 +17,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from seq2seq.config import Config, ConfigError, config_from_dict
+from seq2seq.config import Config, ConfigError, TrainConfig, config_from_dict
 from seq2seq.files import atomic_write, first_line
+from seq2seq.runtime import pick_precision
 from seq2seq.tokenizers import Tokenizer, TokenizerError, load_tokenizer_file
+from seq2seq.train.distributed import Dist, current
 
 FORMAT = "seq2seq-checkpoint"
 VERSION = 1
@@ -89,6 +91,17 @@ def trained_precision(run_dir: str | Path) -> str | None:
     one ``train.precision=auto`` resumes it at, whatever it would choose on this machine."""
     last = Path(run_dir) / "checkpoints" / "last.pt"
     return load_checkpoint(last, mmap=True).get("precision") if last.is_file() else None
+
+
+def training_precision(cfg: TrainConfig, device: torch.device, run_dir: Path,
+                       dist: Dist | None = None) -> tuple[torch.dtype | None, str | None]:
+    """The autocast dtype a run trains, validates and is tested at, and the precision its
+    ``last.pt`` recorded (None for a new run, or where ``train.allow_mismatched_resume`` lets
+    ``auto`` choose again). Rank 0 chooses for every rank: a measured bf16 speed-up near the
+    threshold must not put ranks at different precisions."""
+    dist = dist if dist is not None else current()
+    trained = None if cfg.allow_mismatched_resume else trained_precision(run_dir)
+    return dist.from_main(pick_precision(cfg.precision, device, trained) if dist.main else None), trained
 
 
 def step_checkpoints(folder: Path) -> list[Path]:

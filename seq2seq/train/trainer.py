@@ -26,7 +26,7 @@ from seq2seq.config import ConfigError, TrainConfig
 from seq2seq.data.batching import Batch, TrainData
 from seq2seq.files import WriteError
 from seq2seq.models.model import LossSum, Output, attention_penalty, mean_loss, summed_sequence_loss
-from seq2seq.runtime import autocast, loss_scaler, pick_device, pick_precision, precision_name, seed_rank
+from seq2seq.runtime import autocast, loss_scaler, pick_device, precision_name, seed_rank
 from seq2seq.tracking import Tracker
 from seq2seq.train import faults
 from seq2seq.train.checkpoints import (
@@ -37,7 +37,7 @@ from seq2seq.train.checkpoints import (
     rng_state,
     save_checkpoint,
     set_rng_state,
-    trained_precision,
+    training_precision,
 )
 from seq2seq.train.distributed import Dist, collective_failed, current
 from seq2seq.train.faults import CollectiveTimeout, StopNow, StopSignals, check_resumable, non_finite_parameter
@@ -63,9 +63,9 @@ class Trainer:
                  loss: Callable[[Any, Batch], list[LossSum]] | None = None, dist: Dist | None = None,
                  objective: SequenceLevel | None = None):
         self.device = pick_device(cfg.device)
-        self.amp_dtype = pick_precision(cfg.precision, self.device, trained_precision(run_dir))
-        self.model = model.to(self.device)
         self.dist = dist if dist is not None else current()  # torchrun's process group, if any
+        self.amp_dtype, _ = training_precision(cfg, self.device, run_dir, self.dist)
+        self.model = model.to(self.device)
         self.objective = objective  # a sequence-level objective wrapping the model (train.objective), or None
         # what training steps run: the model or its objective, maybe in DistributedDataParallel
         self.net = self.dist.wrap(objective.to(self.device) if objective else self.model)
