@@ -185,9 +185,9 @@ def test_a_hostile_line_is_translated_in_bounded_parts(toy_run):
     translator = Translator.load(toy_run, device="cpu")
     limit = translator.cfg.data.max_len
     for line in ("x" * 10_000, "word " * 3000):
-        started = time.monotonic()
+        started = time.process_time()  # this process's CPU time: a stall shows, other processes' load does not
         (tr,) = translator.translate([line])
-        assert time.monotonic() - started < 5, line[:10]
+        assert time.process_time() - started < 5, line[:10]
         assert tr.longest_part >= len(translator.src_tok.encode([line])[0]) and "\n" not in tr.text
         if tr.longest_part > limit:
             assert tr.parts >= tr.longest_part // limit and tr.attention is None
