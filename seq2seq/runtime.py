@@ -159,12 +159,16 @@ def pick_precision(name: str, device: torch.device, trained: str | None = None) 
     if name == "fp16" or (name == "auto" and device.type == "cuda" and not native_bf16):
         return torch.float16
     if name == "bf16" or (native_bf16 if device.type == "cuda" else cpu_bf16_speedup() >= BF16_MIN_SPEEDUP):
-        if device.type == "cpu":
-            # oneDNN keeps the kernels it compiled for the last 1,024 shapes by default; a run's
-            # batches (forward and backward, every layer) need more, read at its first product
-            os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
+        size_kernel_cache(torch.bfloat16, device)
         return torch.bfloat16
     return None
+
+
+def size_kernel_cache(amp_dtype: torch.dtype | None, device: torch.device) -> None:
+    """Before a CPU's first bf16 product: oneDNN keeps the kernels it compiled for the last 1,024
+    shapes by default, and a run's batches (forward and backward, every layer) need more."""
+    if device.type == "cpu" and amp_dtype == torch.bfloat16:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
 
 
 def resumes_at(trained: str | None, device: torch.device) -> bool:

@@ -405,6 +405,7 @@ def test_resuming_at_another_precision_or_number_of_processes_is_refused(tmp_pat
 def test_auto_precision_resumes_a_run_at_the_precision_it_trained_at(tmp_path, monkeypatch):
     from seq2seq import runtime
 
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")  # what a bf16 pick sets: undone after
     crashed = _trainer(tmp_path, CrashAt(14))  # trained at fp32
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashed.train()
@@ -469,6 +470,7 @@ def test_a_gpu_index_past_the_machine_s_gpus_is_one_line(monkeypatch):
 def test_auto_precision_on_a_cpu_takes_bf16_only_where_it_measured_faster(tmp_path, monkeypatch):
     from seq2seq import runtime
 
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")  # what a bf16 pick sets: undone after
     monkeypatch.setenv("SEQ2SEQ_CACHE", str(tmp_path))
     monkeypatch.setattr(runtime, "_speedup", functools.cache(runtime._speedup.__wrapped__))  # this test's own
     cpu = torch.device("cpu")
@@ -502,9 +504,10 @@ def test_auto_precision_on_a_cpu_takes_bf16_only_where_it_measured_faster(tmp_pa
         torch.set_num_threads(threads)
 
 
-def test_the_bf16_probe_leaves_the_random_stream_as_it_was():
+def test_the_bf16_probe_leaves_the_random_stream_as_it_was(monkeypatch):
     from seq2seq.runtime import _probe_bf16_speedup
 
     before = torch.random.get_rng_state()
+    monkeypatch.setattr(torch, "manual_seed", lambda *a: pytest.fail("the probe seeded torch (every CUDA device too)"))
     assert 0 < _probe_bf16_speedup() < 100
     assert torch.equal(torch.random.get_rng_state(), before)

@@ -19,7 +19,7 @@ from torch import nn
 
 from seq2seq.config import Config, ConfigError, TrainConfig, config_from_dict
 from seq2seq.files import atomic_write, first_line
-from seq2seq.runtime import pick_precision
+from seq2seq.runtime import pick_precision, size_kernel_cache
 from seq2seq.tokenizers import Tokenizer, TokenizerError, load_tokenizer_file
 from seq2seq.train.distributed import Dist, current
 
@@ -101,7 +101,9 @@ def training_precision(cfg: TrainConfig, device: torch.device, run_dir: Path,
     threshold must not put ranks at different precisions."""
     dist = dist if dist is not None else current()
     trained = None if cfg.allow_mismatched_resume else trained_precision(run_dir)
-    return dist.from_main(pick_precision(cfg.precision, device, trained) if dist.main else None), trained
+    amp = dist.from_main(pick_precision(cfg.precision, device, trained) if dist.main else None)
+    size_kernel_cache(amp, device)  # every rank, as rank 0's pick did for itself
+    return amp, trained
 
 
 def step_checkpoints(folder: Path) -> list[Path]:
