@@ -25,8 +25,7 @@ from seq2seq.data.fetch import cache_dir, cache_lock
 from seq2seq.files import WriteError, atomic_write
 from seq2seq.provenance import cpu_name
 
-PRECISIONS = ("fp32", "bf16")
-PRECISION_NAMES = ("fp32", "bf16", "fp16")  # what checkpoints record
+PRECISIONS = ("fp32", "bf16", "fp16")  # what checkpoints record
 
 
 def pick_device(name: str) -> torch.device:
@@ -51,6 +50,7 @@ def move(t: Tensor, device: torch.device) -> Tensor:
 BF16_MIN_SPEEDUP = 1.15  # ``auto`` takes bf16 on a CPU only where it trains at least this much faster
 
 
+@functools.cache
 def _cpu_info() -> tuple[str, set[str]]:
     """The first processor's ``family/model/stepping`` and its flags, from /proc/cpuinfo."""
     try:
@@ -120,8 +120,7 @@ def cpu_bf16_speedup() -> float:
 
 @functools.cache
 def _speedup(key: str) -> float:
-    # oneDNN fixes its kernel cache's size at the first bf16 product: the probe's, maybe
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
+    size_kernel_cache(torch.bfloat16, torch.device("cpu"))  # before the probe's bf16 products, maybe the first
     try:
         with cache_lock("bf16_speedup"):  # processes starting together: one probes, the others read it
             path = cache_dir() / "bf16_speedup.json"
@@ -155,7 +154,7 @@ def pick_precision(name: str, device: torch.device, trained: str | None = None) 
         name = trained
     if name == "fp32":
         return None
-    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    native_bf16 = device.type == "cuda" and _native("bf16", device)
     if name == "fp16" or (name == "auto" and device.type == "cuda" and not native_bf16):
         return torch.float16
     if name == "bf16" or (native_bf16 if device.type == "cuda" else cpu_bf16_speedup() >= BF16_MIN_SPEEDUP):
@@ -173,7 +172,7 @@ def size_kernel_cache(amp_dtype: torch.dtype | None, device: torch.device) -> No
 
 def resumes_at(trained: str | None, device: torch.device) -> bool:
     """Whether ``auto`` resumes a run at the precision its checkpoint recorded, ``trained``."""
-    return trained in PRECISION_NAMES and _native(trained, device)
+    return trained in PRECISIONS and _native(trained, device)
 
 
 def describe_precision(requested: str, amp_dtype: torch.dtype | None, device: torch.device,
